@@ -1,0 +1,370 @@
+// Stream framing: find complete frames in a byte stream, keep the incomplete
+// tail between feeds, index frames into columns, encode headers.
+//
+// Plain C++17, no Python. No allocation in per-packet loops: the decoder's
+// pending buffer is reserved once (bounded by max_packet_size) and the
+// caller allocates the output of emit() from plan()'s exact counts.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "fastpacket/layout.hpp"
+
+namespace fastpacket {
+
+enum class FrameError : std::uint8_t {
+    none = 0,
+    too_small = 1,  // announced frame size below the header size
+    too_large = 2,  // announced frame size above max_packet_size
+    failed = 3,     // the decoder already failed; reset() it first
+};
+
+/// Where and why a stream went wrong.
+struct ErrorInfo {
+    FrameError kind = FrameError::none;
+    std::uint64_t stream_offset = 0;  // offset of the bad header in the whole stream
+    std::int64_t frame_size = 0;      // the frame size the header announced
+    std::uint64_t length_value = 0;   // the raw length field
+};
+
+/// Result of scanning a contiguous buffer for complete frames.
+struct ScanResult {
+    std::size_t count = 0;  // complete frames found
+    std::size_t end = 0;    // offset just past the last complete frame
+    bool error = false;     // a bad header sits at `end`
+};
+
+namespace detail {
+
+// The length field read with its width and byte order fixed at compile time:
+// the scan loop of the default GAME layout (u16 little-endian) compiles to a
+// load and an add per packet.
+template <unsigned W, bool BE>
+struct LengthReader {
+    std::uint16_t offset;
+    std::int64_t bias;
+    std::int64_t operator()(const std::uint8_t* h) const noexcept {
+        const std::uint64_t raw = load_unsigned(h + offset, W, BE);
+        constexpr std::uint64_t kSaturate = std::uint64_t{1} << 62;
+        if (W == 8 && raw >= kSaturate) return static_cast<std::int64_t>(kSaturate);
+        return static_cast<std::int64_t>(raw) + bias;
+    }
+};
+
+template <class Reader>
+ScanResult scan_with(const std::uint8_t* data, std::size_t n, std::size_t header_size,
+                     std::int64_t max_size, Reader size_of) noexcept {
+    ScanResult r;
+    std::size_t pos = 0;
+    const auto hs = static_cast<std::int64_t>(header_size);
+    while (n - pos >= header_size) {
+        const std::int64_t frame = size_of(data + pos);
+        if (frame < hs || frame > max_size) {
+            r.error = true;
+            break;
+        }
+        if (static_cast<std::int64_t>(n - pos) < frame) break;
+        pos += static_cast<std::size_t>(frame);
+        ++r.count;
+    }
+    r.end = pos;
+    return r;
+}
+
+template <unsigned W, bool BE>
+ScanResult scan_fixed(const Layout& l, const std::uint8_t* d, std::size_t n, std::int64_t max) noexcept {
+    LengthReader<W, BE> reader{l.fields[l.length_index].offset, l.frame_bias()};
+    return scan_with(d, n, l.header_size, max, reader);
+}
+
+}  // namespace detail
+
+/// Scans `data[0, n)` for complete frames of layout `l`; stops at the first
+/// incomplete frame or at the first bad header (result.error, at result.end).
+inline ScanResult scan_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
+                              std::int64_t max_packet_size) noexcept {
+    const unsigned w = l.fields[l.length_index].width;
+    if (l.big_endian) {
+        switch (w) {
+            case 1: return detail::scan_fixed<1, true>(l, data, n, max_packet_size);
+            case 2: return detail::scan_fixed<2, true>(l, data, n, max_packet_size);
+            case 4: return detail::scan_fixed<4, true>(l, data, n, max_packet_size);
+            default: return detail::scan_fixed<8, true>(l, data, n, max_packet_size);
+        }
+    }
+    switch (w) {
+        case 1: return detail::scan_fixed<1, false>(l, data, n, max_packet_size);
+        case 2: return detail::scan_fixed<2, false>(l, data, n, max_packet_size);
+        case 4: return detail::scan_fixed<4, false>(l, data, n, max_packet_size);
+        default: return detail::scan_fixed<8, false>(l, data, n, max_packet_size);
+    }
+}
+
+/// Column storage for `count` frames: offsets into the data, whole sizes and
+/// a copy of each header (count * header_size bytes, the layout's dtype).
+struct IndexColumns {
+    std::int64_t* offsets = nullptr;
+    std::uint32_t* sizes = nullptr;
+    std::uint8_t* headers = nullptr;
+};
+
+/// Bytes one IndexColumns block needs for `count` frames of `header_size`.
+inline std::size_t index_bytes(std::size_t count, std::size_t header_size) noexcept {
+    return count * (sizeof(std::int64_t) + sizeof(std::uint32_t) + header_size);
+}
+
+/// Lays out an IndexColumns view over one block of index_bytes() bytes;
+/// offsets first so every column stays naturally aligned.
+inline IndexColumns index_view(void* block, std::size_t count, std::size_t header_size) noexcept {
+    auto* base = static_cast<std::uint8_t*>(block);
+    IndexColumns c;
+    c.offsets = reinterpret_cast<std::int64_t*>(base);
+    c.sizes = reinterpret_cast<std::uint32_t*>(base + count * sizeof(std::int64_t));
+    c.headers = base + count * (sizeof(std::int64_t) + sizeof(std::uint32_t));
+    return c;
+}
+
+namespace detail {
+
+// Header copy with its size fixed at compile time where it is a common one:
+// a variable-size memcpy per packet is a library call.
+template <std::size_t HS>
+void index_fixed(const Layout& l, const std::uint8_t* data, std::size_t count, std::int64_t base_offset,
+                 IndexColumns cols) noexcept {
+    const std::size_t hs = HS ? HS : l.header_size;
+    std::size_t pos = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        const auto frame = static_cast<std::size_t>(l.frame_size(data + pos));
+        cols.offsets[i] = base_offset + static_cast<std::int64_t>(pos);
+        cols.sizes[i] = static_cast<std::uint32_t>(frame);
+        std::memcpy(cols.headers + i * hs, data + pos, HS ? HS : hs);
+        pos += frame;
+    }
+}
+
+}  // namespace detail
+
+/// Fills `cols` for `count` frames known (from scan_frames) to lie back to
+/// back from data[0]. `base_offset` is added to each stored offset.
+inline void index_frames(const Layout& l, const std::uint8_t* data, std::size_t count,
+                         std::int64_t base_offset, IndexColumns cols) noexcept {
+    switch (l.header_size) {
+        case 4: return detail::index_fixed<4>(l, data, count, base_offset, cols);
+        case 6: return detail::index_fixed<6>(l, data, count, base_offset, cols);
+        case 8: return detail::index_fixed<8>(l, data, count, base_offset, cols);
+        case 12: return detail::index_fixed<12>(l, data, count, base_offset, cols);
+        case 16: return detail::index_fixed<16>(l, data, count, base_offset, cols);
+        default: return detail::index_fixed<0>(l, data, count, base_offset, cols);
+    }
+}
+
+/// Values for a header's role fields; fields without a role are written 0.
+struct HeaderValues {
+    std::uint64_t type = 0;
+    std::uint64_t seq = 0;
+    std::uint64_t player_id = 0;
+};
+
+enum class EncodeError : std::uint8_t { none = 0, too_large, no_type_field, type_range, seq_range, player_id_range };
+
+/// Writes a header for a frame carrying `payload_len` bytes into `out`
+/// (header_size bytes). Checks every value against its field width.
+inline EncodeError encode_header(const Layout& l, std::uint8_t* out, const HeaderValues& v,
+                                 std::size_t payload_len) noexcept {
+    std::memset(out, 0, l.header_size);
+    std::uint64_t length = 0;
+    if (!l.length_value_for(std::uint64_t{l.header_size} + payload_len, &length)) return EncodeError::too_large;
+    if (l.type_index < 0) return EncodeError::no_type_field;
+    if (v.type > l.field_max(l.type_index)) return EncodeError::type_range;
+    if (l.seq_index >= 0 && v.seq > l.field_max(l.seq_index)) return EncodeError::seq_range;
+    if (l.player_id_index >= 0 && v.player_id > l.field_max(l.player_id_index)) return EncodeError::player_id_range;
+    l.write(out, l.length_index, length);
+    l.write(out, l.type_index, v.type);
+    if (l.seq_index >= 0) l.write(out, l.seq_index, v.seq);
+    if (l.player_id_index >= 0) l.write(out, l.player_id_index, v.player_id);
+    return EncodeError::none;
+}
+
+/// Incremental stream decoder. A feed is two calls: plan() finds the frames
+/// (completing the one left pending by the previous feed), the caller
+/// allocates exactly what the plan says, then emit() copies and indexes.
+///
+///   FeedPlan p = dec.plan(in, n);
+///   out = alloc(p.data_bytes); idx = alloc(index_bytes(p.count, hs));
+///   dec.emit(in, n, p, out, cols);   // also keeps the new incomplete tail
+///
+/// After an error the frames before the bad header are still planned and
+/// emitted; the decoder then refuses input (FrameError::failed) until reset().
+class FrameDecoder {
+public:
+    FrameDecoder(const Layout& layout, std::size_t max_packet_size)
+        : layout_(layout), max_(static_cast<std::int64_t>(max_packet_size)) {}
+
+    struct FeedPlan {
+        bool head_complete = false;  // pending_ now holds one complete frame
+        std::size_t scan_begin = 0;  // input offset where whole frames start
+        std::size_t scan_end = 0;    // input offset past the last whole frame
+        std::size_t count = 0;       // complete frames in this feed
+        std::size_t data_bytes = 0;  // bytes emit() writes to `out`
+        ErrorInfo error;             // kind != none: stop after these frames
+    };
+
+    const Layout& layout() const noexcept { return layout_; }
+    std::int64_t max_packet_size() const noexcept { return max_; }
+    std::size_t pending() const noexcept { return pending_.size(); }
+    std::uint64_t stream_offset() const noexcept { return stream_offset_; }
+    bool failed() const noexcept { return failed_; }
+
+    void reset() noexcept {
+        pending_.clear();
+        stream_offset_ = 0;
+        failed_ = false;
+    }
+
+    FeedPlan plan(const std::uint8_t* in, std::size_t n) {
+        FeedPlan p;
+        if (failed_) {
+            p.error.kind = FrameError::failed;
+            p.error.stream_offset = stream_offset_;
+            return p;
+        }
+        const std::size_t hs = layout_.header_size;
+        const std::uint64_t input_base = stream_offset_ + pending_.size();  // stream offset of in[0]
+        std::size_t used = 0;
+        if (!pending_.empty()) {
+            // Complete the frame left over from the previous feed, first its
+            // header, then (once its size is checked) its body. Every early
+            // return marks the input it took as consumed (scan_begin/end).
+            if (pending_.size() < hs) used = append_pending(in, n, hs - pending_.size());
+            p.scan_begin = p.scan_end = used;
+            if (pending_.size() < hs) return p;  // still no whole header
+            const std::int64_t frame = layout_.frame_size(pending_.data());
+            if (!size_ok(frame)) {
+                fail(p.error, stream_offset_, frame, pending_.data());
+                return p;
+            }
+            const auto want = static_cast<std::size_t>(frame);
+            if (pending_.size() < want) used += append_pending(in + used, n - used, want - pending_.size());
+            p.scan_begin = p.scan_end = used;
+            if (pending_.size() < want) return p;
+            p.head_complete = true;
+            p.count = 1;
+        }
+        p.scan_begin = used;
+        const ScanResult r = scan_frames(layout_, in + used, n - used, max_);
+        p.scan_end = used + r.end;
+        p.count += r.count;
+        p.data_bytes = (p.head_complete ? pending_.size() : 0) + r.end;
+        if (r.error) {
+            const std::uint8_t* bad = in + p.scan_end;
+            fail(p.error, input_base + p.scan_end, layout_.frame_size(bad), bad);
+        }
+        return p;
+    }
+
+    /// Copies the plan's frames to `out` (p.data_bytes; may be null when the
+    /// caller keeps the input itself as the data, see zero_copy()), indexes
+    /// them into `cols` with offsets relative to `out`, and keeps the
+    /// input's incomplete tail.
+    void emit(const std::uint8_t* in, std::size_t n, const FeedPlan& p, std::uint8_t* out,
+              IndexColumns cols) {
+        std::size_t head = 0;
+        if (p.head_complete) {
+            head = pending_.size();
+            if (out != nullptr) std::memcpy(out, pending_.data(), head);
+            index_frames(layout_, pending_.data(), 1, 0, cols);
+            cols.offsets += 1;
+            cols.sizes += 1;
+            cols.headers += layout_.header_size;
+            pending_.clear();
+        }
+        const std::size_t body = p.scan_end - p.scan_begin;
+        const std::size_t scanned = p.count - (p.head_complete ? 1 : 0);
+        if (out != nullptr) {
+            std::memcpy(out + head, in + p.scan_begin, body);
+            index_frames(layout_, out + head, scanned, static_cast<std::int64_t>(head), cols);
+        } else {
+            index_frames(layout_, in + p.scan_begin, scanned, static_cast<std::int64_t>(p.scan_begin), cols);
+        }
+        stream_offset_ += head + body;
+        if (p.error.kind != FrameError::none) return;  // the rest of the stream is unusable
+        if (p.scan_end < n) {
+            // At most one frame's worth: a header, or a checked header plus
+            // less than its frame size (bounded by max_packet_size).
+            pending_.insert(pending_.end(), in + p.scan_end, in + n);
+        }
+    }
+
+    /// True when the plan's frames are exactly input[0, scan_end): the caller
+    /// may then keep an immutable input as the batch data instead of copying.
+    static bool zero_copy(const FeedPlan& p) noexcept { return !p.head_complete && p.scan_begin == 0; }
+
+private:
+    std::size_t append_pending(const std::uint8_t* in, std::size_t n, std::size_t want) {
+        const std::size_t take = want < n ? want : n;
+        pending_.insert(pending_.end(), in, in + take);
+        return take;
+    }
+
+    bool size_ok(std::int64_t frame) const noexcept {
+        return frame >= static_cast<std::int64_t>(layout_.header_size) && frame <= max_;
+    }
+
+    void fail(ErrorInfo& e, std::uint64_t offset, std::int64_t frame, const std::uint8_t* header) {
+        e.kind = frame < static_cast<std::int64_t>(layout_.header_size) ? FrameError::too_small : FrameError::too_large;
+        e.stream_offset = offset;
+        e.frame_size = frame;
+        e.length_value = layout_.read(header, layout_.length_index);
+        failed_ = true;
+    }
+
+    Layout layout_;
+    std::int64_t max_;
+    std::vector<std::uint8_t> pending_;
+    std::uint64_t stream_offset_ = 0;  // stream offset of the first byte not yet emitted
+    bool failed_ = false;
+};
+
+}  // namespace fastpacket
+
+namespace fastpacket {
+
+/// Stable grouping of `n` rows by key. Writes into `order` the row indices
+/// grouped by key, the groups in order of each key's first appearance and
+/// rows in their original order inside a group; writes the start of each
+/// group into `group_starts` (n + 1 entries at most, the last one = n) and
+/// returns the number of groups. Allocates one scratch vector per call.
+inline std::size_t group_by_key(const std::uint64_t* keys, std::size_t n, std::uint32_t* order,
+                                std::uint32_t* group_starts) {
+    struct Row {
+        std::uint64_t key;
+        std::uint32_t first;  // first row with this key: orders the groups
+        std::uint32_t row;
+    };
+    std::vector<Row> rows(n);
+    for (std::size_t i = 0; i < n; ++i) rows[i] = {keys[i], 0, static_cast<std::uint32_t>(i)};
+    // (key, row) sort is stable by construction; then each group's first row
+    // is known and a second sort by (first, row) orders the groups.
+    std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+        return a.key != b.key ? a.key < b.key : a.row < b.row;
+    });
+    for (std::size_t i = 0; i < n; ++i) {
+        rows[i].first = (i > 0 && rows[i].key == rows[i - 1].key) ? rows[i - 1].first : rows[i].row;
+    }
+    std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+        return a.first != b.first ? a.first < b.first : a.row < b.row;
+    });
+    std::size_t groups = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (i == 0 || rows[i].key != rows[i - 1].key) group_starts[groups++] = static_cast<std::uint32_t>(i);
+        order[i] = rows[i].row;
+    }
+    group_starts[groups] = static_cast<std::uint32_t>(n);
+    return groups;
+}
+
+}  // namespace fastpacket

@@ -1,0 +1,32 @@
+"""fastpacket: the packet core for Python real-time servers.
+
+A C++17 core with Cython bindings frames TCP byte streams into packet
+batches, coalesces replies into few large writes, packs and compresses
+packet batches and records lock-free metrics.
+
+    import fastpacket as fp
+    dec = fp.FrameDecoder()
+    for packet in dec.feed(data):
+        print(packet.type, packet.seq, packet.player_id, bytes(packet.payload))
+"""
+
+from fastpacket.errors import AggregateError, BufferFull, FastpacketError, ProtocolError
+from fastpacket.layout import GAME, HeaderLayout, encode
+from fastpacket.batch import Packet, PacketBatch
+from fastpacket.framing import FrameDecoder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AggregateError",
+    "BufferFull",
+    "FastpacketError",
+    "FrameDecoder",
+    "GAME",
+    "HeaderLayout",
+    "Packet",
+    "PacketBatch",
+    "ProtocolError",
+    "encode",
+    "__version__",
+]

@@ -1,0 +1,616 @@
+# Framing: header layouts, packets, packet batches, the stream decoder.
+
+_WIDTHS = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
+
+
+cdef class NativeLayout:
+    """Native half of fastpacket.layout.HeaderLayout (argument checks and
+    docs live there); holds the C++ Layout and the numpy dtypes."""
+
+    cdef Layout c
+    cdef readonly tuple field_names
+    cdef readonly object dtype
+    cdef tuple _field_dtypes
+
+    def _configure(self, list fields, str length_field, bint length_includes_header,
+                   int64_t length_adjustment, bint big_endian, dict roles):
+        cdef int i
+        cdef uint16_t offset = 0
+        names = []
+        formats = []
+        order = ">" if big_endian else "<"
+        self.c.nfields = len(fields)
+        for i, (name, kind) in enumerate(fields):
+            width = _WIDTHS[kind]
+            self.c.fields[i].offset = offset
+            self.c.fields[i].width = width
+            offset += width
+            names.append(name)
+            formats.append(np.dtype(f"{order}u{width}"))
+        self.c.header_size = offset
+        self.c.big_endian = big_endian
+        self.c.length_index = names.index(length_field)
+        self.c.length_includes_header = length_includes_header
+        self.c.length_adjustment = length_adjustment
+        self.c.type_index = names.index(roles["type"]) if roles.get("type") else -1
+        self.c.seq_index = names.index(roles["seq"]) if roles.get("seq") else -1
+        self.c.player_id_index = names.index(roles["player_id"]) if roles.get("player_id") else -1
+        if not self.c.valid():
+            raise ValueError("invalid header layout")  # HeaderLayout checks first
+        self.field_names = tuple(names)
+        self._field_dtypes = tuple(formats)
+        self.dtype = np.dtype({"names": names, "formats": formats})
+
+    @property
+    def size(self):
+        """Header size in bytes."""
+        return self.c.header_size
+
+
+cdef inline NativeLayout _layout_arg(object layout):
+    if layout is None:
+        return _DEFAULT_LAYOUT
+    if not isinstance(layout, NativeLayout):
+        raise TypeError(f"layout must be a fastpacket.HeaderLayout, not {type(layout).__name__!r}")
+    return <NativeLayout>layout
+
+
+cdef NativeLayout _DEFAULT_LAYOUT = None
+
+
+def _set_default_layout(NativeLayout layout):
+    global _DEFAULT_LAYOUT
+    _DEFAULT_LAYOUT = layout
+
+
+cdef str _encode_error_text(EncodeError err, NativeLayout layout, uint64_t type_, uint64_t seq,
+                            uint64_t player_id, size_t payload_len):
+    cdef Layout* c = &layout.c
+    if err == EncodeError.too_large:
+        return (f"a payload of {payload_len} bytes does not fit the length field "
+                f"{layout.field_names[c.length_index]!r} of {layout.name}")
+    if err == EncodeError.no_type_field:
+        return f"layout {layout.name} has no type field to encode a packet type into"
+    if err == EncodeError.type_range:
+        return f"type {type_} does not fit field {layout.field_names[c.type_index]!r} (max {c.field_max(c.type_index)})"
+    if err == EncodeError.seq_range:
+        return f"seq {seq} does not fit field {layout.field_names[c.seq_index]!r} (max {c.field_max(c.seq_index)})"
+    return (f"player_id {player_id} does not fit field "
+            f"{layout.field_names[c.player_id_index]!r} (max {c.field_max(c.player_id_index)})")
+
+
+def encode(uint64_t type, payload, *, uint64_t seq=0, uint64_t player_id=0, layout=None):
+    """encode(type, payload, *, seq=0, player_id=0, layout=GAME) -> bytes
+
+    One packet on the wire: the layout's header (length, type, seq,
+    player_id) followed by `payload` (any contiguous bytes-like object).
+    Raises ValueError when a value does not fit its field.
+    """
+    cdef NativeLayout nl = _layout_arg(layout)
+    cdef Py_buffer view
+    cdef EncodeError err
+    cdef HeaderValues values
+    values.type = type
+    values.seq = seq
+    values.player_id = player_id
+    get_contiguous_buffer(payload, &view, "encode")
+    try:
+        out = PyBytes_FromStringAndSize(NULL, nl.c.header_size + view.len)
+        err = encode_header(nl.c, <uint8_t*>PyBytes_AS_STRING(out), values, view.len)
+        if err != EncodeError.none:
+            raise ValueError(_encode_error_text(err, nl, type, seq, player_id, view.len))
+        memcpy(PyBytes_AS_STRING(out) + nl.c.header_size, view.buf, view.len)
+        return out
+    finally:
+        PyBuffer_Release(&view)
+
+
+@cython.freelist(256)
+@cython.final
+cdef class Packet:
+    """One packet of a PacketBatch: header fields and a zero-copy payload.
+
+    `type`, `seq` and `player_id` are the values of the layout's fields with
+    those roles (None where the layout has no such field); `payload` is a
+    read-only memoryview into the batch's memory, valid as long as you hold
+    it. Create packets with fp.encode() or PacketBatch.build().
+    """
+
+    cdef PacketBatch _batch
+    cdef Py_ssize_t _index
+
+    def __cinit__(self):
+        self._index = 0
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Packet objects come from a PacketBatch; build packets with "
+                        "fastpacket.encode() or PacketBatch.build()")
+
+    cdef inline object _role(self, int field):
+        if field < 0:
+            return None
+        cdef PacketBatch b = self._batch
+        return b._layout.c.read(b._cols.headers + self._index * b._layout.c.header_size, field)
+
+    @property
+    def type(self):
+        """The packet type (the layout's type field), or None."""
+        return self._role(self._batch._layout.c.type_index)
+
+    @property
+    def seq(self):
+        """The sequence number (the layout's seq field), or None."""
+        return self._role(self._batch._layout.c.seq_index)
+
+    @property
+    def player_id(self):
+        """The player id (the layout's player_id field), or None."""
+        return self._role(self._batch._layout.c.player_id_index)
+
+    @property
+    def size(self):
+        """Whole packet size in bytes, header included."""
+        return self._batch._cols.sizes[self._index]
+
+    @property
+    def payload(self):
+        """The payload as a read-only memoryview (zero copy)."""
+        return self._batch.payload(self._index)
+
+    @property
+    def header(self):
+        """All header fields as a dict (field name -> int)."""
+        cdef PacketBatch b = self._batch
+        cdef const uint8_t* h = b._cols.headers + self._index * b._layout.c.header_size
+        return {name: b._layout.c.read(h, i) for i, name in enumerate(b._layout.field_names)}
+
+    def field(self, str name):
+        """The value of the header field called `name`."""
+        cdef PacketBatch b = self._batch
+        cdef int i = b._layout.field_names.index(name) if name in b._layout.field_names else -1
+        if i < 0:
+            raise KeyError(f"layout {b._layout.name} has no field {name!r}")
+        return self._role(i)
+
+    def to_bytes(self):
+        """The packet as it was on the wire (header and payload)."""
+        cdef PacketBatch b = self._batch
+        cdef int64_t off = b._cols.offsets[self._index]
+        return PyBytes_FromStringAndSize(<const char*>b._base + off, b._cols.sizes[self._index])
+
+    def __eq__(self, other):
+        if not isinstance(other, Packet):
+            return NotImplemented
+        return self.to_bytes() == (<Packet>other).to_bytes()
+
+    def __hash__(self):
+        return hash(self.to_bytes())
+
+    def __repr__(self):
+        return (f"Packet(type={self.type}, seq={self.seq}, player_id={self.player_id}, "
+                f"payload={bytes(self.payload[:16])!r}{'...' if self.size - self._batch._layout.c.header_size > 16 else ''})")
+
+
+@cython.freelist(64)
+@cython.final
+cdef class _PacketIterator:
+    cdef PacketBatch _batch
+    cdef Py_ssize_t _next
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef Py_ssize_t i = self._next
+        if i >= self._batch._count:
+            raise StopIteration
+        self._next = i + 1
+        return self._batch._packet(i)
+
+
+@cython.freelist(64)
+@cython.final
+cdef class PacketBatch:
+    """Packets decoded from (or built into) one buffer that the batch keeps
+    alive.
+
+    Columns are numpy arrays over the batch's own index, built without a
+    Python object per packet: `types`, `seqs`, `player_ids`, `sizes`,
+    `offsets` and `headers` (a structured array of the layout's dtype). Each
+    access returns a new read-only view; hold on to it in a loop. Indexing
+    and iteration create `Packet` objects lazily; payloads are zero-copy
+    memoryviews. A batch stays valid after the decoder that made it is fed
+    again, reset or dropped.
+    """
+
+    cdef NativeLayout _layout
+    cdef bytes _data            # owns the packet bytes
+    cdef const uint8_t* _base   # PyBytes_AS_STRING(_data)
+    cdef object _mv             # memoryview of _data, made on first payload
+    cdef Py_ssize_t _count
+    cdef void* _block           # the index columns (malloc'd, owned)
+    cdef IndexColumns _cols
+
+    def __cinit__(self):
+        self._block = NULL
+        self._count = 0
+
+    def __dealloc__(self):
+        free(self._block)
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("PacketBatch objects come from FrameDecoder.feed() or PacketBatch.build()")
+
+    cdef int _alloc_index(self, Py_ssize_t count) except -1:
+        self._count = count
+        if count == 0:
+            return 0
+        cdef size_t nbytes = index_bytes(count, self._layout.c.header_size)
+        self._block = malloc(nbytes)
+        if self._block == NULL:
+            raise MemoryError(f"cannot allocate the index of {count} packets ({nbytes} bytes)")
+        self._cols = index_view(self._block, count, self._layout.c.header_size)
+        return 0
+
+    cdef inline void _set_data(self, bytes data):
+        self._data = data
+        self._base = <const uint8_t*>PyBytes_AS_STRING(data)
+
+    @staticmethod
+    def build(types, payloads, *, seqs=None, player_ids=None, layout=None):
+        """build(types, payloads, *, seqs=None, player_ids=None, layout=GAME) -> PacketBatch
+
+        Encode one packet per (type, payload) pair into one buffer. `types`,
+        `seqs` and `player_ids` are integer sequences or numpy arrays of the
+        same length as `payloads` (seqs and player_ids default to 0);
+        payloads are bytes-like objects.
+        """
+        return _build_batch(_layout_arg(layout), types, payloads, seqs, player_ids)
+
+    @property
+    def layout(self):
+        """The HeaderLayout of these packets."""
+        return self._layout
+
+    def __len__(self):
+        return self._count
+
+    @property
+    def nbytes(self):
+        """Bytes of all packets, headers included."""
+        cdef Py_ssize_t i
+        cdef int64_t total = 0
+        for i in range(self._count):
+            total += self._cols.sizes[i]
+        return total
+
+    cdef Packet _packet(self, Py_ssize_t i):
+        cdef Packet p = Packet.__new__(Packet)
+        p._batch = self
+        p._index = i
+        return p
+
+    def __getitem__(self, index):
+        cdef Py_ssize_t i
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._count)
+            rows = np.arange(start, stop, step, dtype=np.uint32)
+            return self._take(rows)
+        i = index
+        if i < 0:
+            i += self._count
+        if i < 0 or i >= self._count:
+            raise IndexError(f"packet index {index} out of range for a batch of {self._count}")
+        return self._packet(i)
+
+    def __iter__(self):
+        cdef _PacketIterator it = _PacketIterator.__new__(_PacketIterator)
+        it._batch = self
+        it._next = 0
+        return it
+
+    def __repr__(self):
+        return f"<PacketBatch of {self._count} packets, {self.nbytes} bytes, layout {self._layout.name}>"
+
+    # -- columns -----------------------------------------------------------
+
+    cdef object _field_column(self, int field, str role):
+        if field < 0:
+            raise AttributeError(f"layout {self._layout.name} has no {role} field; "
+                                 f"use batch.field(name) or batch.headers")
+        return readonly_view(self, self._layout._field_dtypes[field], self._count,
+                             self._layout.c.header_size,
+                             self._cols.headers + self._layout.c.fields[field].offset)
+
+    @property
+    def types(self):
+        """Packet types as a read-only numpy array (the layout's type field)."""
+        return self._field_column(self._layout.c.type_index, "type")
+
+    @property
+    def seqs(self):
+        """Sequence numbers as a read-only numpy array."""
+        return self._field_column(self._layout.c.seq_index, "seq")
+
+    @property
+    def player_ids(self):
+        """Player ids as a read-only numpy array."""
+        return self._field_column(self._layout.c.player_id_index, "player_id")
+
+    @property
+    def sizes(self):
+        """Whole packet sizes (header included) as a read-only uint32 array."""
+        return readonly_view(self, _U32, self._count, 4, self._cols.sizes)
+
+    @property
+    def offsets(self):
+        """Byte offset of each packet in the batch's buffer (int64 array)."""
+        return readonly_view(self, _I64, self._count, 8, self._cols.offsets)
+
+    @property
+    def headers(self):
+        """Every header as a read-only structured array of layout.dtype."""
+        return readonly_view(self, self._layout.dtype, self._count, self._layout.c.header_size,
+                             self._cols.headers)
+
+    def field(self, str name):
+        """The column of the header field called `name` (read-only array)."""
+        if name not in self._layout.field_names:
+            raise KeyError(f"layout {self._layout.name} has no field {name!r}")
+        return self._field_column(self._layout.field_names.index(name), name)
+
+    # -- payloads ----------------------------------------------------------
+
+    def payload(self, Py_ssize_t i):
+        """payload(i) -> memoryview: packet i's payload, zero copy."""
+        if i < 0:
+            i += self._count
+        if i < 0 or i >= self._count:
+            raise IndexError(f"packet index {i} out of range for a batch of {self._count}")
+        if self._mv is None:
+            self._mv = memoryview(self._data)
+        cdef int64_t start = self._cols.offsets[i] + self._layout.c.header_size
+        return PySequence_GetSlice(self._mv, start, self._cols.offsets[i] + self._cols.sizes[i])
+
+    # -- regrouping and re-encoding ----------------------------------------
+
+    cdef PacketBatch _take(self, cnp.uint32_t[::1] rows):
+        """A batch of the given rows (same buffer, new index)."""
+        cdef Py_ssize_t n = rows.shape[0], k, r
+        cdef size_t hs = self._layout.c.header_size
+        cdef PacketBatch out = PacketBatch.__new__(PacketBatch)
+        out._layout = self._layout
+        out._set_data(self._data)
+        out._alloc_index(n)
+        for k in range(n):
+            r = rows[k]
+            out._cols.offsets[k] = self._cols.offsets[r]
+            out._cols.sizes[k] = self._cols.sizes[r]
+            memcpy(out._cols.headers + k * hs, self._cols.headers + r * hs, hs)
+        return out
+
+    def by_type(self):
+        """by_type() -> dict[int, PacketBatch]
+
+        The packets grouped by type: keys in order of first appearance,
+        packets in their original order within each type.
+        """
+        if self._layout.c.type_index < 0:
+            raise AttributeError(f"layout {self._layout.name} has no type field")
+        keys = np.ascontiguousarray(self.types, dtype=np.uint64)
+        cdef cnp.uint64_t[::1] kv = keys
+        order = np.empty(self._count, dtype=np.uint32)
+        starts = np.empty(self._count + 1, dtype=np.uint32)
+        cdef cnp.uint32_t[::1] ov = order
+        cdef cnp.uint32_t[::1] sv = starts
+        cdef size_t groups = 0
+        if self._count:
+            groups = group_by_key(&kv[0], self._count, &ov[0], &sv[0])
+        result = {}
+        cdef size_t g
+        for g in range(groups):
+            result[int(keys[order[sv[g]]])] = self._take(ov[sv[g]:sv[g + 1]])
+        return result
+
+    def to_bytes(self):
+        """The packets re-encoded on the wire, back to back (one copy)."""
+        cdef Py_ssize_t i
+        cdef int64_t total = 0, pos = 0
+        cdef bint contiguous = True
+        for i in range(self._count):
+            if i and self._cols.offsets[i] != self._cols.offsets[i - 1] + self._cols.sizes[i - 1]:
+                contiguous = False
+            total += self._cols.sizes[i]
+        if self._count == 0:
+            return b""
+        if contiguous:
+            if self._cols.offsets[0] == 0 and total == len(self._data):
+                return self._data
+            return PyBytes_FromStringAndSize(<const char*>self._base + self._cols.offsets[0], total)
+        out = PyBytes_FromStringAndSize(NULL, total)
+        cdef uint8_t* dst = <uint8_t*>PyBytes_AS_STRING(out)
+        for i in range(self._count):
+            memcpy(dst + pos, self._base + self._cols.offsets[i], self._cols.sizes[i])
+            pos += self._cols.sizes[i]
+        return out
+
+
+_U32 = np.dtype(np.uint32)
+_I64 = np.dtype(np.int64)
+
+
+cdef object _u64_column(object values, Py_ssize_t n, str name):
+    if values is None:
+        return np.zeros(n, dtype=np.uint64)
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must have one value per payload ({n}), got shape {arr.shape}")
+    if n and arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+    if n and arr.dtype.kind == "i" and arr.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got {arr.min()}")
+    return np.ascontiguousarray(arr, dtype=np.uint64)
+
+
+cdef PacketBatch _build_batch(NativeLayout nl, object types, object payloads, object seqs,
+                              object player_ids):
+    payloads = list(payloads)
+    cdef Py_ssize_t n = len(payloads), i
+    cdef cnp.uint64_t[::1] tv = _u64_column(types, n, "types")
+    cdef cnp.uint64_t[::1] sv = _u64_column(seqs, n, "seqs")
+    cdef cnp.uint64_t[::1] pv = _u64_column(player_ids, n, "player_ids")
+    cdef size_t hs = nl.c.header_size, total = 0, pos = 0
+    cdef Py_buffer view
+    cdef HeaderValues values
+    cdef EncodeError err
+    cdef uint8_t* dst
+    for p in payloads:
+        if not PyObject_CheckBuffer(p):
+            raise TypeError(f"payloads must be bytes-like, got {type(p).__name__!r}")
+        total += hs + len(memoryview(p).cast("B"))
+    data = PyBytes_FromStringAndSize(NULL, total)
+    dst = <uint8_t*>PyBytes_AS_STRING(data)
+    for i in range(n):
+        get_contiguous_buffer(payloads[i], &view, "PacketBatch.build")
+        try:
+            values.type = tv[i]
+            values.seq = sv[i]
+            values.player_id = pv[i]
+            if pos + hs + <size_t>view.len > total:
+                raise ValueError("a payload changed size during PacketBatch.build")
+            err = encode_header(nl.c, dst + pos, values, view.len)
+            if err != EncodeError.none:
+                raise ValueError(f"packet {i}: " + _encode_error_text(err, nl, tv[i], sv[i], pv[i], view.len))
+            memcpy(dst + pos + hs, view.buf, view.len)
+            pos += hs + view.len
+        finally:
+            PyBuffer_Release(&view)
+    return _batch_over(nl, data, n)
+
+
+cdef PacketBatch _batch_over(NativeLayout nl, bytes data, Py_ssize_t count):
+    """A batch over `count` frames known to lie back to back in `data`."""
+    cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
+    b._layout = nl
+    b._set_data(data)
+    b._alloc_index(count)
+    if count:
+        index_frames(nl.c, b._base, count, 0, b._cols)
+    return b
+
+
+cdef bytes _EMPTY_BYTES = b""
+
+
+cdef class FrameDecoder:
+    """FrameDecoder(layout=GAME, max_packet_size=65535)
+
+    Incremental stream framing: feed() takes any contiguous bytes-like chunk
+    of a TCP stream and returns a PacketBatch of every packet it completes,
+    keeping an incomplete tail (`pending` bytes) for the next feed.
+
+    A header announcing a size below the header size or above
+    max_packet_size raises ProtocolError naming the value, the limit and the
+    stream offset; the packets of that feed before the bad one are delivered
+    on the exception as `exc.batch`. The decoder then refuses input until
+    reset(). Oversize headers fail as soon as the header arrives, before the
+    payload is buffered, so a decoder holds at most max_packet_size bytes.
+    """
+
+    cdef CFrameDecoder* _dec
+    cdef NativeLayout _layout
+
+    def __cinit__(self, layout=None, Py_ssize_t max_packet_size=65535):
+        cdef NativeLayout nl = _layout_arg(layout)
+        if max_packet_size < nl.c.header_size:
+            raise ValueError(f"max_packet_size must be at least the header size "
+                             f"({nl.c.header_size}), got {max_packet_size}")
+        self._layout = nl
+        self._dec = new CFrameDecoder(nl.c, max_packet_size)
+
+    def __dealloc__(self):
+        del self._dec
+
+    @property
+    def layout(self):
+        """The HeaderLayout this decoder frames."""
+        return self._layout
+
+    @property
+    def max_packet_size(self):
+        """Largest accepted packet, header included, in bytes."""
+        return self._dec.max_packet_size()
+
+    @property
+    def pending(self):
+        """Bytes held for an incomplete packet."""
+        return self._dec.pending()
+
+    @property
+    def stream_offset(self):
+        """Stream offset of the first byte not yet delivered in a batch."""
+        return self._dec.stream_offset()
+
+    @property
+    def failed(self):
+        """True after a ProtocolError, until reset()."""
+        return self._dec.failed()
+
+    def reset(self):
+        """Forget any pending bytes and a previous error; start a new stream."""
+        self._dec.reset()
+
+    def feed(self, data):
+        """feed(data) -> PacketBatch: every packet completed by `data`."""
+        cdef Py_buffer view
+        get_contiguous_buffer(data, &view, "FrameDecoder.feed")
+        try:
+            return self._feed(<const uint8_t*>view.buf, view.len, data if type(data) is bytes else None)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef PacketBatch _feed(self, const uint8_t* p, size_t n, bytes immutable):
+        cdef FeedPlan plan
+        cdef uint8_t* out = NULL
+        if n >= NOGIL_MIN_BYTES:
+            with nogil:
+                plan = self._dec.plan(p, n)
+        else:
+            plan = self._dec.plan(p, n)
+        if plan.error.kind == FrameError.failed:
+            raise ProtocolError(f"the decoder failed at stream offset {plan.error.stream_offset}; "
+                                f"call reset() before feeding a new stream",
+                                offset=plan.error.stream_offset)
+        cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
+        b._layout = self._layout
+        b._alloc_index(plan.count)
+        if plan.count == 0:
+            b._set_data(_EMPTY_BYTES)
+        elif immutable is not None and CFrameDecoder.zero_copy(plan):
+            b._set_data(immutable)  # frames are input[0, scan_end): keep the input itself
+        else:
+            b._set_data(PyBytes_FromStringAndSize(NULL, plan.data_bytes))
+            out = <uint8_t*>b._base
+        if plan.data_bytes >= NOGIL_MIN_BYTES:
+            with nogil:
+                self._dec.emit(p, n, plan, out, b._cols)
+        else:
+            self._dec.emit(p, n, plan, out, b._cols)
+        if plan.error.kind != FrameError.none:
+            raise self._protocol_error(plan.error, b)
+        return b
+
+    cdef object _protocol_error(self, ErrorInfo e, PacketBatch delivered):
+        cdef Layout* c = &self._layout.c
+        field = self._layout.field_names[c.length_index]
+        if e.kind == FrameError.too_small:
+            msg = (f"packet size {e.frame_size} at stream offset {e.stream_offset} is below the "
+                   f"header size {c.header_size} (length field {field!r} = {e.length_value})")
+            limit = c.header_size
+        else:
+            msg = (f"packet size {e.frame_size} at stream offset {e.stream_offset} exceeds "
+                   f"max_packet_size {self._dec.max_packet_size()} (length field {field!r} = "
+                   f"{e.length_value})")
+            limit = self._dec.max_packet_size()
+        return ProtocolError(msg, offset=e.stream_offset, value=e.frame_size, limit=limit,
+                             batch=delivered)
