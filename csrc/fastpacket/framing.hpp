@@ -119,7 +119,7 @@ inline std::size_t index_bytes(std::size_t count, std::size_t header_size) noexc
 
 /// Lays out an IndexColumns view over one block of index_bytes() bytes;
 /// offsets first so every column stays naturally aligned.
-inline IndexColumns index_view(void* block, std::size_t count, std::size_t header_size) noexcept {
+inline IndexColumns index_view(void* block, std::size_t count, [[maybe_unused]] std::size_t header_size) noexcept {
     auto* base = static_cast<std::uint8_t*>(block);
     IndexColumns c;
     c.offsets = reinterpret_cast<std::int64_t*>(base);
