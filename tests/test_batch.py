@@ -108,3 +108,12 @@ def test_empty_batch_columns():
     assert batch.types.shape == (0,) and batch.headers.shape == (0,)
     assert batch.by_type() == {} and batch.to_bytes() == b""
     assert list(batch) == []
+
+
+def test_batch_exports_its_buffer_read_only():
+    batch = fp.FrameDecoder().feed(bytearray(fp.encode(1, b"ab") + fp.encode(2, b"cd")))
+    view = memoryview(batch)
+    assert view.readonly and bytes(view) == batch.to_bytes()
+    payload = batch.payload(1)
+    assert bytes(payload) == b"cd" and bytes(memoryview(batch)) == bytes(view)  # export range restored
+    assert payload.obj is batch

@@ -7,7 +7,9 @@ cdef extern from "numpy/arrayobject.h":
                                 int flags, PyObject* obj)
 
 cdef extern from "Python.h":
-    object PySequence_GetSlice(object o, Py_ssize_t i1, Py_ssize_t i2)
+    object PyMemoryView_FromObject(object obj)
+    int PyBuffer_FillInfo(Py_buffer* view, object obj, void* buf, Py_ssize_t len, int readonly,
+                          int flags) except -1
 
 # A non-null address for empty arrays, so numpy never allocates for them.
 cdef uint64_t _EMPTY_STORAGE = 0

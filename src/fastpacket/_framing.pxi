@@ -155,7 +155,7 @@ cdef class Packet:
     @property
     def payload(self):
         """The payload as a read-only memoryview (zero copy)."""
-        return self._batch.payload(self._index)
+        return self._batch._payload(self._index)
 
     @property
     def header(self):
@@ -220,23 +220,37 @@ cdef class PacketBatch:
     access returns a new read-only view; hold on to it in a loop. Indexing
     and iteration create `Packet` objects lazily; payloads are zero-copy
     memoryviews. A batch stays valid after the decoder that made it is fed
-    again, reset or dropped.
+    again, reset or dropped. ``memoryview(batch)`` is a read-only view of
+    the buffer the packets lie in.
     """
 
     cdef NativeLayout _layout
     cdef bytes _data            # owns the packet bytes
     cdef const uint8_t* _base   # PyBytes_AS_STRING(_data)
-    cdef object _mv             # memoryview of _data, made on first payload
     cdef Py_ssize_t _count
+    # The range __getbuffer__ exports: one payload while _payload() builds a
+    # memoryview (synchronously, under the GIL), else all the batch's bytes.
+    cdef const uint8_t* _export_ptr
+    cdef Py_ssize_t _export_len
     cdef void* _block           # the index columns (malloc'd, owned)
     cdef IndexColumns _cols
 
     def __cinit__(self):
         self._block = NULL
         self._count = 0
+        self._export_ptr = NULL
 
     def __dealloc__(self):
         free(self._block)
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        if self._export_ptr != NULL:
+            PyBuffer_FillInfo(view, self, <void*>self._export_ptr, self._export_len, 1, flags)
+        else:
+            PyBuffer_FillInfo(view, self, <void*>self._base, len(self._data), 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
 
     def __init__(self, *args, **kwargs):
         raise TypeError("PacketBatch objects come from FrameDecoder.feed() or PacketBatch.build()")
@@ -367,10 +381,16 @@ cdef class PacketBatch:
             i += self._count
         if i < 0 or i >= self._count:
             raise IndexError(f"packet index {i} out of range for a batch of {self._count}")
-        if self._mv is None:
-            self._mv = memoryview(self._data)
-        cdef int64_t start = self._cols.offsets[i] + self._layout.c.header_size
-        return PySequence_GetSlice(self._mv, start, self._cols.offsets[i] + self._cols.sizes[i])
+        return self._payload(i)
+
+    cdef object _payload(self, Py_ssize_t i):
+        cdef size_t hs = self._layout.c.header_size
+        self._export_ptr = self._base + self._cols.offsets[i] + hs
+        self._export_len = self._cols.sizes[i] - hs
+        try:
+            return PyMemoryView_FromObject(self)  # the view keeps this batch alive
+        finally:
+            self._export_ptr = NULL
 
     # -- regrouping and re-encoding ----------------------------------------
 
