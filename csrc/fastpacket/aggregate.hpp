@@ -158,14 +158,40 @@ inline AggregateFault parse_aggregate_frame(const Layout& l, const std::uint8_t*
     return f;
 }
 
-/// Checks a decompressed body of `n` bytes: exactly `count` packets of
-/// layout `l` back to back, each at least a header and inside the body,
-/// none an aggregate. One pass over the headers, no allocation.
-inline AggregateFault check_aggregate_body(const Layout& l, const std::uint8_t* body, std::size_t n,
-                                           std::size_t count) noexcept {
+namespace detail {
+
+// The body check with the length and type fields read through readers fixed
+// at compile time for the default GAME layout (u16 little-endian length at 0,
+// u16 type at 2, 12-byte header), so its loop is a few loads per packet; the
+// generic readers serve every other layout. `cols` may be null (check only).
+struct GenericFields {
+    const Layout& l;
+    std::size_t header_size() const noexcept { return l.header_size; }
+    std::int64_t size(const std::uint8_t* h) const noexcept { return l.frame_size(h); }
+    bool is_aggregate(const std::uint8_t* h) const noexcept {
+        return l.type_index >= 0 && l.read(h, l.type_index) == kAggregateType;
+    }
+};
+
+struct GameFields {
+    static constexpr std::size_t header_size() noexcept { return 12; }
+    static std::int64_t size(const std::uint8_t* h) noexcept { return static_cast<std::int64_t>(load_unsigned(h, 2, false)); }
+    static bool is_aggregate(const std::uint8_t* h) noexcept { return load_unsigned(h + 2, 2, false) == kAggregateType; }
+};
+
+inline bool is_game_layout(const Layout& l) noexcept {
+    const Layout g = game_layout();
+    return l.header_size == g.header_size && !l.big_endian && l.length_includes_header &&
+           l.length_adjustment == 0 && l.length_index >= 0 && l.type_index >= 0 &&
+           l.fields[l.length_index].offset == 0 && l.fields[l.length_index].width == 2 &&
+           l.fields[l.type_index].offset == 2 && l.fields[l.type_index].width == 2;
+}
+
+template <class Fields>
+AggregateFault check_body_with(const Fields& fl, const std::uint8_t* body, std::size_t n, std::size_t count,
+                               std::int64_t base_offset, IndexColumns* cols) noexcept {
     AggregateFault f;
-    const std::size_t hs = l.header_size;
-    const auto type_off = l.type_index >= 0 ? l.fields[l.type_index].offset : 0;
+    const std::size_t hs = fl.header_size();
     std::size_t pos = 0;
     std::size_t i = 0;
     for (; i < count; ++i) {
@@ -179,7 +205,7 @@ inline AggregateFault check_aggregate_body(const Layout& l, const std::uint8_t* 
             return f;
         }
         const std::uint8_t* h = body + pos;
-        const std::int64_t size = l.frame_size(h);
+        const std::int64_t size = fl.size(h);
         if (size < static_cast<std::int64_t>(hs) || size > static_cast<std::int64_t>(n - pos)) {
             f.check = AggregateCheck::packet_size;
             f.offset = pos;
@@ -189,13 +215,17 @@ inline AggregateFault check_aggregate_body(const Layout& l, const std::uint8_t* 
                                                             : static_cast<std::int64_t>(n - pos);
             return f;
         }
-        if (l.type_index >= 0 &&
-            load_unsigned(h + type_off, l.fields[l.type_index].width, l.big_endian) == kAggregateType) {
+        if (fl.is_aggregate(h)) {
             f.check = AggregateCheck::nested;
             f.offset = pos;
             f.index = i;
             f.value = static_cast<std::int64_t>(kAggregateType);
             return f;
+        }
+        if (cols != nullptr) {
+            cols->offsets[i] = base_offset + static_cast<std::int64_t>(pos);
+            cols->sizes[i] = static_cast<std::uint32_t>(size);
+            std::memcpy(cols->headers + i * hs, h, hs);
         }
         pos += static_cast<std::size_t>(size);
     }
@@ -207,6 +237,23 @@ inline AggregateFault check_aggregate_body(const Layout& l, const std::uint8_t* 
         f.limit = static_cast<std::int64_t>(count) + 1;  // at least one more packet follows
     }
     return f;
+}
+
+}  // namespace detail
+
+/// Checks a decompressed body of `n` bytes: exactly `count` packets of
+/// layout `l` back to back, each at least a header and inside the body,
+/// none an aggregate. One pass over the headers, no allocation. With
+/// `cols` (room for `count` rows), also indexes the packets as
+/// index_frames() would, offsets relative to body - base_offset; on a
+/// fault the rows written so far are meaningless.
+inline AggregateFault check_aggregate_body(const Layout& l, const std::uint8_t* body, std::size_t n,
+                                           std::size_t count, std::int64_t base_offset = 0,
+                                           IndexColumns* cols = nullptr) noexcept {
+    if (detail::is_game_layout(l)) {
+        return detail::check_body_with(detail::GameFields{}, body, n, count, base_offset, cols);
+    }
+    return detail::check_body_with(detail::GenericFields{l}, body, n, count, base_offset, cols);
 }
 
 /// Copies `count` frames (offsets/sizes into `base`) back to back into `out`.

@@ -5,7 +5,8 @@
 # GIL around their C call) and maps every failure to AggregateError.
 
 from cpython.buffer cimport PyBuffer_FillInfo
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_GET_SIZE, _PyBytes_Resize
+from cpython.ref cimport Py_DECREF
 
 cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:
     const size_t kAggregateHeaderBytes
@@ -45,7 +46,8 @@ cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:
     void write_aggregate_header(uint8_t* out, const AggregateHeader& h)
     AggregateFault parse_aggregate_frame(const Layout& l, const uint8_t* frame, size_t n,
                                          uint64_t max_raw_size, AggregateFrame* out)
-    AggregateFault check_aggregate_body(const Layout& l, const uint8_t* body, size_t n, size_t count)
+    AggregateFault check_aggregate_body(const Layout& l, const uint8_t* body, size_t n, size_t count,
+                                        int64_t base_offset, IndexColumns* cols)
     void gather_frames(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
                        size_t count, uint8_t* out)
     bool frames_contiguous(const int64_t* offsets, const uint32_t* sizes, size_t begin, size_t end)
@@ -65,11 +67,77 @@ cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:
 
 import zlib as _zlib
 import lz4.block as _lz4_block
+import lz4.block._block as _lz4_block_ext
 
 _lz4_compress = _lz4_block.compress
 _lz4_decompress = _lz4_block.decompress
 _zlib_compress = _zlib.compress
 _zlib_decompressobj = _zlib.decompressobj
+
+# The lz4 package ships no C headers, but its extension module exports (or
+# links) liblz4's stable C API. Calling LZ4_compress_fast and
+# LZ4_decompress_safe directly skips a Python call and argument parsing per
+# frame, lets decompression write straight into the batch's bytes (exactly
+# raw_size allocated, no copy), and releases the GIL in our own hands. The
+# symbols are looked up in the already-loaded module; where that fails (no
+# dlopen, a build without them, liblz4 < 1.7) the lz4.block functions serve.
+cdef extern from *:
+    """
+    #if defined(__unix__) || defined(__APPLE__)
+    #include <dlfcn.h>
+    static void* fastpacket_symbol_in(const char* path, const char* name) {
+        void* h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);  /* only if already loaded */
+        if (h == NULL) return NULL;
+        void* f = dlsym(h, name);
+        dlclose(h);  /* drops NOLOAD's reference; Python keeps the module loaded */
+        return f;
+    }
+    #else
+    static void* fastpacket_symbol_in(const char* path, const char* name) { (void)path; (void)name; return NULL; }
+    #endif
+    """
+    void* fastpacket_symbol_in(const char* path, const char* name)
+
+ctypedef int (*_lz4_version_t)() noexcept nogil
+ctypedef int (*_lz4_bound_t)(int) noexcept nogil
+ctypedef int (*_lz4_compress_fast_t)(const char*, char*, int, int, int) noexcept nogil
+ctypedef int (*_lz4_decompress_safe_t)(const char*, char*, int, int) noexcept nogil
+
+cdef enum:
+    LZ4_MIN_VERSION = 10700       # LZ4_compress_fast appeared in lz4 1.7.0
+    LZ4_MAX_INPUT = 0x7E000000    # LZ4_MAX_INPUT_SIZE, bytes
+
+cdef _lz4_bound_t _lz4_bound = NULL
+cdef _lz4_compress_fast_t _lz4_compress_fast = NULL
+cdef _lz4_decompress_safe_t _lz4_decompress_safe = NULL
+cdef bint _lz4_direct = False
+
+
+cdef bint _resolve_lz4():
+    global _lz4_bound, _lz4_compress_fast, _lz4_decompress_safe
+    path = getattr(_lz4_block_ext, "__file__", None)
+    if not path:
+        return False
+    cdef bytes p = path.encode()
+    cdef _lz4_version_t version = <_lz4_version_t>fastpacket_symbol_in(p, "LZ4_versionNumber")
+    _lz4_bound = <_lz4_bound_t>fastpacket_symbol_in(p, "LZ4_compressBound")
+    _lz4_compress_fast = <_lz4_compress_fast_t>fastpacket_symbol_in(p, "LZ4_compress_fast")
+    _lz4_decompress_safe = <_lz4_decompress_safe_t>fastpacket_symbol_in(p, "LZ4_decompress_safe")
+    return (version != NULL and version() >= LZ4_MIN_VERSION and _lz4_bound != NULL
+            and _lz4_compress_fast != NULL and _lz4_decompress_safe != NULL)
+
+
+cdef bint _LZ4_DIRECT_AVAILABLE = _resolve_lz4()
+_lz4_direct = _LZ4_DIRECT_AVAILABLE
+
+
+def _use_lz4_direct(bint enabled):
+    """Private (tests, benchmarks): call liblz4 directly when it was found
+    (True) or always go through lz4.block (False). Returns whether the
+    direct path is now in use."""
+    global _lz4_direct
+    _lz4_direct = enabled and _LZ4_DIRECT_AVAILABLE
+    return _lz4_direct
 
 cdef enum:
     CODEC_NONE = 0
@@ -174,6 +242,7 @@ cdef class NativeAggregator:
     cdef int _codec
     cdef int _level
     cdef dict _lz4_kwargs
+    cdef int _acceleration
     cdef size_t _threshold
     cdef double _min_saving
     cdef uint64_t _max_raw_size
@@ -190,6 +259,7 @@ cdef class NativeAggregator:
                    double min_saving, uint64_t max_raw_size, int64_t max_frame_size, layout):
         self._codec = codec
         self._level = level
+        self._acceleration = acceleration
         self._lz4_kwargs = {"mode": "default", "acceleration": acceleration, "store_size": False}
         self._threshold = threshold
         self._min_saving = min_saving
@@ -261,16 +331,18 @@ cdef class NativeAggregator:
                          uint64_t player_id):
         cdef NativeLayout nl = b._layout
         cdef size_t hs = nl.c.header_size
-        cdef size_t count = end - begin, i, raw = 0, payload_len
+        cdef size_t count = end - begin, i, raw = 0, payload_len, cap
+        cdef size_t head = hs + kAggregateHeaderBytes
         cdef const int64_t* offsets = b._cols.offsets + begin
         cdef const uint32_t* sizes = b._cols.sizes + begin
         cdef const uint8_t* body = NULL
-        cdef const uint8_t* payload
         cdef uint8_t* dst
         cdef object body_owner = None
         cdef object compressed = None
         cdef int codec = CODEC_NONE
-        cdef bint contiguous
+        cdef int bound = 0, clen = 0
+        cdef bint in_place, payload_written = False
+        cdef PyObject* p
         cdef AggregateHeader ah
         cdef HeaderValues values
         cdef EncodeError err
@@ -282,9 +354,9 @@ cdef class NativeAggregator:
         if raw > self._max_raw_size:
             raise ValueError(f"the batch's {raw} bytes exceed max_raw_size {self._max_raw_size} for one "
                              f"aggregate frame; use pack_many()")
-        contiguous = count == 0 or frames_contiguous(offsets, sizes, 0, count)
-        if self._codec != CODEC_NONE and raw >= self._threshold:
-            if contiguous:
+        cdef bint try_codec = self._codec != CODEC_NONE and raw >= self._threshold
+        if try_codec:  # the codec needs the body in one piece
+            if count == 0 or frames_contiguous(offsets, sizes, 0, count):
                 body_owner = b._data
                 body = b._base + (offsets[0] if count else 0)
             else:
@@ -293,13 +365,32 @@ cdef class NativeAggregator:
                 with nogil:
                     gather_frames(b._base, offsets, sizes, count, dst)
                 body = dst
-            compressed = self._compress(body_owner, body, raw)
-            if compression_pays(raw, PyBytes_GET_SIZE(compressed), self._min_saving):
-                codec = self._codec
+        # liblz4 called directly compresses straight into the frame, which is
+        # allocated once for the larger of lz4's bound and the raw body and
+        # shrunk to size at the end.
+        in_place = try_codec and self._codec == CODEC_LZ4 and _lz4_direct and raw <= LZ4_MAX_INPUT
+        if in_place:
+            bound = _lz4_bound(<int>raw)
+            cap = max(<size_t>bound, raw)
+            out = PyBytes_FromStringAndSize(NULL, head + cap)
+            dst = <uint8_t*>PyBytes_AS_STRING(out) + head
+            with nogil:
+                clen = _lz4_compress_fast(<const char*>body, <char*>dst, <int>raw, bound, self._acceleration)
+            if clen > 0 and compression_pays(raw, clen, self._min_saving):
+                codec = CODEC_LZ4
+                payload_len = clen
+                payload_written = True
             else:
-                compressed = None
-        payload_len = PyBytes_GET_SIZE(compressed) if codec != CODEC_NONE else raw
-        cdef int64_t frame_len = hs + kAggregateHeaderBytes + payload_len
+                payload_len = raw
+        else:
+            if try_codec:
+                compressed = self._compress(body_owner, body, raw)
+                if compression_pays(raw, PyBytes_GET_SIZE(compressed), self._min_saving):
+                    codec = self._codec
+            payload_len = PyBytes_GET_SIZE(compressed) if codec != CODEC_NONE else raw
+            out = PyBytes_FromStringAndSize(NULL, head + payload_len)
+            dst = <uint8_t*>PyBytes_AS_STRING(out) + head
+        cdef int64_t frame_len = head + payload_len
         cdef int64_t limit = self._frame_limit(nl)
         if frame_len > limit:
             raise ValueError(f"{count} packets ({raw} bytes, {_CODEC_NAMES[codec]} body {payload_len} bytes) "
@@ -307,12 +398,10 @@ cdef class NativeAggregator:
                              f"{limit} bytes (the {nl.field_names[nl.c.length_index]!r} field of "
                              f"{nl.name}{' and max_frame_size' if limit == self._max_frame_size else ''}); "
                              f"use pack_many()")
-        out = PyBytes_FromStringAndSize(NULL, frame_len)
-        dst = <uint8_t*>PyBytes_AS_STRING(out)
         values.type = kAggregateType
         values.seq = seq
         values.player_id = player_id
-        err = encode_header(nl.c, dst, values, kAggregateHeaderBytes + payload_len)
+        err = encode_header(nl.c, dst - head, values, kAggregateHeaderBytes + payload_len)
         if err != EncodeError.none:
             raise ValueError("aggregate frame: " + _encode_error_text(err, nl, kAggregateType, seq, player_id,
                                                                    kAggregateHeaderBytes + payload_len))
@@ -320,9 +409,10 @@ cdef class NativeAggregator:
         ah.flags = 0
         ah.count = count
         ah.raw_size = raw
-        write_aggregate_header(dst + hs, ah)
-        dst += hs + kAggregateHeaderBytes
-        if codec != CODEC_NONE:
+        write_aggregate_header(dst - kAggregateHeaderBytes, ah)
+        if payload_written:
+            pass
+        elif codec != CODEC_NONE:
             memcpy(dst, PyBytes_AS_STRING(compressed), payload_len)
         elif body != NULL:  # the gathered or contiguous body, already in hand
             if payload_len >= NOGIL_MIN_BYTES:
@@ -335,13 +425,33 @@ cdef class NativeAggregator:
                 gather_frames(b._base, offsets, sizes, count, dst)
         else:
             gather_frames(b._base, offsets, sizes, count, dst)
+        if in_place and <size_t>frame_len != head + cap:
+            # _PyBytes_Resize needs the only reference: hand it ours.
+            p = <PyObject*>out
+            Py_INCREF(out)
+            out = None
+            _PyBytes_Resize(&p, frame_len)
+            out = <bytes>p
+            Py_DECREF(out)  # <bytes>p took one more; the one handed over stays with `out`
         self._stats.count_packed(codec != CODEC_NONE, raw, frame_len)
         return out
 
     cdef bytes _compress(self, object owner, const uint8_t* body, size_t n):
-        """The codec on body[0, n); lz4.block and zlib release the GIL inside."""
+        """The codec on body[0, n), with the GIL released (liblz4 directly,
+        or lz4.block and zlib, which release it inside)."""
+        cdef int bound, got
+        cdef char* dst
         if self._codec == CODEC_LZ4:
-            return _lz4_compress(_window(owner, body, n), **self._lz4_kwargs)
+            if not _lz4_direct or n > LZ4_MAX_INPUT:
+                return _lz4_compress(_window(owner, body, n), **self._lz4_kwargs)
+            bound = _lz4_bound(<int>n)
+            out = PyBytes_FromStringAndSize(NULL, bound)
+            dst = PyBytes_AS_STRING(out)
+            with nogil:
+                got = _lz4_compress_fast(<const char*>body, dst, <int>n, bound, self._acceleration)
+            if got <= 0:
+                raise ValueError(f"lz4 could not compress a body of {n} bytes")
+            return PyBytes_FromStringAndSize(dst, got)
         return _zlib_compress(_window(owner, body, n), self._level)
 
     def pack(self, batch, *, uint64_t seq=0, uint64_t player_id=0):
@@ -395,14 +505,19 @@ cdef class NativeAggregator:
 
     # -- unpacking -----------------------------------------------------------
 
-    cdef object _open(self, NativeLayout nl, object owner, const uint8_t* frame, size_t n,
-                      int64_t where, const uint8_t** body_out, size_t* count_out, size_t* nbytes_out):
+    cdef bytes _open(self, NativeLayout nl, bytes owner, const uint8_t* frame, size_t n,
+                     int64_t where, const uint8_t** body_out, size_t* count_out, size_t* nbytes_out,
+                     PacketBatch into):
         """Checks one whole aggregate frame frame[0, n) (memory kept alive by
-        `owner`; `where` is its stream offset, or -1 for unpack()) and
-        decompresses its body. Returns the object that owns the validated
-        body (*body_out, *nbytes_out bytes) and sets *count_out; raises
-        AggregateError naming the failed check. Never allocates more than
-        max_raw_size (+1 byte for zlib's overrun probe) for the body."""
+        `owner`, or None when the caller's buffer may change; `where` is its
+        stream offset, or -1 for unpack()) and decompresses its body.
+        Returns the bytes that own the validated body (*body_out,
+        *nbytes_out bytes) and sets *count_out; with `into` (a fresh
+        batch), also makes it the batch of those packets, indexed in the
+        same pass as the check. Raises AggregateError naming the failed
+        check. The body never takes more than raw_size <= max_raw_size
+        bytes (+1 for zlib's overrun probe); the index of `into` is bounded
+        by count <= raw_size / header size."""
         cdef AggregateFrame af
         cdef AggregateFault f = parse_aggregate_frame(nl.c, frame, n, self._max_raw_size, &af)
         if f.check != AggregateCheck.ok:
@@ -410,9 +525,14 @@ cdef class NativeAggregator:
             raise _fault_error(f, &af, where)
         cdef const uint8_t* src = frame + af.body_offset
         cdef uint32_t raw_size = af.header.raw_size
-        cdef object data
+        cdef bytes data
         cdef const uint8_t* body
+        cdef IndexColumns* cols = NULL
+        cdef int64_t base_offset = 0
         if af.header.codec == CODEC_NONE:
+            if owner is None:  # a mutable buffer: the packets need their own copy
+                owner = PyBytes_FromStringAndSize(<const char*>src, raw_size)
+                src = <const uint8_t*>PyBytes_AS_STRING(owner)
             data = owner
             body = src
         else:
@@ -422,7 +542,14 @@ cdef class NativeAggregator:
                 self._stats.count_rejected()
                 raise
             body = <const uint8_t*>PyBytes_AS_STRING(data)
-        f = check_aggregate_body(nl.c, body, raw_size, af.header.count)
+        if into is not None:
+            into._layout = nl
+            into._set_data(data)
+            into._alloc_index(af.header.count)
+            if af.header.count:
+                cols = &into._cols
+                base_offset = body - into._base
+        f = check_aggregate_body(nl.c, body, raw_size, af.header.count, base_offset, cols)
         if f.check != AggregateCheck.ok:
             self._stats.count_rejected()
             raise _fault_error(f, NULL, where)
@@ -436,6 +563,30 @@ cdef class NativeAggregator:
                            int64_t where):
         """Exactly raw_size bytes from the codec, or AggregateError."""
         cdef Py_ssize_t got
+        cdef int written
+        cdef char* dst
+        if codec == CODEC_LZ4 and _lz4_direct:
+            # Straight into the batch's bytes: exactly raw_size allocated
+            # (checked against max_raw_size already); LZ4_decompress_safe
+            # never writes past raw_size nor reads past the body.
+            if n > LZ4_MAX_INPUT:
+                raise _codec_error("decompress", f"an lz4 block of {n} bytes is over lz4's input limit", where,
+                                   n, LZ4_MAX_INPUT)
+            out = PyBytes_FromStringAndSize(NULL, raw_size)
+            dst = PyBytes_AS_STRING(out)
+            if raw_size >= NOGIL_MIN_BYTES:
+                with nogil:
+                    written = _lz4_decompress_safe(<const char*>src, dst, <int>n, <int>raw_size)
+            else:
+                written = _lz4_decompress_safe(<const char*>src, dst, <int>n, <int>raw_size)
+            if written < 0:
+                raise _codec_error("decompress", f"the lz4 block is corrupt or decompresses to more than "
+                                   f"raw_size {raw_size} bytes (lz4 error at input byte {-written - 1})",
+                                   where, 0, raw_size)
+            if written != raw_size:
+                raise _codec_error("raw_size", f"the lz4 block decompresses to {written} bytes, raw_size says "
+                                   f"{raw_size}", where, raw_size, written)
+            return out
         if codec == CODEC_LZ4:
             # uncompressed_size caps the output buffer at raw_size (checked
             # against max_raw_size already); lz4 fails on anything longer.
@@ -484,28 +635,14 @@ cdef class NativeAggregator:
         cdef Py_buffer view
         cdef const uint8_t* body
         cdef size_t count, nbytes
-        cdef bytes owner
+        cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
         get_contiguous_buffer(frame, &view, "Aggregator.unpack")
         try:
-            owner = frame if type(frame) is bytes else None
-            data = self._open(nl, owner, <const uint8_t*>view.buf, view.len, -1, &body, &count, &nbytes)
-            if data is None:  # codec 0 from a mutable buffer: the batch needs its own copy
-                data = PyBytes_FromStringAndSize(<const char*>body, nbytes)
-                body = <const uint8_t*>PyBytes_AS_STRING(data)
-            return _batch_at(nl, data, body, count)
+            self._open(nl, frame if type(frame) is bytes else None, <const uint8_t*>view.buf, view.len, -1,
+                       &body, &count, &nbytes, b)
+            return b
         finally:
             PyBuffer_Release(&view)
-
-
-cdef PacketBatch _batch_at(NativeLayout nl, bytes data, const uint8_t* body, size_t count):
-    """A batch over `count` validated packets starting at `body` inside `data`."""
-    cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
-    b._layout = nl
-    b._set_data(data)
-    b._alloc_index(count)
-    if count:
-        index_frames(nl.c, body, count, body - b._base, b._cols)
-    return b
 
 
 cdef object _aggregator_arg(object aggregator):
@@ -554,15 +691,16 @@ cdef PacketBatch _unwrap_aggregates(NativeAggregator agg, PacketBatch b, uint64_
                              i - run_start))
             total_bytes += inner_bytes
             total_count += i - run_start
+        single = PacketBatch.__new__(PacketBatch) if n == 1 else None
         try:
             owner = agg._open(nl, b._data, b._base + b._cols.offsets[i], b._cols.sizes[i],
-                              stream_base + b._cols.offsets[i], &body, &count, &inner_bytes)
+                              stream_base + b._cols.offsets[i], &body, &count, &inner_bytes, single)
         except AggregateError as exc:
             exc.stream_offset = stream_base + b._cols.offsets[i]
             exc.batch = _concat_segments(nl, segments, total_bytes, total_count)
             raise
-        if naggs == 1 and n == 1 and owner is not b._data:
-            return _batch_at(nl, owner, body, count)  # the whole feed was one compressed aggregate
+        if single is not None:
+            return single  # the whole feed was one aggregate: its batch, no copy
         segments.append((owner, <size_t>body, inner_bytes, count))
         total_bytes += inner_bytes
         total_count += count
