@@ -14,11 +14,13 @@ from fastpacket.errors import AggregateError, BufferFull, FastpacketError, Proto
 from fastpacket.layout import GAME, HeaderLayout, encode
 from fastpacket.batch import Packet, PacketBatch
 from fastpacket.framing import FrameDecoder
+from fastpacket.aggregate import Aggregator
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AggregateError",
+    "Aggregator",
     "BufferFull",
     "FastpacketError",
     "FrameDecoder",

@@ -523,7 +523,7 @@ cdef bytes _EMPTY_BYTES = b""
 
 
 cdef class FrameDecoder:
-    """FrameDecoder(layout=GAME, max_packet_size=65535)
+    """FrameDecoder(layout=GAME, max_packet_size=65535, aggregator=None)
 
     Incremental stream framing: feed() takes any contiguous bytes-like chunk
     of a TCP stream and returns a PacketBatch of every packet it completes,
@@ -535,17 +535,27 @@ cdef class FrameDecoder:
     on the exception as `exc.batch`. The decoder then refuses input until
     reset(). Oversize headers fail as soon as the header arrives, before the
     payload is buffered, so a decoder holds at most max_packet_size bytes.
+
+    With an `aggregator` (fastpacket.Aggregator), aggregate frames (type
+    0xFFFF) are unwrapped in place: the batch holds the packets in stream
+    order, each aggregate replaced by its inner packets. A bad aggregate
+    raises AggregateError with the packets before it as `exc.batch` and
+    fails the decoder until reset(). Without one, aggregates pass through
+    as ordinary packets.
     """
 
     cdef CFrameDecoder* _dec
     cdef NativeLayout _layout
+    cdef object _aggregator        # NativeAggregator unwrapping aggregate frames, or None
+    cdef bint _aggregate_failed    # a bad aggregate frame: the stream is untrustworthy until reset()
 
-    def __cinit__(self, layout=None, Py_ssize_t max_packet_size=65535):
+    def __cinit__(self, layout=None, Py_ssize_t max_packet_size=65535, aggregator=None):
         cdef NativeLayout nl = _layout_arg(layout)
         if max_packet_size < nl.c.header_size:
             raise ValueError(f"max_packet_size must be at least the header size "
                              f"({nl.c.header_size}), got {max_packet_size}")
         self._layout = nl
+        self._aggregator = _aggregator_arg(aggregator)
         self._dec = new CFrameDecoder(nl.c, max_packet_size)
 
     def __dealloc__(self):
@@ -574,11 +584,17 @@ cdef class FrameDecoder:
     @property
     def failed(self):
         """True after a ProtocolError, until reset()."""
-        return self._dec.failed()
+        return self._dec.failed() or self._aggregate_failed
+
+    @property
+    def aggregator(self):
+        """The Aggregator unwrapping aggregate frames, or None."""
+        return self._aggregator
 
     def reset(self):
         """Forget any pending bytes and a previous error; start a new stream."""
         self._dec.reset()
+        self._aggregate_failed = False
 
     def feed(self, data):
         """feed(data) -> PacketBatch: every packet completed by `data`."""
@@ -592,6 +608,10 @@ cdef class FrameDecoder:
     cdef PacketBatch _feed(self, const uint8_t* p, size_t n, bytes immutable):
         cdef FeedPlan plan
         cdef uint8_t* out = NULL
+        if self._aggregate_failed:
+            raise ProtocolError(f"the decoder failed on a bad aggregate frame before stream offset "
+                                f"{self._dec.stream_offset()}; call reset() before feeding a new stream",
+                                offset=self._dec.stream_offset())
         if n >= NOGIL_MIN_BYTES:
             with nogil:
                 plan = self._dec.plan(p, n)
@@ -616,9 +636,20 @@ cdef class FrameDecoder:
                 self._dec.emit(p, n, plan, out, b._cols)
         else:
             self._dec.emit(p, n, plan, out, b._cols)
+        if self._aggregator is not None:
+            b = self._unwrap(b, plan.data_bytes)
         if plan.error.kind != FrameError.none:
             raise self._protocol_error(plan.error, b)
         return b
+
+    cdef PacketBatch _unwrap(self, PacketBatch b, size_t data_bytes):
+        # the batch's bytes end where the decoder's stream offset now is
+        try:
+            return _unwrap_aggregates(<NativeAggregator>self._aggregator, b,
+                                      self._dec.stream_offset() - data_bytes)
+        except AggregateError:
+            self._aggregate_failed = True
+            raise
 
     cdef object _protocol_error(self, ErrorInfo e, PacketBatch delivered):
         cdef Layout* c = &self._layout.c

@@ -1,0 +1,713 @@
+# Aggregation: packet batches packed into compressed aggregate frames (type
+# 0xFFFF), and the checks that open them again. The C++ side
+# (csrc/fastpacket/aggregate.hpp) gathers bodies and validates frames and
+# bodies; this side calls the codecs (lz4.block and zlib, which release the
+# GIL around their C call) and maps every failure to AggregateError.
+
+from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.bytes cimport PyBytes_GET_SIZE, _PyBytes_Resize
+from cpython.ref cimport Py_DECREF
+
+cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:
+    const size_t kAggregateHeaderBytes
+    const size_t kMaxAggregateCount
+    const uint64_t kMaxAggregateRawSize
+
+    cdef struct AggregateHeader:
+        uint8_t codec
+        uint8_t flags
+        uint16_t count
+        uint32_t raw_size
+
+    cdef enum class AggregateCheck(uint8_t):
+        ok
+        frame
+        not_aggregate
+        flags
+        codec
+        max_raw_size
+        count
+        raw_size
+        packet_size
+        nested
+
+    cdef struct AggregateFault:
+        AggregateCheck check
+        uint64_t offset
+        int64_t value
+        int64_t limit
+        uint64_t index
+
+    cdef struct AggregateFrame:
+        AggregateHeader header
+        size_t body_offset
+        size_t body_size
+
+    void write_aggregate_header(uint8_t* out, const AggregateHeader& h)
+    AggregateFault parse_aggregate_frame(const Layout& l, const uint8_t* frame, size_t n,
+                                         uint64_t max_raw_size, AggregateFrame* out)
+    AggregateFault check_aggregate_body(const Layout& l, const uint8_t* body, size_t n, size_t count,
+                                        int64_t base_offset, IndexColumns* cols)
+    void gather_frames(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
+                       size_t count, uint8_t* out)
+    bool frames_contiguous(const int64_t* offsets, const uint32_t* sizes, size_t begin, size_t end)
+    bool compression_pays(size_t raw, size_t compressed, double min_saving)
+    size_t split_runs(const uint32_t* sizes, size_t count, uint64_t max_body, size_t* ends,
+                      size_t* too_big)
+
+    cdef cppclass StatsSnapshot "fastpacket::AggregateStats::Snapshot":
+        uint64_t compressed, raw, bytes_in, bytes_out, unpacked, rejected
+
+    cdef cppclass AggregateStats:
+        void count_packed(bool with_codec, uint64_t nin, uint64_t nout)
+        void count_unpacked()
+        void count_rejected()
+        StatsSnapshot snapshot()
+
+
+import zlib as _zlib
+import lz4.block as _lz4_block
+import lz4.block._block as _lz4_block_ext
+
+_lz4_compress = _lz4_block.compress
+_lz4_decompress = _lz4_block.decompress
+_zlib_compress = _zlib.compress
+_zlib_decompressobj = _zlib.decompressobj
+
+# The lz4 package ships no C headers, but its extension module exports (or
+# links) liblz4's stable C API. Calling LZ4_compress_fast and
+# LZ4_decompress_safe directly skips a Python call and argument parsing per
+# frame, lets decompression write straight into the batch's bytes (exactly
+# raw_size allocated, no copy), and releases the GIL in our own hands. The
+# symbols are looked up in the already-loaded module; where that fails (no
+# dlopen, a build without them, liblz4 < 1.7) the lz4.block functions serve.
+cdef extern from *:
+    """
+    #if defined(__unix__) || defined(__APPLE__)
+    #include <dlfcn.h>
+    static void* fastpacket_symbol_in(const char* path, const char* name) {
+        void* h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);  /* only if already loaded */
+        if (h == NULL) return NULL;
+        void* f = dlsym(h, name);
+        dlclose(h);  /* drops NOLOAD's reference; Python keeps the module loaded */
+        return f;
+    }
+    #else
+    static void* fastpacket_symbol_in(const char* path, const char* name) { (void)path; (void)name; return NULL; }
+    #endif
+    """
+    void* fastpacket_symbol_in(const char* path, const char* name)
+
+ctypedef int (*_lz4_version_t)() noexcept nogil
+ctypedef int (*_lz4_bound_t)(int) noexcept nogil
+ctypedef int (*_lz4_compress_fast_t)(const char*, char*, int, int, int) noexcept nogil
+ctypedef int (*_lz4_decompress_safe_t)(const char*, char*, int, int) noexcept nogil
+
+cdef enum:
+    LZ4_MIN_VERSION = 10700       # LZ4_compress_fast appeared in lz4 1.7.0
+    LZ4_MAX_INPUT = 0x7E000000    # LZ4_MAX_INPUT_SIZE, bytes
+
+cdef _lz4_bound_t _lz4_bound = NULL
+cdef _lz4_compress_fast_t _lz4_compress_fast = NULL
+cdef _lz4_decompress_safe_t _lz4_decompress_safe = NULL
+cdef bint _lz4_direct = False
+
+
+cdef bint _resolve_lz4():
+    global _lz4_bound, _lz4_compress_fast, _lz4_decompress_safe
+    path = getattr(_lz4_block_ext, "__file__", None)
+    if not path:
+        return False
+    cdef bytes p = path.encode()
+    cdef _lz4_version_t version = <_lz4_version_t>fastpacket_symbol_in(p, "LZ4_versionNumber")
+    _lz4_bound = <_lz4_bound_t>fastpacket_symbol_in(p, "LZ4_compressBound")
+    _lz4_compress_fast = <_lz4_compress_fast_t>fastpacket_symbol_in(p, "LZ4_compress_fast")
+    _lz4_decompress_safe = <_lz4_decompress_safe_t>fastpacket_symbol_in(p, "LZ4_decompress_safe")
+    return (version != NULL and version() >= LZ4_MIN_VERSION and _lz4_bound != NULL
+            and _lz4_compress_fast != NULL and _lz4_decompress_safe != NULL)
+
+
+cdef bint _LZ4_DIRECT_AVAILABLE = _resolve_lz4()
+_lz4_direct = _LZ4_DIRECT_AVAILABLE
+
+
+def _use_lz4_direct(bint enabled):
+    """Private (tests, benchmarks): call liblz4 directly when it was found
+    (True) or always go through lz4.block (False). Returns whether the
+    direct path is now in use."""
+    global _lz4_direct
+    _lz4_direct = enabled and _LZ4_DIRECT_AVAILABLE
+    return _lz4_direct
+
+cdef enum:
+    CODEC_NONE = 0
+    CODEC_LZ4 = 1
+    CODEC_ZLIB = 2
+
+_CODEC_NAMES = ("none", "lz4", "zlib")
+
+cdef dict _CHECK_NAMES = {
+    <int>AggregateCheck.frame: "frame",
+    <int>AggregateCheck.not_aggregate: "type",
+    <int>AggregateCheck.flags: "flags",
+    <int>AggregateCheck.codec: "codec",
+    <int>AggregateCheck.max_raw_size: "max_raw_size",
+    <int>AggregateCheck.count: "count",
+    <int>AggregateCheck.raw_size: "raw_size",
+    <int>AggregateCheck.packet_size: "packet_size",
+    <int>AggregateCheck.nested: "nested",
+}
+
+
+@cython.freelist(16)
+@cython.final
+cdef class _ByteWindow:
+    """A read-only buffer over bytes that `_owner` keeps alive: hands a slice
+    of a frame or batch to a codec without a memoryview and a slice object."""
+
+    cdef object _owner
+    cdef const uint8_t* _ptr
+    cdef Py_ssize_t _len
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        PyBuffer_FillInfo(view, self, <void*>self._ptr, self._len, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+
+cdef inline _ByteWindow _window(object owner, const uint8_t* ptr, Py_ssize_t n):
+    cdef _ByteWindow w = _ByteWindow.__new__(_ByteWindow)
+    w._owner = owner
+    w._ptr = ptr
+    w._len = n
+    return w
+
+
+cdef str _where(int64_t stream_offset):
+    if stream_offset < 0:
+        return "Aggregator.unpack"
+    return f"aggregate frame at stream offset {stream_offset}"
+
+
+cdef object _fault_error(AggregateFault f, AggregateFrame* frame, int64_t stream_offset):
+    """The AggregateError for a failed check (the one error boundary)."""
+    check = _CHECK_NAMES[<int>f.check]
+    if f.check == AggregateCheck.frame:
+        if f.offset == 0:
+            msg = f"an aggregate frame needs at least {f.limit} bytes (header + aggregate header), got {f.value}"
+        else:
+            msg = (f"the frame's length field announces {f.value} bytes but the frame holds {f.limit} "
+                   f"(it must be exactly one packet)")
+    elif f.check == AggregateCheck.not_aggregate:
+        msg = f"expected packet type {f.limit:#x} (aggregate), found {f.value:#x}" if f.value >= 0 else \
+            "the layout has no type field, so no packet can be an aggregate"
+    elif f.check == AggregateCheck.flags:
+        msg = f"aggregate flags must be 0 (reserved), found {f.value:#04x} at offset {f.offset}"
+    elif f.check == AggregateCheck.codec:
+        msg = f"unknown codec {f.value} at offset {f.offset} (known: 0..{f.limit})"
+    elif f.check == AggregateCheck.max_raw_size:
+        msg = (f"raw_size {f.value} at offset {f.offset} exceeds max_raw_size {f.limit}; "
+               f"refused before decompressing")
+    elif f.check == AggregateCheck.raw_size:
+        msg = f"raw_size {f.value} at offset {f.offset} does not match the {f.limit} body bytes"
+    elif f.check == AggregateCheck.count:
+        if f.limit == f.value + 1:
+            msg = (f"count {f.value} does not match the body: more bytes follow packet {f.index} "
+                   f"at body offset {f.offset}")
+        elif frame != NULL:  # the header check, before decompressing
+            msg = f"count {f.value} at offset {f.offset} cannot fit raw_size (at most {f.limit} packets)"
+        else:
+            msg = f"count says {f.limit} packets but the body ends after {f.value}, at body offset {f.offset}"
+    elif f.check == AggregateCheck.packet_size:
+        msg = (f"inner packet {f.index} at body offset {f.offset} has size {f.value}; expected "
+               f"{'at least' if f.value < f.limit else 'at most'} {f.limit}")
+    else:
+        msg = f"inner packet {f.index} at body offset {f.offset} is itself an aggregate (type 0xffff)"
+    return AggregateError(f"{_where(stream_offset)}: bad aggregate frame ({check}): {msg}", check=check,
+                          offset=f.offset, value=f.value, limit=f.limit)
+
+
+cdef inline object _codec_error(str check, str msg, int64_t stream_offset, int64_t value=0, int64_t limit=0):
+    return AggregateError(f"{_where(stream_offset)}: bad aggregate frame ({check}): {msg}", check=check,
+                          value=value, limit=limit)
+
+
+cdef class NativeAggregator:
+    """Native half of fastpacket.aggregate.Aggregator (argument checks and
+    docs live there). Immutable after _configure(), so pack/unpack may run
+    in several threads at once; the counters are atomics."""
+
+    cdef AggregateStats* _stats
+    cdef int _codec
+    cdef int _level
+    cdef dict _lz4_kwargs
+    cdef int _acceleration
+    cdef size_t _threshold
+    cdef double _min_saving
+    cdef uint64_t _max_raw_size
+    cdef int64_t _max_frame_size    # 0: the layout's length field is the only limit
+    cdef NativeLayout _layout       # the layout unpack() reads frames in
+
+    def __cinit__(self):
+        self._stats = new AggregateStats()
+
+    def __dealloc__(self):
+        del self._stats
+
+    def _configure(self, int codec, int level, int acceleration, Py_ssize_t threshold,
+                   double min_saving, uint64_t max_raw_size, int64_t max_frame_size, layout):
+        self._codec = codec
+        self._level = level
+        self._acceleration = acceleration
+        self._lz4_kwargs = {"mode": "default", "acceleration": acceleration, "store_size": False}
+        self._threshold = threshold
+        self._min_saving = min_saving
+        self._max_raw_size = max_raw_size
+        self._max_frame_size = max_frame_size
+        self._layout = _layout_arg(layout)
+
+    @property
+    def codec(self):
+        """The codec name: "none", "lz4" or "zlib"."""
+        return _CODEC_NAMES[self._codec]
+
+    @property
+    def threshold(self):
+        """Bodies smaller than this many bytes are sent raw."""
+        return self._threshold
+
+    @property
+    def min_saving(self):
+        """Compressed bodies are kept only when smaller than (1 - min_saving) of the body."""
+        return self._min_saving
+
+    @property
+    def max_raw_size(self):
+        """Largest raw body packed or accepted, in bytes."""
+        return self._max_raw_size
+
+    @property
+    def layout(self):
+        """The HeaderLayout unpack() reads frames in (pack uses the batch's)."""
+        return self._layout
+
+    @property
+    def stats(self):
+        """Counters: frames "compressed" and left "raw", "bytes_in" (packets
+        packed) and "bytes_out" (frames produced), frames "unpacked" and
+        "rejected". Safe to read while other threads pack."""
+        cdef StatsSnapshot s = self._stats.snapshot()
+        return {"compressed": s.compressed, "raw": s.raw, "bytes_in": s.bytes_in,
+                "bytes_out": s.bytes_out, "unpacked": s.unpacked, "rejected": s.rejected}
+
+    # -- packing -------------------------------------------------------------
+
+    cdef int64_t _frame_limit(self, NativeLayout nl):
+        """Largest frame (header included) the layout's length field can
+        announce, capped by max_frame_size."""
+        cdef Layout* c = &nl.c
+        cdef int64_t bias = (0 if c.length_includes_header else c.header_size) + c.length_adjustment
+        cdef uint64_t fmax = c.field_max(c.length_index)
+        cdef int64_t limit = (<int64_t>1 << 62) if fmax >= (<uint64_t>1 << 62) else <int64_t>fmax + bias
+        if self._max_frame_size > 0 and self._max_frame_size < limit:
+            limit = self._max_frame_size
+        return limit
+
+    cdef int _check_layout(self, NativeLayout nl) except -1:
+        if nl.c.type_index < 0 or nl.c.field_max(nl.c.type_index) < kAggregateType:
+            raise ValueError(f"layout {nl.name} cannot carry aggregate frames: it needs a type field "
+                             f"that holds {kAggregateType:#x}")
+        return 0
+
+    cdef uint64_t _body_limit(self, NativeLayout nl):
+        """Largest raw body one frame carries even uncompressed (pack_many's split)."""
+        cdef int64_t room = self._frame_limit(nl) - nl.c.header_size - <int64_t>kAggregateHeaderBytes
+        if room < 0:
+            return 0
+        return min(<uint64_t>room, self._max_raw_size)
+
+    cdef bytes _pack_run(self, PacketBatch b, Py_ssize_t begin, Py_ssize_t end, uint64_t seq,
+                         uint64_t player_id):
+        cdef NativeLayout nl = b._layout
+        cdef size_t hs = nl.c.header_size
+        cdef size_t count = end - begin, i, raw = 0, payload_len, cap
+        cdef size_t head = hs + kAggregateHeaderBytes
+        cdef const int64_t* offsets = b._cols.offsets + begin
+        cdef const uint32_t* sizes = b._cols.sizes + begin
+        cdef const uint8_t* body = NULL
+        cdef uint8_t* dst
+        cdef object body_owner = None
+        cdef object compressed = None
+        cdef int codec = CODEC_NONE
+        cdef int bound = 0, clen = 0
+        cdef bint in_place, payload_written = False
+        cdef PyObject* p
+        cdef AggregateHeader ah
+        cdef HeaderValues values
+        cdef EncodeError err
+        for i in range(count):
+            raw += sizes[i]
+        if count > kMaxAggregateCount:
+            raise ValueError(f"an aggregate frame holds at most {kMaxAggregateCount} packets (its count "
+                             f"field is a u16), this batch has {count}; use pack_many()")
+        if raw > self._max_raw_size:
+            raise ValueError(f"the batch's {raw} bytes exceed max_raw_size {self._max_raw_size} for one "
+                             f"aggregate frame; use pack_many()")
+        cdef bint try_codec = self._codec != CODEC_NONE and raw >= self._threshold
+        if try_codec:  # the codec needs the body in one piece
+            if count == 0 or frames_contiguous(offsets, sizes, 0, count):
+                body_owner = b._data
+                body = b._base + (offsets[0] if count else 0)
+            else:
+                body_owner = PyBytes_FromStringAndSize(NULL, raw)
+                dst = <uint8_t*>PyBytes_AS_STRING(body_owner)
+                with nogil:
+                    gather_frames(b._base, offsets, sizes, count, dst)
+                body = dst
+        # liblz4 called directly compresses straight into the frame, which is
+        # allocated once for the larger of lz4's bound and the raw body and
+        # shrunk to size at the end.
+        in_place = try_codec and self._codec == CODEC_LZ4 and _lz4_direct and raw <= LZ4_MAX_INPUT
+        if in_place:
+            bound = _lz4_bound(<int>raw)
+            cap = max(<size_t>bound, raw)
+            out = PyBytes_FromStringAndSize(NULL, head + cap)
+            dst = <uint8_t*>PyBytes_AS_STRING(out) + head
+            with nogil:
+                clen = _lz4_compress_fast(<const char*>body, <char*>dst, <int>raw, bound, self._acceleration)
+            if clen > 0 and compression_pays(raw, clen, self._min_saving):
+                codec = CODEC_LZ4
+                payload_len = clen
+                payload_written = True
+            else:
+                payload_len = raw
+        else:
+            if try_codec:
+                compressed = self._compress(body_owner, body, raw)
+                if compression_pays(raw, PyBytes_GET_SIZE(compressed), self._min_saving):
+                    codec = self._codec
+            payload_len = PyBytes_GET_SIZE(compressed) if codec != CODEC_NONE else raw
+            out = PyBytes_FromStringAndSize(NULL, head + payload_len)
+            dst = <uint8_t*>PyBytes_AS_STRING(out) + head
+        cdef int64_t frame_len = head + payload_len
+        cdef int64_t limit = self._frame_limit(nl)
+        if frame_len > limit:
+            raise ValueError(f"{count} packets ({raw} bytes, {_CODEC_NAMES[codec]} body {payload_len} bytes) "
+                             f"make a {frame_len}-byte aggregate frame, over the frame-size limit of "
+                             f"{limit} bytes (the {nl.field_names[nl.c.length_index]!r} field of "
+                             f"{nl.name}{' and max_frame_size' if limit == self._max_frame_size else ''}); "
+                             f"use pack_many()")
+        values.type = kAggregateType
+        values.seq = seq
+        values.player_id = player_id
+        err = encode_header(nl.c, dst - head, values, kAggregateHeaderBytes + payload_len)
+        if err != EncodeError.none:
+            raise ValueError("aggregate frame: " + _encode_error_text(err, nl, kAggregateType, seq, player_id,
+                                                                   kAggregateHeaderBytes + payload_len))
+        ah.codec = codec
+        ah.flags = 0
+        ah.count = count
+        ah.raw_size = raw
+        write_aggregate_header(dst - kAggregateHeaderBytes, ah)
+        if payload_written:
+            pass
+        elif codec != CODEC_NONE:
+            memcpy(dst, PyBytes_AS_STRING(compressed), payload_len)
+        elif body != NULL:  # the gathered or contiguous body, already in hand
+            if payload_len >= NOGIL_MIN_BYTES:
+                with nogil:
+                    memcpy(dst, body, payload_len)
+            else:
+                memcpy(dst, body, payload_len)
+        elif payload_len >= NOGIL_MIN_BYTES:
+            with nogil:
+                gather_frames(b._base, offsets, sizes, count, dst)
+        else:
+            gather_frames(b._base, offsets, sizes, count, dst)
+        if in_place and <size_t>frame_len != head + cap:
+            # _PyBytes_Resize needs the only reference: hand it ours.
+            p = <PyObject*>out
+            Py_INCREF(out)
+            out = None
+            _PyBytes_Resize(&p, frame_len)
+            out = <bytes>p
+            Py_DECREF(out)  # <bytes>p took one more; the one handed over stays with `out`
+        self._stats.count_packed(codec != CODEC_NONE, raw, frame_len)
+        return out
+
+    cdef bytes _compress(self, object owner, const uint8_t* body, size_t n):
+        """The codec on body[0, n), with the GIL released (liblz4 directly,
+        or lz4.block and zlib, which release it inside)."""
+        cdef int bound, got
+        cdef char* dst
+        if self._codec == CODEC_LZ4:
+            if not _lz4_direct or n > LZ4_MAX_INPUT:
+                return _lz4_compress(_window(owner, body, n), **self._lz4_kwargs)
+            bound = _lz4_bound(<int>n)
+            out = PyBytes_FromStringAndSize(NULL, bound)
+            dst = PyBytes_AS_STRING(out)
+            with nogil:
+                got = _lz4_compress_fast(<const char*>body, dst, <int>n, bound, self._acceleration)
+            if got <= 0:
+                raise ValueError(f"lz4 could not compress a body of {n} bytes")
+            return PyBytes_FromStringAndSize(dst, got)
+        return _zlib_compress(_window(owner, body, n), self._level)
+
+    def pack(self, batch, *, uint64_t seq=0, uint64_t player_id=0):
+        """pack(batch, *, seq=0, player_id=0) -> bytes
+
+        One aggregate frame (type 0xFFFF, in the batch's layout, with the
+        given seq and player_id) holding every packet of `batch`. The body is
+        compressed when it is at least `threshold` bytes and the result
+        saves at least `min_saving`; otherwise it is sent raw (codec 0).
+
+        Raises ValueError naming the limit when the batch cannot fit one
+        frame: more than 65535 packets, more than max_raw_size bytes, or a
+        frame over the frame-size limit (the layout's length field, 65535
+        bytes for GAME, or max_frame_size). pack_many() splits instead.
+        """
+        if not isinstance(batch, PacketBatch):
+            raise TypeError(f"pack needs a PacketBatch, not {type(batch).__name__!r}")
+        cdef PacketBatch b = <PacketBatch>batch
+        self._check_layout(b._layout)
+        return self._pack_run(b, 0, b._count, seq, player_id)
+
+    def pack_many(self, batch, *, uint64_t seq=0, uint64_t player_id=0):
+        """pack_many(batch, *, seq=0, player_id=0) -> list[bytes]
+
+        The batch split into as many aggregate frames as needed, in order.
+        Each frame's raw body fits the frame-size limit even uncompressed
+        and max_raw_size; an empty batch gives one empty frame. Raises
+        ValueError only for a single packet too large for any frame.
+        """
+        if not isinstance(batch, PacketBatch):
+            raise TypeError(f"pack_many needs a PacketBatch, not {type(batch).__name__!r}")
+        cdef PacketBatch b = <PacketBatch>batch
+        self._check_layout(b._layout)
+        cdef uint64_t max_body = self._body_limit(b._layout)
+        cdef size_t too_big = 0, runs, r
+        cdef Py_ssize_t begin = 0
+        if b._count == 0:
+            return [self._pack_run(b, 0, 0, seq, player_id)]
+        ends = np.empty(b._count, dtype=np.uintp)
+        cdef size_t[::1] ev = ends
+        runs = split_runs(b._cols.sizes, b._count, max_body, &ev[0], &too_big)
+        if runs == 0:
+            raise ValueError(f"packet {too_big} ({b._cols.sizes[too_big]} bytes) cannot fit any aggregate "
+                             f"frame: a frame carries at most {max_body} bytes of packets (the frame-size "
+                             f"limit {self._frame_limit(b._layout)} less headers, or max_raw_size)")
+        frames = []
+        for r in range(runs):
+            frames.append(self._pack_run(b, begin, ev[r], seq, player_id))
+            begin = ev[r]
+        return frames
+
+    # -- unpacking -----------------------------------------------------------
+
+    cdef bytes _open(self, NativeLayout nl, bytes owner, const uint8_t* frame, size_t n,
+                     int64_t where, const uint8_t** body_out, size_t* count_out, size_t* nbytes_out,
+                     PacketBatch into):
+        """Checks one whole aggregate frame frame[0, n) (memory kept alive by
+        `owner`, or None when the caller's buffer may change; `where` is its
+        stream offset, or -1 for unpack()) and decompresses its body.
+        Returns the bytes that own the validated body (*body_out,
+        *nbytes_out bytes) and sets *count_out; with `into` (a fresh
+        batch), also makes it the batch of those packets, indexed in the
+        same pass as the check. Raises AggregateError naming the failed
+        check. The body never takes more than raw_size <= max_raw_size
+        bytes (+1 for zlib's overrun probe); the index of `into` is bounded
+        by count <= raw_size / header size."""
+        cdef AggregateFrame af
+        cdef AggregateFault f = parse_aggregate_frame(nl.c, frame, n, self._max_raw_size, &af)
+        if f.check != AggregateCheck.ok:
+            self._stats.count_rejected()
+            raise _fault_error(f, &af, where)
+        cdef const uint8_t* src = frame + af.body_offset
+        cdef uint32_t raw_size = af.header.raw_size
+        cdef bytes data
+        cdef const uint8_t* body
+        cdef IndexColumns* cols = NULL
+        cdef int64_t base_offset = 0
+        if af.header.codec == CODEC_NONE:
+            if owner is None:  # a mutable buffer: the packets need their own copy
+                owner = PyBytes_FromStringAndSize(<const char*>src, raw_size)
+                src = <const uint8_t*>PyBytes_AS_STRING(owner)
+            data = owner
+            body = src
+        else:
+            try:
+                data = self._decompress(af.header.codec, owner, src, af.body_size, raw_size, where)
+            except AggregateError:
+                self._stats.count_rejected()
+                raise
+            body = <const uint8_t*>PyBytes_AS_STRING(data)
+        if into is not None:
+            into._layout = nl
+            into._set_data(data)
+            into._alloc_index(af.header.count)
+            if af.header.count:
+                cols = &into._cols
+                base_offset = body - into._base
+        f = check_aggregate_body(nl.c, body, raw_size, af.header.count, base_offset, cols)
+        if f.check != AggregateCheck.ok:
+            self._stats.count_rejected()
+            raise _fault_error(f, NULL, where)
+        self._stats.count_unpacked()
+        body_out[0] = body
+        count_out[0] = af.header.count
+        nbytes_out[0] = raw_size
+        return data
+
+    cdef bytes _decompress(self, int codec, object owner, const uint8_t* src, size_t n, uint32_t raw_size,
+                           int64_t where):
+        """Exactly raw_size bytes from the codec, or AggregateError."""
+        cdef Py_ssize_t got
+        cdef int written
+        cdef char* dst
+        if codec == CODEC_LZ4 and _lz4_direct:
+            # Straight into the batch's bytes: exactly raw_size allocated
+            # (checked against max_raw_size already); LZ4_decompress_safe
+            # never writes past raw_size nor reads past the body.
+            if n > LZ4_MAX_INPUT:
+                raise _codec_error("decompress", f"an lz4 block of {n} bytes is over lz4's input limit", where,
+                                   n, LZ4_MAX_INPUT)
+            out = PyBytes_FromStringAndSize(NULL, raw_size)
+            dst = PyBytes_AS_STRING(out)
+            if raw_size >= NOGIL_MIN_BYTES:
+                with nogil:
+                    written = _lz4_decompress_safe(<const char*>src, dst, <int>n, <int>raw_size)
+            else:
+                written = _lz4_decompress_safe(<const char*>src, dst, <int>n, <int>raw_size)
+            if written < 0:
+                raise _codec_error("decompress", f"the lz4 block is corrupt or decompresses to more than "
+                                   f"raw_size {raw_size} bytes (lz4 error at input byte {-written - 1})",
+                                   where, 0, raw_size)
+            if written != raw_size:
+                raise _codec_error("raw_size", f"the lz4 block decompresses to {written} bytes, raw_size says "
+                                   f"{raw_size}", where, raw_size, written)
+            return out
+        if codec == CODEC_LZ4:
+            # uncompressed_size caps the output buffer at raw_size (checked
+            # against max_raw_size already); lz4 fails on anything longer.
+            try:
+                out = _lz4_decompress(_window(owner, src, n), raw_size)
+            except Exception as exc:
+                raise _codec_error("decompress", f"the lz4 block does not decompress into raw_size {raw_size} "
+                                   f"bytes: {exc}", where, 0, raw_size) from None
+            got = PyBytes_GET_SIZE(out)
+            if got != raw_size:
+                raise _codec_error("raw_size", f"the lz4 block decompresses to {got} bytes, raw_size says "
+                                   f"{raw_size}", where, value=raw_size, limit=got)
+            return out
+        # zlib: ask for one byte more than raw_size to see an overrun
+        # without ever holding more than raw_size + 1 bytes.
+        d = _zlib_decompressobj()
+        try:
+            out = d.decompress(_window(owner, src, n), raw_size + 1)
+        except _zlib.error as exc:
+            raise _codec_error("decompress", f"the zlib stream is corrupt: {exc}", where) from None
+        got = PyBytes_GET_SIZE(out)
+        if got > raw_size:
+            raise _codec_error("raw_size", f"the zlib stream decompresses to more than raw_size {raw_size} "
+                               f"bytes", where, value=raw_size, limit=got)
+        if not d.eof:
+            raise _codec_error("decompress", f"the zlib stream is truncated (ends after {got} bytes of "
+                               f"output, raw_size {raw_size})", where, 0, raw_size)
+        if got != raw_size:
+            raise _codec_error("raw_size", f"the zlib stream decompresses to {got} bytes, raw_size says "
+                               f"{raw_size}", where, value=raw_size, limit=got)
+        if d.unused_data:
+            raise _codec_error("decompress", f"{len(d.unused_data)} bytes follow the end of the zlib stream",
+                               where)
+        return out
+
+    def unpack(self, frame, *, layout=None):
+        """unpack(frame, *, layout=None) -> PacketBatch
+
+        The packets of one aggregate frame (any contiguous bytes-like object
+        holding exactly that packet), in the aggregator's layout unless
+        `layout` is given. Every check failure raises AggregateError naming
+        the check (see fastpacket.aggregate); raw_size is checked against
+        max_raw_size before anything is decompressed.
+        """
+        cdef NativeLayout nl = self._layout if layout is None else _layout_arg(layout)
+        cdef Py_buffer view
+        cdef const uint8_t* body
+        cdef size_t count, nbytes
+        cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
+        get_contiguous_buffer(frame, &view, "Aggregator.unpack")
+        try:
+            self._open(nl, frame if type(frame) is bytes else None, <const uint8_t*>view.buf, view.len, -1,
+                       &body, &count, &nbytes, b)
+            return b
+        finally:
+            PyBuffer_Release(&view)
+
+
+cdef object _aggregator_arg(object aggregator):
+    if aggregator is not None and not isinstance(aggregator, NativeAggregator):
+        raise TypeError(f"aggregator must be a fastpacket.Aggregator or None, not {type(aggregator).__name__!r}")
+    return aggregator
+
+
+cdef PacketBatch _concat_segments(NativeLayout nl, list segments, size_t nbytes, size_t count):
+    """One batch of the segments' packets in order; each segment is
+    (owner, address, nbytes, count) of validated packets back to back."""
+    data = PyBytes_FromStringAndSize(NULL, nbytes)
+    cdef uint8_t* dst = <uint8_t*>PyBytes_AS_STRING(data)
+    cdef size_t pos = 0, k
+    for seg in segments:
+        k = seg[2]
+        memcpy(dst + pos, <const uint8_t*><size_t>seg[1], k)
+        pos += k
+    return _batch_over(nl, data, count)
+
+
+cdef PacketBatch _unwrap_aggregates(NativeAggregator agg, PacketBatch b, uint64_t stream_base):
+    """The batch with each aggregate frame replaced by its packets, in stream
+    order. A bad aggregate raises AggregateError carrying, as exc.batch, the
+    packets before it (earlier aggregates unwrapped)."""
+    cdef NativeLayout nl = b._layout
+    cdef Layout* c = &nl.c
+    cdef size_t hs = c.header_size
+    cdef Py_ssize_t i, n = b._count, run_start = 0, naggs = 0
+    cdef const uint8_t* body
+    cdef size_t count, total_bytes = 0, total_count = 0, inner_bytes
+    if c.type_index < 0 or c.field_max(c.type_index) < kAggregateType:
+        return b
+    for i in range(n):
+        if c.read(b._cols.headers + i * hs, c.type_index) == kAggregateType:
+            naggs += 1
+    if naggs == 0:
+        return b
+    segments = []
+    for i in range(n):
+        if c.read(b._cols.headers + i * hs, c.type_index) != kAggregateType:
+            continue
+        if i > run_start:  # the ordinary packets since the previous aggregate
+            inner_bytes = b._cols.offsets[i - 1] + b._cols.sizes[i - 1] - b._cols.offsets[run_start]
+            segments.append((b._data, <size_t>(b._base + b._cols.offsets[run_start]), inner_bytes,
+                             i - run_start))
+            total_bytes += inner_bytes
+            total_count += i - run_start
+        single = PacketBatch.__new__(PacketBatch) if n == 1 else None
+        try:
+            owner = agg._open(nl, b._data, b._base + b._cols.offsets[i], b._cols.sizes[i],
+                              stream_base + b._cols.offsets[i], &body, &count, &inner_bytes, single)
+        except AggregateError as exc:
+            exc.stream_offset = stream_base + b._cols.offsets[i]
+            exc.batch = _concat_segments(nl, segments, total_bytes, total_count)
+            raise
+        if single is not None:
+            return single  # the whole feed was one aggregate: its batch, no copy
+        segments.append((owner, <size_t>body, inner_bytes, count))
+        total_bytes += inner_bytes
+        total_count += count
+        run_start = i + 1
+    if run_start < n:
+        inner_bytes = b._cols.offsets[n - 1] + b._cols.sizes[n - 1] - b._cols.offsets[run_start]
+        segments.append((b._data, <size_t>(b._base + b._cols.offsets[run_start]), inner_bytes, n - run_start))
+        total_bytes += inner_bytes
+        total_count += n - run_start
+    return _concat_segments(nl, segments, total_bytes, total_count)

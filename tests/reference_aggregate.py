@@ -1,0 +1,177 @@
+"""A pure-Python reference model of aggregate frames (DESIGN.md, wire
+format), written from the spec and independent of fastpacket: an encoder
+that applies the sender's rule, an encoder that writes any (even wrong)
+header, and a decoder that makes the receiver's checks in the same order
+as fastpacket and names the failed one.
+
+Layouts are described by a struct format whose first field is the length
+(whole packet, header included) and second the type, as in GAME "<HHII".
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import List, Sequence
+
+import lz4.block
+
+GAME_FORMAT = "<HHII"
+AGGREGATE_TYPE = 0xFFFF
+AGG_HEADER = struct.Struct("<BBHI")  # codec, flags, count, raw_size
+CODEC_NONE, CODEC_LZ4, CODEC_ZLIB = 0, 1, 2
+CODEC_NUMBERS = {"none": CODEC_NONE, "lz4": CODEC_LZ4, "zlib": CODEC_ZLIB}
+
+
+def ref_packet(ptype: int, payload: bytes, *rest: int, fmt: str = GAME_FORMAT) -> bytes:
+    """One packet: header (size, type, *rest; missing fields 0) then payload."""
+    h = struct.Struct(fmt)
+    nfields = len(h.unpack(bytes(h.size)))
+    rest = tuple(rest) + (0,) * (nfields - 2 - len(rest))
+    return h.pack(h.size + len(payload), ptype, *rest) + payload
+
+
+def ref_compress(codec: int, body: bytes, level: int = 6) -> bytes:
+    if codec == CODEC_LZ4:
+        return lz4.block.compress(body, store_size=False)
+    if codec == CODEC_ZLIB:
+        return zlib.compress(body, level)
+    return body
+
+
+def ref_raw_frame(
+    body_on_wire: bytes,
+    *,
+    codec: int,
+    count: int,
+    raw_size: int,
+    flags: int = 0,
+    ptype: int = AGGREGATE_TYPE,
+    rest: Sequence[int] = (0, 0),
+    fmt: str = GAME_FORMAT,
+    size_delta: int = 0,
+) -> bytes:
+    """An aggregate frame with whatever header fields the caller gives
+    (for corruption tests): `size_delta` is added to the length field."""
+    h = struct.Struct(fmt)
+    payload = AGG_HEADER.pack(codec, flags, count, raw_size) + body_on_wire
+    return h.pack(h.size + len(payload) + size_delta, ptype, *rest) + payload
+
+
+def ref_pack(
+    packets: Sequence[bytes],
+    codec: str = "lz4",
+    *,
+    threshold: int = 1024,
+    min_saving: float = 0.10,
+    level: int = 6,
+    seq: int = 0,
+    player_id: int = 0,
+    fmt: str = GAME_FORMAT,
+) -> bytes:
+    """The frame a conforming sender makes: compress only a body of at least
+    `threshold` bytes, keep it only if smaller than (1 - min_saving) * body."""
+    body = b"".join(packets)
+    number = CODEC_NUMBERS[codec]
+    on_wire, used = body, CODEC_NONE
+    if number != CODEC_NONE and len(body) >= threshold:
+        c = ref_compress(number, body, level)
+        if len(c) < (1.0 - min_saving) * len(body):
+            on_wire, used = c, number
+    return ref_raw_frame(on_wire, codec=used, count=len(packets), raw_size=len(body), rest=(seq, player_id), fmt=fmt)
+
+
+class RefAggregateError(Exception):
+    def __init__(self, check: str) -> None:
+        super().__init__(check)
+        self.check = check
+
+
+def ref_unpack(frame: bytes, *, max_raw_size: int = 1 << 20, fmt: str = GAME_FORMAT) -> List[bytes]:
+    """The packets of one aggregate frame, or RefAggregateError(check)."""
+    h = struct.Struct(fmt)
+    hs = h.size
+    if len(frame) < hs + AGG_HEADER.size:
+        raise RefAggregateError("frame")
+    fields = h.unpack_from(frame)
+    if fields[0] != len(frame):
+        raise RefAggregateError("frame")
+    if fields[1] != AGGREGATE_TYPE:
+        raise RefAggregateError("type")
+    codec, flags, count, raw_size = AGG_HEADER.unpack_from(frame, hs)
+    if flags != 0:
+        raise RefAggregateError("flags")
+    if codec > CODEC_ZLIB:
+        raise RefAggregateError("codec")
+    if raw_size > max_raw_size:
+        raise RefAggregateError("max_raw_size")
+    if count * hs > raw_size:
+        raise RefAggregateError("count")
+    src = frame[hs + AGG_HEADER.size:]
+    if codec == CODEC_NONE:
+        if len(src) != raw_size:
+            raise RefAggregateError("raw_size")
+        body = src
+    elif codec == CODEC_LZ4:
+        try:
+            body = lz4.block.decompress(src, uncompressed_size=raw_size)
+        except lz4.block.LZ4BlockError:
+            raise RefAggregateError("decompress") from None
+        if len(body) != raw_size:
+            raise RefAggregateError("raw_size")
+    else:
+        d = zlib.decompressobj()
+        try:
+            body = d.decompress(src, raw_size + 1)
+        except zlib.error:
+            raise RefAggregateError("decompress") from None
+        if len(body) > raw_size:
+            raise RefAggregateError("raw_size")
+        if not d.eof:
+            raise RefAggregateError("decompress")
+        if len(body) != raw_size:
+            raise RefAggregateError("raw_size")
+        if d.unused_data:
+            raise RefAggregateError("decompress")
+    packets = []
+    pos = 0
+    for _ in range(count):
+        if len(body) - pos < hs:
+            raise RefAggregateError("count" if pos == len(body) else "packet_size")
+        size, ptype = h.unpack_from(body, pos)[:2]
+        if size < hs or size > len(body) - pos:
+            raise RefAggregateError("packet_size")
+        if ptype == AGGREGATE_TYPE:
+            raise RefAggregateError("nested")
+        packets.append(body[pos:pos + size])
+        pos += size
+    if pos != len(body):
+        raise RefAggregateError("count")
+    return packets
+
+
+def ref_unwrap_stream(packets: Sequence[bytes], max_raw_size: int = 1 << 20, fmt: str = GAME_FORMAT) -> List[bytes]:
+    """A stream's packets with each aggregate replaced by its packets."""
+    h = struct.Struct(fmt)
+    out: List[bytes] = []
+    for p in packets:
+        if h.unpack_from(p)[1] == AGGREGATE_TYPE:
+            out.extend(ref_unpack(p, max_raw_size=max_raw_size, fmt=fmt))
+        else:
+            out.append(p)
+    return out
+
+
+def ref_split(sizes: Sequence[int], max_body: int, max_count: int = 0xFFFF) -> List[int]:
+    """pack_many's runs: end index of each run (greedy, in order)."""
+    ends: List[int] = []
+    total = n = 0
+    for i, s in enumerate(sizes):
+        if n == max_count or total + s > max_body:
+            ends.append(i)
+            total = n = 0
+        total += s
+        n += 1
+    if n:
+        ends.append(len(sizes))
+    return ends
