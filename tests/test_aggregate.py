@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import fastpacket as fp
 from fastpacket import _native
 from fastpacket.benchmarks.aggregate import movement_batches, seed_batch
-from reference_aggregate import (
+from tests.reference_aggregate import (
     AGGREGATE_TYPE,
     CODEC_LZ4,
     CODEC_NONE,
