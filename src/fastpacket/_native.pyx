@@ -35,3 +35,4 @@ cdef enum:
 include "_buffer.pxi"
 include "_framing.pxi"
 include "_ring.pxi"
+include "_sendbuf.pxi"
