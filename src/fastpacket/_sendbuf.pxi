@@ -235,7 +235,7 @@ cdef class SendBuffer:
             if PyObject_CheckBuffer(player_ids) and not isinstance(player_ids, (bytes, bytearray)):
                 try:
                     PyObject_GetBuffer(player_ids, &iv, PyBUF_FORMAT | PyBUF_ND)
-                except BufferError:  # not C-contiguous
+                except (BufferError, ValueError):  # not C-contiguous
                     ids_obj = np.ascontiguousarray(player_ids)
                     PyObject_GetBuffer(ids_obj, &iv, PyBUF_FORMAT | PyBUF_ND)
                 have_ids = True
