@@ -299,3 +299,9 @@ def test_send_batch_limits_and_layout():
         sb.send_batch(b"bytes")
     sb.send_batch(batch[:0])
     assert len(sb) == 1
+
+
+def test_an_empty_flush_view_may_be_released():
+    sb = fp.SendBuffer()
+    sb.flush().release()
+    assert len(sb.flush()) == 0

@@ -69,9 +69,6 @@ cdef _SendChunk _new_chunk(size_t nbytes):
     return c
 
 
-cdef memoryview _EMPTY_VIEW = memoryview(b"")
-
-
 cdef class SendBuffer:
     """SendBuffer(max_bytes=65536, layout=GAME)
 
@@ -280,7 +277,7 @@ cdef class SendBuffer:
         queued. The view stays intact as long as it is referenced (see the
         class docstring); write it to the transport and drop it."""
         if self._c.count() == 0:
-            return _EMPTY_VIEW
+            return memoryview(_EMPTY_BYTES)  # a new one: a caller may release() it
         cdef _SendChunk done = self._active
         done._len = self._c.size()
         view = memoryview(done)
