@@ -4,6 +4,13 @@
 from cpython.bytes cimport PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsUnsignedLongLong
 from cpython.number cimport PyNumber_Index
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred
+
+cdef extern from "Python.h":
+    # Without Cython's automatic error check: the caller tests PyErr_Occurred.
+    unsigned long long _as_u64_unchecked "PyLong_AsUnsignedLongLong"(PyObject* v)
+    bint _is_exact_int "PyLong_CheckExact"(PyObject* v)
+from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND
 
 cdef extern from "fastpacket/sendbuf.hpp" namespace "fastpacket" nogil:
@@ -247,8 +254,7 @@ cdef class SendBuffer:
                 scratch = <uint64_t*>malloc(count * sizeof(uint64_t) + 1)
                 if scratch == NULL:
                     raise MemoryError(f"cannot allocate {count} player ids")
-                for i in range(<Py_ssize_t>count):
-                    scratch[i] = _player_id_value(ids_obj[i], i)
+                _ids_from_sequence(ids_obj, scratch, count)
                 st = self._c.broadcast[uint64_t](type, <const uint8_t*>pv.buf, pv.len, scratch, count,
                                                  &first, &bad, &err)
             if st == SendStatus.encode_error and err == EncodeError.player_id_range:
@@ -294,7 +300,27 @@ cdef class SendBuffer:
         self._c.attach(self._active._mem)
 
 
-cdef inline uint64_t _player_id_value(object v, Py_ssize_t i) except? 0xFFFFFFFFFFFFFFFF:
+cdef int _ids_from_sequence(object seq, uint64_t* out, Py_ssize_t count) except -1:
+    """Player ids of a list or tuple into out[0, count): exact ints read
+    directly, anything else through __index__."""
+    cdef PyObject** items = PySequence_Fast_ITEMS(seq)
+    cdef PyObject* v
+    cdef unsigned long long x
+    cdef Py_ssize_t i
+    for i in range(count):
+        v = items[i]
+        if _is_exact_int(v):
+            x = _as_u64_unchecked(v)
+            if x == <unsigned long long>-1 and PyErr_Occurred() != NULL:
+                PyErr_Clear()
+                x = _player_id_value(<object>v, i)  # raises the ValueError
+        else:
+            x = _player_id_value(<object>v, i)
+        out[i] = x
+    return 0
+
+
+cdef uint64_t _player_id_value(object v, Py_ssize_t i) except? 0xFFFFFFFFFFFFFFFF:
     try:
         return PyLong_AsUnsignedLongLong(v if type(v) is int else PyNumber_Index(v))
     except OverflowError:
