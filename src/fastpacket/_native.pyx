@@ -34,4 +34,6 @@ cdef enum:
 
 include "_buffer.pxi"
 include "_framing.pxi"
+include "_ring.pxi"
+include "_sendbuf.pxi"
 include "_aggregate.pxi"

@@ -19,6 +19,8 @@ __all__ = ["Row", "SECTIONS", "interleaved_medians", "run_sections"]
 #: section name -> module under fastpacket.benchmarks providing run(quick)
 SECTIONS: Dict[str, str] = {
     "framing": "fastpacket.benchmarks.framing",
+    "ring": "fastpacket.benchmarks.ring",
+    "sendbuf": "fastpacket.benchmarks.sendbuf",
     "aggregate": "fastpacket.benchmarks.aggregate",
 }
 

@@ -1,0 +1,41 @@
+"""SendBuffer beside the plain-Python way (bytearray + struct.pack_into)."""
+
+import numpy as np
+
+from fastpacket.benchmarks.sendbuf import (
+    PLAYERS,
+    fastpacket_broadcast,
+    fastpacket_send,
+    python_broadcast,
+    python_send,
+)
+
+
+class Send:
+    """1,000 sends of a 40-byte payload and one flush, per round."""
+
+    params = ["python", "fastpacket"]
+    param_names = ["impl"]
+
+    def setup(self, impl):
+        self.fn = {"python": python_send, "fastpacket": fastpacket_send}[impl]
+
+    def time_send_1000(self, impl):
+        self.fn(1)
+
+
+class Broadcast:
+    """One 40-byte payload to 1,000 players."""
+
+    params = [["python", "fastpacket"], ["list", "numpy"]]
+    param_names = ["impl", "ids"]
+
+    def setup(self, impl, ids):
+        id_list = list(range(1_000_000, 1_000_000 + PLAYERS))
+        self.ids = id_list if ids == "list" else np.array(id_list, dtype=np.uint32)
+        if impl == "python" and ids == "numpy":
+            self.ids = id_list  # the Python loop iterates a list either way
+        self.fn = {"python": python_broadcast, "fastpacket": fastpacket_broadcast}[impl]
+
+    def time_broadcast(self, impl, ids):
+        self.fn(1, self.ids)

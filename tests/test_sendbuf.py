@@ -1,0 +1,307 @@
+"""SendBuffer: round trips through FrameDecoder, seq numbering, flush rules,
+BufferFull and oversize, double-buffered flush views, broadcast, batch relay."""
+
+from __future__ import annotations
+
+import array
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastpacket as fp
+from tests.reference_buffers import GAME_HEADER, SendModel, encode_game
+
+HS = GAME_HEADER.size
+
+
+def decode(view) -> list:
+    dec = fp.FrameDecoder()
+    batch = dec.feed(bytes(view))
+    assert dec.pending == 0
+    return [(p.type, p.seq, p.player_id, bytes(p.payload)) for p in batch]
+
+
+# -- send ---------------------------------------------------------------------
+
+def test_round_trip_through_the_decoder(as_buffer):
+    sb = fp.SendBuffer()
+    assert sb.send(1, as_buffer(b"hello"), player_id=42) == 0
+    assert sb.send(2, as_buffer(b""), player_id=7) == 1
+    assert sb.send(3, as_buffer(b"x" * 1000)) == 2
+    assert len(sb) == 3 and sb.nbytes == 3 * HS + 1005
+    view = sb.flush()
+    assert view.readonly and len(view) == 3 * HS + 1005
+    assert decode(view) == [(1, 0, 42, b"hello"), (2, 1, 7, b""), (3, 2, 0, b"x" * 1000)]
+    assert len(sb) == 0 and sb.nbytes == 0
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.integers(0, 0xFFFE), st.binary(max_size=200), st.integers(0, 2**32 - 1),
+                          st.none() | st.integers(0, 2**32 - 1)), max_size=60))
+def test_agrees_with_the_reference_model(sends):
+    sb = fp.SendBuffer(max_bytes=4096)
+    model = SendModel(max_bytes=4096)
+    out, expected = [], []
+    for ptype, payload, pid, seq in sends:
+        want = model.send(ptype, payload, pid, seq)
+        if want is None:
+            with pytest.raises(fp.BufferFull):
+                sb.send(ptype, payload, player_id=pid, seq=seq)
+            out.append(bytes(sb.flush()))
+            expected.append(model.flush())
+            want = model.send(ptype, payload, pid, seq)
+        assert sb.send(ptype, payload, player_id=pid, seq=seq) == want
+        assert sb.nbytes == model.nbytes and sb.next_seq == model.next_seq
+    out.append(bytes(sb.flush()))
+    expected.append(model.flush())
+    assert out == expected
+
+
+def test_seq_wraps_at_2_to_the_32():
+    sb = fp.SendBuffer()
+    sb.next_seq = 2**32 - 2
+    assert [sb.send(1, b"") for _ in range(4)] == [2**32 - 2, 2**32 - 1, 0, 1]
+    assert [s for _, s, _, _ in decode(sb.flush())] == [2**32 - 2, 2**32 - 1, 0, 1]
+    with pytest.raises(ValueError, match="next_seq must be at most 4294967295"):
+        sb.next_seq = 2**32
+
+
+def test_given_seq_is_written_and_leaves_the_counter():
+    sb = fp.SendBuffer()
+    assert sb.send(1, b"a") == 0
+    assert sb.send(1, b"b", seq=1000) == 1000
+    assert sb.send(1, b"c") == 1
+    assert [s for _, s, _, _ in decode(sb.flush())] == [0, 1000, 1]
+
+
+def test_seq_wraps_at_the_layout_field_width():
+    layout = fp.HeaderLayout([("size", "u16"), ("type", "u8"), ("seq", "u16"), ("player_id", "u32")], "size")
+    sb = fp.SendBuffer(layout=layout)
+    sb.next_seq = 65535
+    assert [sb.send(1, b"p") for _ in range(3)] == [65535, 0, 1]
+    batch = fp.FrameDecoder(layout=layout).feed(bytes(sb.flush()))
+    assert list(batch.seqs) == [65535, 0, 1]
+
+
+def test_values_that_do_not_fit_their_field():
+    sb = fp.SendBuffer()
+    with pytest.raises(ValueError, match="type 65536 does not fit field 'type'"):
+        sb.send(65536, b"")
+    with pytest.raises(ValueError, match="player_id 4294967296 does not fit"):
+        sb.send(1, b"", player_id=2**32)
+    with pytest.raises(OverflowError):
+        sb.send(-1, b"")
+    with pytest.raises(TypeError, match="bytes-like"):
+        sb.send(1, "text")
+    assert len(sb) == 0 and sb.next_seq == 0  # nothing half-written, no seq used
+
+
+# -- flush rules and limits ---------------------------------------------------
+
+def test_should_flush_by_count_and_fill_ratio():
+    sb = fp.SendBuffer(max_bytes=1000)
+    assert not sb.should_flush()
+    assert not sb.should_flush(min_packets=0, fill_ratio=0.0)  # never when empty
+    for _ in range(9):
+        sb.send(1, b"")
+    assert not sb.should_flush()
+    sb.send(1, b"")
+    assert sb.should_flush() and sb.should_flush(min_packets=10)
+    assert not sb.should_flush(min_packets=11)
+    sb.flush()
+    sb.send(1, b"x" * (800 - HS - 1))  # 799 bytes
+    assert not sb.should_flush()
+    sb.send(1, b"")  # 811 bytes >= 0.8 * 1000
+    assert sb.should_flush() and not sb.should_flush(fill_ratio=0.9)
+
+
+def test_buffer_full_and_oversize():
+    sb = fp.SendBuffer(max_bytes=100)
+    sb.send(1, b"x" * 50)  # 62 bytes
+    with pytest.raises(fp.BufferFull, match="needs 50 bytes but only 38 of 100 are free"):
+        sb.send(1, b"y" * 38)
+    sb.send(1, b"y" * 26)  # exactly full
+    assert sb.free == 0
+    with pytest.raises(fp.BufferFull):
+        sb.send(1, b"")
+    with pytest.raises(ValueError, match="needs 101 bytes, more than max_bytes=100"):
+        sb.send(1, b"z" * 89)
+    assert decode(sb.flush()) == [(1, 0, 0, b"x" * 50), (1, 1, 0, b"y" * 26)]
+
+
+@pytest.mark.parametrize("bad", [0, 11, 1 << 31])
+def test_max_bytes_range(bad):
+    with pytest.raises(ValueError, match="max_bytes must be between"):
+        fp.SendBuffer(max_bytes=bad)
+
+
+def test_never_a_packet_split_across_flushes():
+    rng = random.Random(5)
+    sb = fp.SendBuffer(max_bytes=1500)
+    payloads = [rng.randbytes(rng.randint(0, 400)) for _ in range(500)]
+    flushed = []
+    for p in payloads:
+        try:
+            sb.send(9, p)
+        except fp.BufferFull:
+            flushed.append(bytes(sb.flush()))
+            sb.send(9, p)
+    flushed.append(bytes(sb.flush()))
+    got = []
+    for chunk in flushed:
+        assert 0 < len(chunk) <= 1500
+        got.extend(decode(chunk))  # each flush decodes alone, no pending tail
+    assert [payload for _, _, _, payload in got] == payloads
+    assert [seq for _, seq, _, _ in got] == list(range(500))
+
+
+# -- double-buffered flush views ----------------------------------------------
+
+def test_a_flushed_view_stays_intact_while_new_sends_arrive():
+    sb = fp.SendBuffer(max_bytes=256)
+    sb.send(1, b"first")
+    view = sb.flush()
+    snapshot = bytes(view)
+    for i in range(10):
+        sb.send(2, b"second-%d" % i)  # fills the other buffer
+    assert bytes(view) == snapshot
+    second = sb.flush()
+    assert bytes(view) == snapshot  # still held: the next flush did not reuse it
+    for _ in range(8):
+        sb.send(3, b"third" * 4)  # 8 * 32 bytes: fills the third buffer
+    assert bytes(view) == snapshot
+    assert decode(view) == [(1, 0, 0, b"first")]
+    assert [t for t, _, _, _ in decode(second)] == [2] * 10
+    assert [t for t, _, _, _ in decode(sb.flush())] == [3] * 8
+
+
+def test_flush_reuses_a_released_buffer():
+    sb = fp.SendBuffer(max_bytes=64)
+    sb.send(1, b"a")
+    first = sb.flush()
+    first_obj = first.obj
+    first.release()
+    sb.send(1, b"b")
+    sb.flush().release()
+    sb.send(1, b"c")
+    third = sb.flush()
+    assert third.obj is first_obj  # two buffers in turn when views are released
+    assert decode(third) == [(1, 2, 0, b"c")]
+
+
+def test_flush_views_are_read_only_and_empty_flush():
+    sb = fp.SendBuffer()
+    assert len(sb.flush()) == 0
+    sb.send(1, b"abc")
+    view = sb.flush()
+    with pytest.raises(TypeError):
+        view[0] = 0
+    with pytest.raises(ValueError):
+        np.frombuffer(view.obj, dtype=np.uint8).setflags(write=True)
+
+
+def test_clear_drops_the_queue():
+    sb = fp.SendBuffer()
+    sb.send(1, b"abc")
+    sb.clear()
+    assert len(sb) == 0 and sb.nbytes == 0 and sb.next_seq == 1
+
+
+# -- broadcast ----------------------------------------------------------------
+
+ID_INPUTS = {
+    "list": list,
+    "tuple": tuple,
+    "range": lambda ids: range(ids[0], ids[-1] + 1),
+    "generator": lambda ids: (i for i in ids),
+    "numpy-int64": lambda ids: np.array(ids, dtype=np.int64),
+    "numpy-uint32": lambda ids: np.array(ids, dtype=np.uint32),
+    "numpy-uint16": lambda ids: np.array(ids, dtype=np.uint16),
+    "numpy-int8": lambda ids: np.array(ids, dtype=np.int8),
+    "numpy-strided": lambda ids: np.repeat(np.array(ids, dtype=np.int32), 2)[::2],
+    "array-I": lambda ids: array.array("I", ids),
+    "numpy-int-objects": lambda ids: [np.int64(i) for i in ids],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ID_INPUTS))
+def test_broadcast_writes_one_packet_per_player(kind):
+    ids = list(range(20, 120))
+    sb = fp.SendBuffer()
+    sb.send(5, b"before")
+    assert sb.broadcast(7, b"p" * 40, ID_INPUTS[kind](ids)) == 1
+    assert len(sb) == 101 and sb.next_seq == 101
+    got = decode(sb.flush())
+    assert got[0] == (5, 0, 0, b"before")
+    assert got[1:] == [(7, 1 + k, pid, b"p" * 40) for k, pid in enumerate(ids)]
+
+
+def test_broadcast_matches_python_loop_bytes():
+    ids = np.random.default_rng(3).integers(0, 2**32, size=1000, dtype=np.uint64)
+    sb = fp.SendBuffer()
+    sb.next_seq = 2**32 - 500  # wraps half-way
+    sb.broadcast(300, b"q" * 40, ids)
+    expected = b"".join(encode_game(300, b"q" * 40, (2**32 - 500 + k) % 2**32, int(pid)) for k, pid in enumerate(ids))
+    assert bytes(sb.flush()) == expected
+
+
+def test_broadcast_all_or_nothing():
+    sb = fp.SendBuffer(max_bytes=1000)
+    sb.send(1, b"x" * 500)
+    with pytest.raises(fp.BufferFull, match="a broadcast to 10 players needs 520 bytes"):
+        sb.broadcast(2, b"y" * 40, range(10))
+    with pytest.raises(ValueError, match="more than max_bytes=1000"):
+        sb.broadcast(2, b"y" * 40, range(20))
+    with pytest.raises(ValueError, match=r"player_ids\[2\] = 4294967296 does not fit"):
+        sb.broadcast(2, b"", [1, 2, 2**32])
+    with pytest.raises(ValueError, match=r"player_ids\[1\] = -3"):
+        sb.broadcast(2, b"", [1, -3])
+    with pytest.raises(ValueError, match=r"player_ids\[0\] = -1"):
+        sb.broadcast(2, b"", np.array([-1], dtype=np.int16))
+    with pytest.raises(TypeError, match="integers"):
+        sb.broadcast(2, b"", np.array([1.5]))
+    with pytest.raises(TypeError, match="integers"):
+        sb.broadcast(2, b"", ["7"])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        sb.broadcast(2, b"", np.zeros((2, 2), dtype=np.uint32))
+    assert len(sb) == 1 and sb.next_seq == 1  # nothing appended, no seq used
+    assert sb.broadcast(2, b"", []) == 1 and len(sb) == 1
+
+
+# -- send_batch ---------------------------------------------------------------
+
+def test_send_batch_relays_byte_for_byte():
+    batch = fp.PacketBatch.build([1, 2, 1, 3], [b"a", b"bb", b"ccc", b""], seqs=[9, 8, 7, 6],
+                                 player_ids=[4, 4, 5, 5])
+    sb = fp.SendBuffer()
+    sb.next_seq = 100
+    sb.send_batch(batch)
+    assert len(sb) == 4 and sb.next_seq == 100  # headers as they are, seq included
+    sb.send_batch(batch.by_type()[1])  # non-contiguous rows: two runs
+    assert bytes(sb.flush()) == batch.to_bytes() + batch[0].to_bytes() + batch[2].to_bytes()
+
+
+def test_send_batch_limits_and_layout():
+    batch = fp.PacketBatch.build([1] * 10, [b"z" * 38] * 10)  # 500 bytes
+    sb = fp.SendBuffer(max_bytes=600)
+    sb.send(1, b"x" * 89)  # 101 bytes: 499 left
+    with pytest.raises(fp.BufferFull, match="a batch of 10 packets needs 500 bytes but only 499"):
+        sb.send_batch(batch)
+    with pytest.raises(ValueError, match="more than max_bytes=600"):
+        sb.send_batch(fp.PacketBatch.build([1] * 20, [b"z" * 38] * 20))
+    other = fp.HeaderLayout([("len", "u32"), ("type", "u16")], "len", name="other")
+    with pytest.raises(ValueError, match="layout"):
+        sb.send_batch(fp.PacketBatch.build([1], [b""], layout=other))
+    with pytest.raises(TypeError, match="PacketBatch"):
+        sb.send_batch(b"bytes")
+    sb.send_batch(batch[:0])
+    assert len(sb) == 1
+
+
+def test_an_empty_flush_view_may_be_released():
+    sb = fp.SendBuffer()
+    sb.flush().release()
+    assert len(sb.flush()) == 0
