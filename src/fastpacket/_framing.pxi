@@ -589,6 +589,20 @@ cdef class FrameDecoder:
         finally:
             PyBuffer_Release(&view)
 
+    def feed_from(self, ring):
+        """feed_from(ring) -> PacketBatch: every complete packet readable in
+        `ring` (a fastpacket.RingBuffer), decoded in place.
+
+        The packets are copied once, into the batch, and consumed from the
+        ring; an incomplete packet at the end is left in the ring for the
+        next call (on a ring without the double map, a packet straddling the
+        wrap point moves into the decoder's pending buffer instead). Errors
+        as feed(): the packets before a bad header are on `exc.batch` and
+        consumed; the bad bytes stay in the ring. Call it from the ring's
+        consumer thread. Implemented in _ring.pxi.
+        """
+        return _feed_from_ring(self, ring)
+
     cdef PacketBatch _feed(self, const uint8_t* p, size_t n, bytes immutable):
         cdef FeedPlan plan
         cdef uint8_t* out = NULL

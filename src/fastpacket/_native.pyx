@@ -34,3 +34,5 @@ cdef enum:
 
 include "_buffer.pxi"
 include "_framing.pxi"
+include "_ring.pxi"
+include "_sendbuf.pxi"

@@ -1,0 +1,315 @@
+# Ring: the lock-free single-producer/single-consumer byte ring of the
+# receive path (csrc/fastpacket/ring.hpp), its zero-copy views, and the
+# FrameDecoder.feed_from(ring) decode that scans the ring in place.
+
+from cpython.buffer cimport PyBuffer_FillInfo, PyBUF_WRITABLE
+
+cdef extern from "fastpacket/ring.hpp" namespace "fastpacket" nogil:
+    const size_t kMaxRingPins
+    const uint64_t kMaxRingCapacity
+
+    cdef struct RingSpan:
+        uint8_t* data
+        size_t size
+
+    cdef cppclass CRingBuffer "fastpacket::RingBuffer":
+        CRingBuffer()
+        bool init(uint64_t capacity, bool double_map)
+        size_t capacity()
+        bool double_mapped()
+        size_t size()
+        size_t free_space()
+        size_t free_now()
+        RingSpan write_span()
+        void commit(size_t n)
+        void store(uint64_t index, const uint8_t* src, size_t n)
+        bool pin_write(uint64_t index)
+        void unpin_write(uint64_t index)
+        uint64_t head_index()
+        size_t readable()
+        RingSpan read_span()
+        void read_segments(RingSpan* first, RingSpan* second)
+        void load(uint64_t index, uint8_t* dst, size_t n)
+        void consume(size_t n)
+        bool pin_read(uint64_t index)
+        void unpin_read(uint64_t index)
+        uint64_t tail_index()
+        size_t read_pins()
+        size_t write_pins()
+
+# Ring copies of at least this many bytes run with the GIL released, so a
+# producer and a consumer thread copy at the same time. Lower than
+# NOGIL_MIN_BYTES: here the other side of the ring is usually a thread
+# waiting for exactly this GIL.
+cdef enum:
+    RING_NOGIL_MIN_BYTES = 4096
+
+
+@cython.final
+cdef class _RingView:
+    """Exports one span of a RingBuffer to a memoryview. Each export pins the
+    span's first byte in the ring until it is released (see RingBuffer)."""
+
+    cdef RingBuffer _ring
+    cdef uint8_t* _ptr
+    cdef Py_ssize_t _len
+    cdef uint64_t _index
+    cdef bint _writable
+
+    def __getbuffer__(self, Py_buffer* buf, int flags):
+        if (flags & PyBUF_WRITABLE) and not self._writable:
+            raise BufferError("RingBuffer.readable() views are read-only")
+        cdef CRingBuffer* c = self._ring._c
+        cdef bint ok = c.pin_write(self._index) if self._writable else c.pin_read(self._index)
+        if not ok:
+            raise BufferError(f"more than {kMaxRingPins} views of one side of this RingBuffer are alive; "
+                              f"release some (memoryview.release() or del)")
+        PyBuffer_FillInfo(buf, self, self._ptr, self._len, not self._writable, flags)
+
+    def __releasebuffer__(self, Py_buffer* buf):
+        if self._writable:
+            self._ring._c.unpin_write(self._index)
+        else:
+            self._ring._c.unpin_read(self._index)
+
+
+cdef class RingBuffer:
+    """RingBuffer(capacity, double_map=None)
+
+    A byte ring for the receive path: one producer (socket reads) and one
+    consumer (the decoder) may use it from two threads at once without a
+    lock. The capacity is rounded up to a power of two and at least a page.
+
+    On Linux the ring is double-mapped (the same pages mapped twice back to
+    back), so `readable()` and `writable()` are one contiguous view across
+    the wrap point. Elsewhere, or with ``double_map=False``, views stop at
+    the wrap point and a second call returns the rest; `read`, `write`,
+    `peek` and `FrameDecoder.feed_from` handle the wrap either way.
+    ``double_map=True`` requires the double map (OSError if unavailable);
+    None uses it where available.
+
+    Views are safe to keep: a `readable()` view pins its bytes, so consuming
+    them is allowed but the producer will not overwrite them until the view
+    is released; a `writable()` view stays valid across `commit()` (asyncio
+    holds get_buffer()'s view while calling buffer_updated()) and the
+    producer will not write a lap past it while it is alive. A view is never
+    left pointing at reused memory; holding one only shrinks `free`.
+    Writing through a writable view after committing those bytes is a bug of
+    the producer (the consumer may already be reading them).
+    """
+
+    cdef CRingBuffer* _c
+
+    def __cinit__(self, Py_ssize_t capacity, double_map=None):
+        if capacity <= 0:
+            raise ValueError(f"capacity must be a positive number of bytes, got {capacity}")
+        if <uint64_t>capacity > kMaxRingCapacity:
+            raise ValueError(f"capacity must be at most {kMaxRingCapacity} bytes, got {capacity}")
+        cdef bint want_map = double_map is None or double_map
+        self._c = new CRingBuffer()
+        if not self._c.init(capacity, want_map):
+            raise MemoryError(f"cannot allocate a ring of {capacity} bytes")
+        if double_map and not self._c.double_mapped():
+            raise OSError(f"cannot double-map a ring of {self._c.capacity()} bytes on this system "
+                          f"(memfd_create/mmap failed or unsupported); use double_map=None")
+
+    def __dealloc__(self):
+        del self._c
+
+    @property
+    def capacity(self):
+        """Size of the ring in bytes (a power of two, at least a page)."""
+        return self._c.capacity()
+
+    @property
+    def double_mapped(self):
+        """True when views are contiguous across the wrap point."""
+        return self._c.double_mapped()
+
+    @property
+    def free(self):
+        """Bytes that may be written now."""
+        return self._c.free_now()
+
+    def __len__(self):
+        """Bytes written (committed) and not yet consumed."""
+        return self._c.size()
+
+    def __repr__(self):
+        return (f"<RingBuffer {self._c.size()}/{self._c.capacity()} bytes"
+                f"{', double-mapped' if self._c.double_mapped() else ''}>")
+
+    # -- producer ----------------------------------------------------------
+
+    def write(self, data):
+        """write(data) -> int: copy as much of `data` as fits (any contiguous
+        bytes-like); returns the number of bytes written."""
+        cdef Py_buffer view
+        cdef size_t n, room
+        cdef uint64_t head
+        get_contiguous_buffer(data, &view, "RingBuffer.write")
+        try:
+            room = self._c.free_space()
+            n = <size_t>view.len if <size_t>view.len < room else room
+            head = self._c.head_index()
+            if n >= RING_NOGIL_MIN_BYTES:
+                with nogil:
+                    self._c.store(head, <const uint8_t*>view.buf, n)
+            else:
+                self._c.store(head, <const uint8_t*>view.buf, n)
+            self._c.commit(n)
+            return n
+        finally:
+            PyBuffer_Release(&view)
+
+    def writable(self):
+        """writable() -> memoryview: the free space at the head, to fill and
+        then commit(n) (for example ``sock.recv_into(ring.writable())``).
+        The whole free space when double-mapped, else up to the wrap point.
+        Empty when the ring is full."""
+        cdef RingSpan s = self._c.write_span()
+        return memoryview(self._view(s, self._c.head_index(), True))
+
+    def commit(self, Py_ssize_t n):
+        """commit(n): make `n` bytes written into writable() readable."""
+        cdef size_t room = self._c.free_space()
+        if n < 0 or <size_t>n > room:
+            raise ValueError(f"commit({n}): expected 0 <= n <= {room} free bytes")
+        self._c.commit(n)
+
+    # -- consumer ----------------------------------------------------------
+
+    def readable(self):
+        """readable() -> memoryview: the bytes at the tail, read-only, without
+        copying; consume(n) them when done. Everything readable when
+        double-mapped, else up to the wrap point."""
+        cdef RingSpan s = self._c.read_span()
+        return memoryview(self._view(s, self._c.tail_index(), False))
+
+    def consume(self, Py_ssize_t n):
+        """consume(n): drop `n` bytes from the tail (after reading them
+        through readable())."""
+        cdef size_t have = self._c.readable()
+        if n < 0 or <size_t>n > have:
+            raise ValueError(f"consume({n}): expected 0 <= n <= {have} readable bytes")
+        self._c.consume(n)
+
+    def peek(self, Py_ssize_t n=-1):
+        """peek(n=-1) -> bytes: a copy of up to `n` bytes (all if n < 0) from
+        the tail, without consuming them."""
+        return self._copy_out(n, False)
+
+    def read(self, Py_ssize_t n=-1):
+        """read(n=-1) -> bytes: up to `n` bytes (all if n < 0) from the tail,
+        consumed."""
+        return self._copy_out(n, True)
+
+    cdef bytes _copy_out(self, Py_ssize_t n, bint consume):
+        cdef size_t have = self._c.readable()
+        cdef size_t take = have if n < 0 or <size_t>n > have else <size_t>n
+        cdef uint64_t tail = self._c.tail_index()
+        out = PyBytes_FromStringAndSize(NULL, take)
+        cdef uint8_t* dst = <uint8_t*>PyBytes_AS_STRING(out)
+        if take >= RING_NOGIL_MIN_BYTES:
+            with nogil:
+                self._c.load(tail, dst, take)
+        else:
+            self._c.load(tail, dst, take)
+        if consume:
+            self._c.consume(take)
+        return out
+
+    cdef _RingView _view(self, RingSpan s, uint64_t index, bint writable):
+        cdef _RingView v = _RingView.__new__(_RingView)
+        v._ring = self
+        v._ptr = s.data
+        v._len = s.size
+        v._index = index
+        v._writable = writable
+        return v
+
+    @property
+    def _pins(self):
+        """(read pins, write pins): live views of each side (for tests)."""
+        return (self._c.read_pins(), self._c.write_pins())
+
+
+cdef PacketBatch _ring_feed_span(FrameDecoder dec, const uint8_t* p, size_t n, bint keep_tail,
+                                 size_t* taken, ErrorInfo* error):
+    """One plan/emit of `dec` over p[0, n). With keep_tail the incomplete
+    tail moves into the decoder (as feed() does); without it the tail is left
+    where it is: emit() is told the input ends after the last whole frame.
+    *taken is the number of input bytes the decoder took."""
+    cdef FeedPlan plan
+    cdef uint8_t* out = NULL
+    cdef size_t emit_n
+    if n >= NOGIL_MIN_BYTES:
+        with nogil:
+            plan = dec._dec.plan(p, n)
+    else:
+        plan = dec._dec.plan(p, n)
+    if plan.error.kind == FrameError.failed:
+        raise ProtocolError(f"the decoder failed at stream offset {plan.error.stream_offset}; "
+                            f"call reset() before feeding a new stream",
+                            offset=plan.error.stream_offset)
+    cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
+    b._layout = dec._layout
+    b._alloc_index(plan.count)
+    if plan.count == 0:
+        b._set_data(_EMPTY_BYTES)
+    else:
+        b._set_data(PyBytes_FromStringAndSize(NULL, plan.data_bytes))
+        out = <uint8_t*>b._base
+    emit_n = n if keep_tail and plan.error.kind == FrameError.none else plan.scan_end
+    if plan.data_bytes >= NOGIL_MIN_BYTES:
+        with nogil:
+            dec._dec.emit(p, emit_n, plan, out, b._cols)
+    else:
+        dec._dec.emit(p, emit_n, plan, out, b._cols)
+    taken[0] = emit_n
+    error[0] = plan.error
+    return b
+
+
+cdef PacketBatch _concat_batches(NativeLayout nl, PacketBatch a, PacketBatch b):
+    if b._count == 0:
+        return a
+    if a._count == 0:
+        return b
+    cdef Py_ssize_t na = len(a._data), nb = len(b._data)
+    data = PyBytes_FromStringAndSize(NULL, na + nb)
+    memcpy(PyBytes_AS_STRING(data), a._base, na)
+    memcpy(PyBytes_AS_STRING(data) + na, b._base, nb)
+    return _batch_over(nl, data, a._count + b._count)
+
+
+cdef PacketBatch _feed_from_ring(FrameDecoder dec, object ring_obj):
+    """FrameDecoder.feed_from(ring): see its docstring."""
+    if not isinstance(ring_obj, RingBuffer):
+        raise TypeError(f"feed_from needs a fastpacket.RingBuffer, not {type(ring_obj).__name__!r}")
+    cdef RingBuffer ring = <RingBuffer>ring_obj
+    cdef RingSpan first, second
+    cdef size_t taken = 0, taken2 = 0
+    cdef ErrorInfo err
+    cdef PacketBatch batch, rest
+    ring._c.read_segments(&first, &second)
+    if ring._c.double_mapped() or second.size == 0:
+        if ring._c.double_mapped():
+            first.size += second.size  # the second mapping continues the first
+        batch = _ring_feed_span(dec, first.data, first.size, False, &taken, &err)
+    else:
+        # Fallback ring, data wrapping: the packet straddling the wrap point
+        # is assembled in the decoder's pending buffer (one packet's copy).
+        batch = _ring_feed_span(dec, first.data, first.size, True, &taken, &err)
+        if err.kind == FrameError.none:
+            try:
+                rest = _ring_feed_span(dec, second.data, second.size, False, &taken2, &err)
+            except BaseException:
+                ring._c.consume(taken)
+                raise
+            taken += taken2
+            batch = _concat_batches(dec._layout, batch, rest)
+    ring._c.consume(taken)
+    if err.kind != FrameError.none:
+        raise dec._protocol_error(err, batch)
+    return batch

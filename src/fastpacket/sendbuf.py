@@ -1,0 +1,29 @@
+"""Coalesced sends: SendBuffer queues packets (header + payload, encoded in
+native code) back to back in one buffer, flushed with one write.
+
+    sb = fp.SendBuffer(max_bytes=65536)
+    seq = sb.send(MOVE, payload, player_id=7)      # seq assigned unless given
+    sb.broadcast(CHAT, payload, player_ids)       # one packet per id, native loop
+    sb.send_batch(batch)                          # relay packets as they are
+    if sb.should_flush():
+        transport.write(sb.flush())
+
+Double buffering: flush() returns a read-only memoryview of the queued bytes
+and switches to a second buffer, so sends continue while the first is being
+written. A flushed view stays intact as long as it is referenced: a buffer is
+reused only after every view of it is released, otherwise the next flush()
+allocates a fresh one. A packet is queued whole or not at all: BufferFull
+when it does not fit now (flush and retry), ValueError when it can never fit
+or a value does not fit its header field.
+"""
+
+from fastpacket._native import SendBuffer
+
+__all__ = ["SendBuffer", "DEFAULT_MAX_BYTES", "DEFAULT_MIN_PACKETS", "DEFAULT_FILL_RATIO"]
+
+#: Default capacity of one flush, in bytes.
+DEFAULT_MAX_BYTES = 65536
+#: should_flush() defaults: flush at this many packets ...
+DEFAULT_MIN_PACKETS = 10
+#: ... or when this fraction of max_bytes is queued.
+DEFAULT_FILL_RATIO = 0.8
