@@ -124,9 +124,10 @@ def test_many_packets_many_connections_in_order(run):
 
     def checking_echo(session, batch):
         seqs = batch.seqs
-        start = received_by_server.get(id(session), 0)
+        key = session.peername  # sessions are pooled: key by connection, not by object
+        start = received_by_server.get(key, 0)
         assert np.array_equal(seqs, np.arange(start, start + len(seqs)) % 2**32)
-        received_by_server[id(session)] = start + len(seqs)
+        received_by_server[key] = start + len(seqs)
         session.send_batch(batch)
 
     async def one_client(port, k):

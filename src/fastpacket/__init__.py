@@ -16,6 +16,7 @@ from fastpacket.batch import Packet, PacketBatch
 from fastpacket.framing import FrameDecoder
 from fastpacket.ring import RingBuffer
 from fastpacket.sendbuf import SendBuffer
+from fastpacket import aio
 
 __version__ = "0.1.0"
 

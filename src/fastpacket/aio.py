@@ -62,11 +62,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
-from fastpacket._native import ProtocolCore
+from fastpacket._native import HubCore, ProtocolCore
 from fastpacket.batch import PacketBatch
 from fastpacket.errors import BufferFull
 from fastpacket.framing import FrameDecoder
 from fastpacket.layout import GAME, HeaderLayout
+from fastpacket.sendbuf import SendBuffer
 
 __all__ = ["serve", "connect", "Session", "PacketServer", "Options", "Handler"]
 
@@ -128,36 +129,36 @@ def _slug(reason: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", head.lower()).strip("_") or "closed"
 
 
-class _Hub:
+class _Hub(HubCore):
     """State shared by the sessions of one server (or one client session):
-    options, pools, the dirty list for end-of-burst flushes, metrics."""
+    options, pools, the dirty list for end-of-burst flushes, metrics. The
+    hot-path half is native (HubCore)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, options: Options, handler: Optional[Handler],
                  handlers: Optional[Dict[int, Handler]]) -> None:
-        from fastpacket.ring import RingBuffer  # imported here: the ring module imports nothing from aio
-        from fastpacket.sendbuf import SendBuffer
-
-        self._RingBuffer = RingBuffer
-        self._SendBuffer = SendBuffer
         self.loop = loop
         self.options = options
         self.handler = handler
         self.handlers = dict(handlers) if handlers else None
         self.fill_ratio = options.fill_ratio
-        self.sessions: Set[Session] = set()
         self.in_burst = False
-        self._dirty: List[Session] = []
-        self._flush_handle: Optional[asyncio.Handle] = None
-        self._rings: List[Any] = []
+        self.dirty = []
+        self.rings = []
+        self.ring_capacity = options.recv_buffer
+        self.pool_size = POOL_SIZE
+        self.aggregator = options.aggregator
+        self.flush_handle = None
+        self.sessions: Set[Session] = set()
         self._session_pool: List[Session] = []
         self._idle_handle: Optional[asyncio.TimerHandle] = None
+        self.on_close: Optional[Callable[[Session], Any]] = None
         self.closes: Dict[str, int] = {}
         self.drops: Dict[str, int] = {}
         self.accepted = 0
         reg = options.registry
-        self._m = None
+        self.metrics = None
         if reg is not None:
-            self._m = {
+            self.metrics = {
                 "connections": reg.gauge("connections"),
                 "connections_total": reg.counter("connections_total"),
                 "packets_in": reg.counter("packets_in_total"),
@@ -171,17 +172,6 @@ class _Hub:
         if options.idle_timeout:
             self._arm_idle_sweep()
 
-    # -- pools ------------------------------------------------------------------
-
-    def lend_ring(self) -> Any:
-        return self._rings.pop() if self._rings else self._RingBuffer(self.options.recv_buffer)
-
-    def return_ring(self, ring: Any) -> None:
-        if len(ring):
-            ring.consume(len(ring))
-        if len(self._rings) < POOL_SIZE:
-            self._rings.append(ring)
-
     def new_session(self, cls: type) -> "Session":
         # reuse a closed session only when nothing else still refers to it
         while self._session_pool:
@@ -193,54 +183,6 @@ class _Hub:
     def recycle(self, session: "Session") -> None:
         if len(self._session_pool) < POOL_SIZE and type(session) is Session:
             self._session_pool.append(session)
-
-    # -- bursts and flushes -----------------------------------------------------------
-
-    def call_handler(self, fn: Handler, session: "Session", batch: PacketBatch) -> None:
-        self.in_burst = True
-        try:
-            if self._m is None:
-                fn(session, batch)
-            else:
-                t0 = time.perf_counter_ns()
-                fn(session, batch)
-                self._m["handler"].record((time.perf_counter_ns() - t0) // 1000)
-                self._m["batch"].record(len(batch))
-        finally:
-            self.in_burst = False
-
-    def mark_dirty(self, session: "Session") -> None:
-        self._dirty.append(session)
-
-    def end_burst(self, session: "Session") -> None:
-        session.flush()
-        if self._dirty:
-            self.flush_dirty()
-
-    def flush_dirty(self) -> None:
-        self._flush_handle = None
-        dirty, self._dirty = self._dirty, []
-        for s in dirty:
-            if s._dirty:
-                s.flush()
-
-    def schedule_flush(self) -> None:
-        if self._flush_handle is None:
-            delay = self.options.max_delay
-            self._flush_handle = (self.loop.call_soon(self.flush_dirty) if delay <= 0
-                                  else self.loop.call_later(delay, self.flush_dirty))
-
-    def write(self, session: "Session", view: memoryview) -> None:
-        agg = self.options.aggregator
-        if agg is not None:
-            for frame in agg.pack_many(FrameDecoder(self.options.layout, 1 << 62).feed(view)):
-                session.transport.write(frame)
-        else:
-            session.transport.write(view)
-        if self._m is not None:
-            self._m["flush"].record(len(view))
-        if session.transport.get_write_buffer_size() > self.options.max_pending_bytes:
-            self.slow_consumer(session)
 
     # -- policies and accounting ---------------------------------------------------------
 
@@ -260,20 +202,21 @@ class _Hub:
         if limit is not None and len(self.sessions) >= limit:
             return False
         self.sessions.add(session)
-        if self._m is not None:
-            self._m["connections"].set(len(self.sessions))
-            self._m["connections_total"].inc()
+        if self.metrics is not None:
+            self.metrics["connections"].set(len(self.sessions))
+            self.metrics["connections_total"].inc()
         return True
 
     def closed(self, session: "Session", reason: str) -> None:
         self.sessions.discard(session)
         self.closes[reason] = self.closes.get(reason, 0) + 1
-        if self._m is not None:
-            self._m["connections"].set(len(self.sessions))
-            self._m["packets_in"].inc(session.packets_in)
-            self._m["bytes_in"].inc(session.bytes_in)
-            self._m["packets_out"].inc(session.packets_out)
-            self._m["bytes_out"].inc(session.bytes_out)
+        m = self.metrics
+        if m is not None:
+            m["connections"].set(len(self.sessions))
+            m["packets_in"].inc(session.packets_in)
+            m["bytes_in"].inc(session.bytes_in)
+            m["packets_out"].inc(session.packets_out)
+            m["bytes_out"].inc(session.bytes_out)
             self.options.registry.counter(f"closes_{_slug(reason)}_total").inc()
 
     def _arm_idle_sweep(self) -> None:
@@ -290,8 +233,8 @@ class _Hub:
     def shutdown(self, reason: str) -> None:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
             self.flush_dirty()
         for s in list(self.sessions):
             s.close(reason)
@@ -312,7 +255,7 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
         decoder = FrameDecoder(o.layout, o.max_packet_size, aggregator=o.aggregator) if o.aggregator is not None \
             else FrameDecoder(o.layout, o.max_packet_size)
         self.__dict__.clear()
-        self._configure_core(hub, hub.handler, hub.handlers, decoder, hub._SendBuffer(o.send_buffer, o.layout),
+        self._configure_core(hub, hub.handler, hub.handlers, decoder, SendBuffer(o.send_buffer, o.layout),
                              o.packets_per_s, o.bytes_per_s, o.rate_burst, o.rate_policy)
         self.transport = None
         self._inbox = None
@@ -347,8 +290,7 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
             self._write_timer = None
         hub = self._hub
         if self._ring is not None:
-            hub.return_ring(self._ring)
-            self._ring = None
+            self._ring = None  # not pooled: asyncio may still hold a view of it
         if self in hub.sessions:
             hub.closed(self, self._close_reason)
         else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
+import statistics
 import struct
 import threading
 import time
@@ -65,9 +66,33 @@ def _new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+async def _count_sessions(server: Any) -> int:
+    return len(getattr(server, "sessions", ())) or -1
+
+
+def _raise_nofile(need: int) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard) if hard != resource.RLIM_INFINITY else need, hard))
+
+
 def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
     """Runs one echo server until told to stop; answers 'cpu' with its own
     process CPU time so the parent can measure the load phase alone."""
+    _raise_nofile(16384)
     loop = _new_loop(loop_kind)
     asyncio.set_event_loop(loop)
 
@@ -88,6 +113,11 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
             if msg == "cpu":
                 t = os.times()
                 conn.send((t.user, t.system))
+            elif msg == "rss":
+                conn.send(_rss_bytes())
+            elif msg == "sessions":
+                fut = asyncio.run_coroutine_threadsafe(_count_sessions(server), loop)
+                conn.send(fut.result(10))
             else:
                 loop.call_soon_threadsafe(stop.set_result, None)
                 return
@@ -148,6 +178,74 @@ def measure_echo(impl: str, loop_kind: str, connections: int, seconds: float, rt
     }
 
 
+def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Median of each figure over repeated runs."""
+    out: Dict[str, Any] = {}
+    for key in ("packets_per_s", "cpu_us_per_packet", "user_us_per_packet", "sys_us_per_packet"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["rtt"] = {k: statistics.median(r["rtt"][k] for r in runs) for k in ("p50", "p95", "p99", "max")}
+    return out
+
+
+def _idle_process(port: int, n: int, conn: Any) -> None:
+    import socket
+
+    _raise_nofile(n + 256)
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    conn.send(len(socks))
+    conn.recv()  # hold them until told
+    for s in socks:
+        s.close()
+
+
+def measure_idle_rss(impl: str, loop_kind: str, n: int) -> float:
+    """Server RSS bytes per idle connection, `n` connections held open."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_server_process, args=(impl, loop_kind, child), daemon=True)
+    server.start()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("server did not start")
+        port = parent.recv()
+        # warm the server up with a few connections first, so one-time
+        # allocations (pools, code paths) are not charged to the idle ones
+        warm_parent, warm_child = ctx.Pipe()
+        warm = ctx.Process(target=_idle_process, args=(port, 50, warm_child), daemon=True)
+        warm.start()
+        warm_parent.recv()
+        warm_parent.send("close")
+        warm.join(10)
+        time.sleep(0.3)
+        parent.send("rss")
+        before = parent.recv()
+        lparent, lchild = ctx.Pipe()
+        idle = ctx.Process(target=_idle_process, args=(port, n, lchild), daemon=True)
+        idle.start()
+        if not lparent.poll(60):
+            raise RuntimeError("idle clients did not connect")
+        lparent.recv()
+        deadline = time.monotonic() + 20
+        if impl == "fastpacket":
+            while time.monotonic() < deadline:
+                parent.send("sessions")
+                if parent.recv() >= n:
+                    break
+                time.sleep(0.05)
+        else:
+            time.sleep(1.0)
+        parent.send("rss")
+        after = parent.recv()
+        lparent.send("close")
+        idle.join(10)
+    finally:
+        parent.send("stop")
+        server.join(10)
+        if server.is_alive():
+            server.kill()
+    return (after - before) / n
+
+
 def _loops() -> List[str]:
     try:
         import uvloop  # noqa: F401
@@ -162,8 +260,13 @@ def run(quick: bool = False) -> List[Row]:
     connections = 32
     seconds = 1.0 if quick else 3.0
     rtt_rounds = 500 if quick else 3000
+    repeat = 1 if quick else 3
     for loop_kind in _loops():
-        res = {impl: measure_echo(impl, loop_kind, connections, seconds, rtt_rounds) for impl in ("plain", "fastpacket")}
+        runs: Dict[str, List[Dict[str, Any]]] = {"plain": [], "fastpacket": []}
+        for _ in range(repeat):  # interleaved, so machine noise hits both alike
+            for impl in runs:
+                runs[impl].append(measure_echo(impl, loop_kind, connections, seconds, rtt_rounds))
+        res = {impl: _median_run(rs) for impl, rs in runs.items()}
         base = res["plain"]
         for impl, r in res.items():
             name = "plain-python" if impl == "plain" else "fastpacket"
@@ -181,4 +284,10 @@ def run(quick: bool = False) -> List[Row]:
                             1e6 / rtt["p50"], "round trips/s", ratio,
                             f"p50 {rtt['p50']:.1f} us, p99 {rtt['p99']:.1f} us",
                             "p50 within 10%" if impl != "plain" else ""))
+    idle = 1000 if quick else 4000
+    for impl in ("plain", "fastpacket"):
+        per_conn = measure_idle_rss(impl, "asyncio", idle)
+        rows.append(Row("echo", f"asyncio: server RSS per idle connection, {idle} connections",
+                        "plain-python" if impl == "plain" else "fastpacket", per_conn / 1024, "KiB/conn", None,
+                        "", "<= 10 KiB" if impl != "plain" else ""))
     return rows
