@@ -17,6 +17,7 @@ from fastpacket.framing import FrameDecoder
 from fastpacket.ring import RingBuffer
 from fastpacket.sendbuf import SendBuffer
 from fastpacket.aggregate import Aggregator
+from fastpacket import aio
 
 __version__ = "0.1.0"
 

@@ -22,6 +22,7 @@ SECTIONS: Dict[str, str] = {
     "ring": "fastpacket.benchmarks.ring",
     "sendbuf": "fastpacket.benchmarks.sendbuf",
     "aggregate": "fastpacket.benchmarks.aggregate",
+    "echo": "fastpacket.benchmarks.echo",
 }
 
 

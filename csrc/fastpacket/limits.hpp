@@ -1,0 +1,74 @@
+// Per-connection limits: a token bucket over packets and bytes.
+//
+// Plain C++17, no Python, no allocation. Not thread-safe: one bucket
+// belongs to one connection, driven by its event loop's thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fastpacket {
+
+/// Two token buckets refilled together: packets per second and bytes per
+/// second, each with a burst capacity. A rate of 0 means unlimited.
+class TokenBucket {
+public:
+    TokenBucket() = default;
+    TokenBucket(double packets_per_s, double bytes_per_s, double burst_s) noexcept
+        : packet_rate_(packets_per_s), byte_rate_(bytes_per_s),
+          packet_cap_(packets_per_s * burst_s), byte_cap_(bytes_per_s * burst_s),
+          packets_(packet_cap_), bytes_(byte_cap_) {}
+
+    bool enabled() const noexcept { return packet_rate_ > 0 || byte_rate_ > 0; }
+
+    /// Refills for the time since the last call (`now` in seconds, any
+    /// monotonic origin), then takes `packets` and `bytes` if both buckets
+    /// hold enough; returns false and takes nothing otherwise.
+    bool try_take(double now, double packets, double bytes) noexcept {
+        refill(now);
+        const bool ok = (packet_rate_ <= 0 || packets_ >= packets) && (byte_rate_ <= 0 || bytes_ >= bytes);
+        if (ok) {
+            if (packet_rate_ > 0) packets_ -= packets;
+            if (byte_rate_ > 0) bytes_ -= bytes;
+        }
+        return ok;
+    }
+
+    /// Refills, then admits the longest prefix of `n` packets of the given
+    /// sizes that both buckets can pay for, takes its tokens and returns
+    /// its length (n when the connection is within its rate).
+    std::size_t admit(double now, const std::uint32_t* sizes, std::size_t n) noexcept {
+        refill(now);
+        std::size_t k = 0;
+        double bytes = 0;
+        if (packet_rate_ > 0 && static_cast<double>(n) > packets_) n = static_cast<std::size_t>(packets_);
+        for (; k < n; ++k) {
+            if (byte_rate_ > 0 && bytes + sizes[k] > bytes_) break;
+            bytes += sizes[k];
+        }
+        if (packet_rate_ > 0) packets_ -= static_cast<double>(k);
+        if (byte_rate_ > 0) bytes_ -= bytes;
+        return k;
+    }
+
+    double packets_available() const noexcept { return packets_; }
+    double bytes_available() const noexcept { return bytes_; }
+
+private:
+    void refill(double now) noexcept {
+        if (last_ < 0) last_ = now;
+        const double dt = now > last_ ? now - last_ : 0.0;
+        last_ = now;
+        packets_ = packets_ + dt * packet_rate_;
+        if (packets_ > packet_cap_) packets_ = packet_cap_;
+        bytes_ = bytes_ + dt * byte_rate_;
+        if (bytes_ > byte_cap_) bytes_ = byte_cap_;
+    }
+
+    double packet_rate_ = 0, byte_rate_ = 0;
+    double packet_cap_ = 0, byte_cap_ = 0;
+    double packets_ = 0, bytes_ = 0;
+    double last_ = -1;
+};
+
+}  // namespace fastpacket

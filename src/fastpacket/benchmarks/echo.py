@@ -1,0 +1,293 @@
+"""Echo: a plain-Python asyncio echo server (bytearray + struct framing, one
+``transport.write`` per ``data_received``) beside the fastpacket echo
+(``handler = lambda s, b: s.send_batch(b)``), on asyncio's default loop and
+on uvloop, each server in its own process, driven by a non-parsing load
+client in another process (fastpacket.loadgen).
+
+Reported: packets/s echoed, server CPU µs per packet (the server process's
+own CPU time over the load phase), ping-pong RTT p50/p99 with one packet in
+flight on one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import struct
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from fastpacket.benchmarks._harness import Row
+
+HEADER = struct.Struct("<HHII")
+MAX_PACKET = 65535
+
+
+class PlainEchoProtocol(asyncio.Protocol):
+    """How an echo server is written today: frame with struct, hand each
+    packet to the application, one write per data_received."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos = 0
+        end = len(buf)
+        out = []
+        unpack_from = HEADER.unpack_from
+        while end - pos >= 12:
+            size, ptype, seq, player_id = unpack_from(buf, pos)
+            if size < 12 or size > MAX_PACKET:
+                self.transport.close()
+                return
+            if end - pos < size:
+                break
+            out.append(bytes(buf[pos:pos + size]))  # the packet the application handles and echoes
+            pos += size
+        if out:
+            self.transport.write(b"".join(out))
+        del buf[:pos]
+
+
+def _new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
+    if loop_kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+async def _count_sessions(server: Any) -> int:
+    return len(getattr(server, "sessions", ())) or -1
+
+
+def _raise_nofile(need: int) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard) if hard != resource.RLIM_INFINITY else need, hard))
+
+
+def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
+    """Runs one echo server until told to stop; answers 'cpu' with its own
+    process CPU time so the parent can measure the load phase alone."""
+    _raise_nofile(16384)
+    loop = _new_loop(loop_kind)
+    asyncio.set_event_loop(loop)
+
+    async def start() -> Any:
+        if impl == "plain":
+            return await loop.create_server(PlainEchoProtocol, "127.0.0.1", 0)
+        import fastpacket as fp
+
+        return await fp.aio.serve(lambda s, b: s.send_batch(b), "127.0.0.1", 0)
+
+    server = loop.run_until_complete(start())
+    conn.send(server.sockets[0].getsockname()[1])
+    stop = loop.create_future()
+
+    def control() -> None:
+        while True:
+            msg = conn.recv()
+            if msg == "cpu":
+                t = os.times()
+                conn.send((t.user, t.system))
+            elif msg == "rss":
+                conn.send(_rss_bytes())
+            elif msg == "sessions":
+                fut = asyncio.run_coroutine_threadsafe(_count_sessions(server), loop)
+                conn.send(fut.result(10))
+            else:
+                loop.call_soon_threadsafe(stop.set_result, None)
+                return
+
+    threading.Thread(target=control, daemon=True).start()
+    loop.run_until_complete(stop)
+    server.close()
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()
+
+
+def _load_process(port: int, connections: int, seconds: float, conn: Any) -> None:
+    from fastpacket.loadgen import run_echo_load
+
+    conn.send(run_echo_load("127.0.0.1", port, connections=connections, seconds=seconds).to_dict())
+
+
+def measure_echo(impl: str, loop_kind: str, connections: int, seconds: float, rtt_rounds: int) -> Dict[str, Any]:
+    """One server, one load run, one ping-pong run: a dict of figures."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_server_process, args=(impl, loop_kind, child), daemon=True)
+    server.start()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError(f"{impl} echo server on {loop_kind} did not start")
+        port = parent.recv()
+        lparent, lchild = ctx.Pipe()
+        load = ctx.Process(target=_load_process, args=(port, connections, seconds, lchild), daemon=True)
+        load.start()
+        time.sleep(0.3)  # the load process imports and connects; measure the steady phase below
+        parent.send("cpu")
+        cpu0 = parent.recv()
+        if not lparent.poll(seconds + 60):
+            raise RuntimeError("load client did not finish")
+        result = lparent.recv()
+        parent.send("cpu")
+        cpu1 = parent.recv()
+        load.join(10)
+        if not result["ok"]:
+            raise RuntimeError(f"{impl} echo on {loop_kind} lost or corrupted data: {result['errors'][:3]}")
+        from fastpacket.loadgen import ping_pong
+
+        rtt = ping_pong("127.0.0.1", port, rounds=rtt_rounds)
+    finally:
+        parent.send("stop")
+        server.join(10)
+        if server.is_alive():
+            server.kill()
+    n = max(result["packets"], 1)
+    return {
+        "packets_per_s": result["packets_per_s"],
+        "cpu_us_per_packet": (cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1]) * 1e6 / n,
+        "user_us_per_packet": (cpu1[0] - cpu0[0]) * 1e6 / n,
+        "sys_us_per_packet": (cpu1[1] - cpu0[1]) * 1e6 / n,
+        "rtt": rtt,
+        "packets": result["packets"],
+    }
+
+
+def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Median of each figure over repeated runs."""
+    out: Dict[str, Any] = {}
+    for key in ("packets_per_s", "cpu_us_per_packet", "user_us_per_packet", "sys_us_per_packet"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["rtt"] = {k: statistics.median(r["rtt"][k] for r in runs) for k in ("p50", "p95", "p99", "max")}
+    return out
+
+
+def _idle_process(port: int, n: int, conn: Any) -> None:
+    import socket
+
+    _raise_nofile(n + 256)
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    conn.send(len(socks))
+    conn.recv()  # hold them until told
+    for s in socks:
+        s.close()
+
+
+def measure_idle_rss(impl: str, loop_kind: str, n: int) -> float:
+    """Server RSS bytes per idle connection, `n` connections held open."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_server_process, args=(impl, loop_kind, child), daemon=True)
+    server.start()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("server did not start")
+        port = parent.recv()
+        # warm the server up with a few connections first, so one-time
+        # allocations (pools, code paths) are not charged to the idle ones
+        warm_parent, warm_child = ctx.Pipe()
+        warm = ctx.Process(target=_idle_process, args=(port, 50, warm_child), daemon=True)
+        warm.start()
+        warm_parent.recv()
+        warm_parent.send("close")
+        warm.join(10)
+        time.sleep(0.3)
+        parent.send("rss")
+        before = parent.recv()
+        lparent, lchild = ctx.Pipe()
+        idle = ctx.Process(target=_idle_process, args=(port, n, lchild), daemon=True)
+        idle.start()
+        if not lparent.poll(60):
+            raise RuntimeError("idle clients did not connect")
+        lparent.recv()
+        deadline = time.monotonic() + 20
+        if impl == "fastpacket":
+            while time.monotonic() < deadline:
+                parent.send("sessions")
+                if parent.recv() >= n:
+                    break
+                time.sleep(0.05)
+        else:
+            time.sleep(1.0)
+        parent.send("rss")
+        after = parent.recv()
+        lparent.send("close")
+        idle.join(10)
+    finally:
+        parent.send("stop")
+        server.join(10)
+        if server.is_alive():
+            server.kill()
+    return (after - before) / n
+
+
+def _loops() -> List[str]:
+    try:
+        import uvloop  # noqa: F401
+
+        return ["asyncio", "uvloop"]
+    except ImportError:
+        return ["asyncio"]
+
+
+def run(quick: bool = False) -> List[Row]:
+    rows: List[Row] = []
+    connections = 32
+    seconds = 1.0 if quick else 3.0
+    rtt_rounds = 500 if quick else 3000
+    repeat = 1 if quick else 3
+    for loop_kind in _loops():
+        runs: Dict[str, List[Dict[str, Any]]] = {"plain": [], "fastpacket": []}
+        for _ in range(repeat):  # interleaved, so machine noise hits both alike
+            for impl in runs:
+                runs[impl].append(measure_echo(impl, loop_kind, connections, seconds, rtt_rounds))
+        res = {impl: _median_run(rs) for impl, rs in runs.items()}
+        base = res["plain"]
+        for impl, r in res.items():
+            name = "plain-python" if impl == "plain" else "fastpacket"
+            ratio = None if impl == "plain" else base["cpu_us_per_packet"] / r["cpu_us_per_packet"]
+            rows.append(Row("echo", f"{loop_kind}: server CPU per packet, {connections} conns pipelined",
+                            name, 1.0 / r["cpu_us_per_packet"] * 1e6, "packets/CPU-s", ratio,
+                            f"{r['cpu_us_per_packet']:.3f} us/pkt (user {r['user_us_per_packet']:.3f}, "
+                            f"sys {r['sys_us_per_packet']:.3f}), {r['packets_per_s'] / 1e6:.2f}M pkt/s",
+                            ">= 10x" if impl != "plain" else ""))
+        for impl, r in res.items():
+            name = "plain-python" if impl == "plain" else "fastpacket"
+            rtt = r["rtt"]
+            ratio = None if impl == "plain" else base["rtt"]["p50"] / rtt["p50"]
+            rows.append(Row("echo", f"{loop_kind}: ping-pong RTT, 1 packet in flight", name,
+                            1e6 / rtt["p50"], "round trips/s", ratio,
+                            f"p50 {rtt['p50']:.1f} us, p99 {rtt['p99']:.1f} us",
+                            "p50 within 10%" if impl != "plain" else ""))
+    idle = 1000 if quick else 4000
+    for impl in ("plain", "fastpacket"):
+        per_conn = measure_idle_rss(impl, "asyncio", idle)
+        rows.append(Row("echo", f"asyncio: server RSS per idle connection, {idle} connections",
+                        "plain-python" if impl == "plain" else "fastpacket", per_conn / 1024, "KiB/conn", None,
+                        "", "<= 10 KiB" if impl != "plain" else ""))
+    return rows

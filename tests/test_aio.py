@@ -1,0 +1,382 @@
+"""asyncio adapter: every test runs on asyncio's default loop and on uvloop,
+on 127.0.0.1 only, each bounded in time and count."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import resource
+import socket
+import struct
+
+import numpy as np
+import pytest
+
+import fastpacket as fp
+from fastpacket import aio
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+LOOPS = ["asyncio", "uvloop"]
+TEST_TIMEOUT = 60.0
+
+
+@pytest.fixture(params=LOOPS)
+def run(request):
+    """run(coro): runs the coroutine on a fresh loop of the parametrised kind."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+
+    def runner(coro, timeout=TEST_TIMEOUT):
+        return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    yield runner
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+
+def echo(session, batch):
+    session.send_batch(batch)
+
+
+async def recv_packets(session, n, timeout=10.0):
+    got = []
+    while len(got) < n:
+        batch = await session.recv(timeout)
+        if batch is None:
+            break
+        got.extend(batch)
+    return got
+
+
+def test_round_trip(run):
+    async def main():
+        server = await aio.serve(echo, "127.0.0.1", 0)
+        client = await aio.connect("127.0.0.1", server.port)
+        for i in range(100):
+            client.send(i % 7, b"x" * i, player_id=i)
+        got = await recv_packets(client, 100)
+        assert [p.type for p in got] == [i % 7 for i in range(100)]
+        assert [p.seq for p in got] == list(range(100))  # client-assigned, relayed as they are
+        assert [bytes(p.payload) for p in got] == [b"x" * i for i in range(100)]
+        assert [p.player_id for p in got] == list(range(100))
+        client.close("done")
+        assert await client.wait_closed() == "done"
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_handlers_by_type_and_server_broadcast(run):
+    async def main():
+        seen = []
+
+        def on_move(session, batch):
+            seen.append(("move", batch.types.tolist()))
+            session.send(100, b"moved")
+
+        def fallback(session, batch):
+            seen.append(("other", batch.types.tolist()))
+
+        server = await aio.serve(fallback, "127.0.0.1", 0, handlers={1: on_move})
+        client = await aio.connect("127.0.0.1", server.port)
+        client.send_batch(fp.PacketBatch.build([1, 2, 1, 3], [b"a", b"b", b"c", b"d"]))
+        (reply,) = await recv_packets(client, 1)
+        assert reply.type == 100 and bytes(reply.payload) == b"moved"
+        assert sorted(seen) == [("move", [1, 1]), ("other", [2]), ("other", [3])]
+        assert server.broadcast(7, b"to all") == 1
+        (b,) = await recv_packets(client, 1)
+        assert (b.type, bytes(b.payload)) == (7, b"to all")
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_server_close_flushes_and_gives_reason(run):
+    async def main():
+        sessions = []
+        server = await aio.serve(echo, "127.0.0.1", 0, on_connect=sessions.append)
+        client = await aio.connect("127.0.0.1", server.port)
+        client.send(1, b"hello")
+        await recv_packets(client, 1)
+        server.broadcast(2, b"last words")
+        server.close()  # flushes the broadcast before closing
+        (last,) = await recv_packets(client, 1)
+        assert bytes(last.payload) == b"last words"
+        assert await client.recv(5) is None
+        await server.wait_closed()
+        assert server.closes == {"server shutdown": 1}
+        assert sessions[0].close_reason == "server shutdown"
+
+    run(main())
+
+
+def test_many_packets_many_connections_in_order(run):
+    """>= 1 M packets over 50 connections; seq checked at both ends."""
+    connections, per_conn = 50, 20_480
+    received_by_server = {}
+
+    def checking_echo(session, batch):
+        seqs = batch.seqs
+        key = session.peername  # sessions are pooled: key by connection, not by object
+        start = received_by_server.get(key, 0)
+        assert np.array_equal(seqs, np.arange(start, start + len(seqs)) % 2**32)
+        received_by_server[key] = start + len(seqs)
+        session.send_batch(batch)
+
+    async def one_client(port, k):
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        state = {"next": 0}
+
+        def on_batch(session, batch):
+            seqs = batch.seqs
+            n = state["next"]
+            if not np.array_equal(seqs, np.arange(n, n + len(seqs))):
+                done.set_exception(AssertionError(f"client {k}: out of order at {n}"))
+            state["next"] = n + len(seqs)
+            if state["next"] >= per_conn and not done.done():
+                done.set_result(None)
+
+        client = await aio.connect("127.0.0.1", port, on_batch)
+        block = 1024
+        payload = bytes(range(24))
+        for start in range(0, per_conn, block):
+            client.send_batch(fp.PacketBatch.build([1] * block, [payload] * block,
+                                                   seqs=np.arange(start, start + block)))
+            await asyncio.sleep(0)
+        await asyncio.wait_for(done, 50)
+        client.close()
+
+    async def main():
+        server = await aio.serve(checking_echo, "127.0.0.1", 0)
+        await asyncio.gather(*(one_client(server.port, k) for k in range(connections)))
+        assert sum(received_by_server.values()) == connections * per_conn >= 1_000_000
+        server.close()
+        await server.wait_closed()
+
+    run(main(), timeout=120)
+
+
+def test_handler_exception_closes_only_that_session(run, caplog):
+    async def main():
+        def handler(session, batch):
+            if batch.types[0] == 13:
+                raise RuntimeError("boom")
+            session.send_batch(batch)
+
+        server = await aio.serve(handler, "127.0.0.1", 0)
+        bad = await aio.connect("127.0.0.1", server.port)
+        good = await aio.connect("127.0.0.1", server.port)
+        bad.send(13, b"")
+        assert await bad.recv(5) is None
+        good.send(1, b"still serving")
+        (p,) = await recv_packets(good, 1)
+        assert bytes(p.payload) == b"still serving"
+        assert server.closes == {"handler error: RuntimeError: boom": 1}
+        good.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert "handler failed" in caplog.text
+
+
+def raw_connect(port):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+async def wait_for_close(server, n=1, timeout=10.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while sum(server.closes.values()) < n and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    return server.closes
+
+
+def test_oversize_header_closed_before_payload(run):
+    async def main():
+        server = await aio.serve(echo, "127.0.0.1", 0, max_packet_size=1000)
+        loop = asyncio.get_running_loop()
+        sock = raw_connect(server.port)
+        sock.setblocking(False)
+        await loop.sock_sendall(sock, struct.pack("<HHII", 60000, 1, 0, 0))  # header only
+        closes = await wait_for_close(server)
+        (reason,) = closes
+        assert reason.startswith("protocol error: packet size 60000") and "max_packet_size 1000" in reason
+        assert await loop.sock_recv(sock, 100) == b""  # closed without waiting for the payload
+        sock.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_random_garbage_closes_with_protocol_error(run):
+    async def main():
+        server = await aio.serve(echo, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        sock = raw_connect(server.port)
+        sock.setblocking(False)
+        good = fp.encode(1, b"ok")
+        await loop.sock_sendall(sock, good + b"\x03\x00" + bytes(200))
+        echoed = await loop.sock_recv(sock, 100)
+        assert echoed == good  # the packet before the garbage is still handled
+        closes = await wait_for_close(server)
+        assert list(closes)[0].startswith("protocol error: packet size 3 at stream offset 14")
+        sock.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_disconnect_mid_packet(run):
+    async def main():
+        got = []
+        server = await aio.serve(lambda s, b: got.extend(b), "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        sock = raw_connect(server.port)
+        sock.setblocking(False)
+        await loop.sock_sendall(sock, fp.encode(1, b"whole") + fp.encode(2, b"partial")[:9])
+        await asyncio.sleep(0.05)
+        sock.close()
+        closes = await wait_for_close(server)
+        assert closes == {"peer closed": 1}
+        assert [p.type for p in got] == [1]
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_rate_limit_drop_and_close(run):
+    async def main():
+        got = []
+        server = await aio.serve(lambda s, b: got.append(len(b)), "127.0.0.1", 0, packets_per_s=100,
+                                 rate_burst=1.0)
+        client = await aio.connect("127.0.0.1", server.port, lambda s, b: None)
+        client.send_batch(fp.PacketBatch.build([1] * 500, [b"flood"] * 500))
+        client.flush()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while server.drops.get("rate limit", 0) + sum(got) < 500 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert sum(got) <= 101 and server.drops["rate limit"] >= 399
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+        server = await aio.serve(echo, "127.0.0.1", 0, bytes_per_s=1000, rate_policy="close")
+        client = await aio.connect("127.0.0.1", server.port)
+        client.send_batch(fp.PacketBatch.build([1] * 100, [bytes(100)] * 100))
+        assert await client.wait_closed() == "peer closed"
+        assert await wait_for_close(server) == {"rate limit exceeded": 1}
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_idle_timeout_and_max_connections(run):
+    async def main():
+        server = await aio.serve(echo, "127.0.0.1", 0, idle_timeout=0.2, max_connections=2)
+        a = await aio.connect("127.0.0.1", server.port)
+        b = await aio.connect("127.0.0.1", server.port)
+        c = await aio.connect("127.0.0.1", server.port)
+        assert await asyncio.wait_for(c.wait_closed(), 5) == "peer closed"
+        closes = await wait_for_close(server, 3, timeout=5)
+        assert closes == {"too many connections": 1, "idle timeout": 2}
+        for s in (a, b):
+            assert await asyncio.wait_for(s.wait_closed(), 5) == "peer closed"
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_peer_that_never_reads_is_cut_off(run):
+    async def main():
+        sessions = []
+        server = await aio.serve(echo, "127.0.0.1", 0, on_connect=sessions.append,
+                                 max_pending_bytes=256 << 10, write_timeout=1.0)
+        sock = raw_connect(server.port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await asyncio.sleep(0.05)
+        (session,) = sessions
+        payload = bytes(1000)
+        sent = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not session.closed and loop.time() < deadline:
+            for _ in range(50):
+                if session.send(5, payload) is None:
+                    break
+                sent += 1
+            if session.transport is not None:
+                assert session.transport.get_write_buffer_size() <= (256 << 10) + 65536
+            await asyncio.sleep(0.001)
+        assert session.close_reason == "slow consumer"
+        assert await wait_for_close(server) == {"slow consumer": 1}
+        sock.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_many_concurrent_connections(run):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 12_000
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    n = 5000
+
+    async def main():
+        server = await aio.serve(echo, "127.0.0.1", 0, backlog=4096)
+        loop = asyncio.get_running_loop()
+        clients = []
+        for start in range(0, n, 500):
+            clients += await asyncio.gather(*(aio.connect("127.0.0.1", server.port) for _ in range(start, min(n, start + 500))))
+        deadline = loop.time() + 20
+        while len(server.sessions) < n and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert len(server.sessions) == n
+        for i, c in enumerate(clients[::50]):
+            c.send(1, i.to_bytes(4, "little"))
+        for i, c in enumerate(clients[::50]):
+            (p,) = await recv_packets(c, 1)
+            assert int.from_bytes(p.payload, "little") == i
+        for c in clients:
+            c.close()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        run(main(), timeout=90)
+    finally:
+        gc.collect()
+
+
+def test_options_are_checked(run):
+    async def main():
+        with pytest.raises(TypeError, match="unknown option"):
+            await aio.serve(echo, "127.0.0.1", 0, max_packet=1)
+        with pytest.raises(ValueError, match="recv_buffer"):
+            await aio.serve(echo, "127.0.0.1", 0, max_packet_size=100_000)
+        with pytest.raises(ValueError, match="rate_policy"):
+            await aio.serve(echo, "127.0.0.1", 0, rate_policy="ignore")
+        with pytest.raises(TypeError, match="needs a handler"):
+            await aio.serve(None, "127.0.0.1", 0)
+
+    run(main())
