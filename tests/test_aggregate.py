@@ -531,3 +531,20 @@ def test_fuzz_unpack_mutated_frames(frame, flips, cut):
     if cut:
         mutated = mutated[:-cut]
     _agree(bytes(mutated), max_raw_size=4096)
+
+
+@pytest.mark.parametrize("double_map", [None, False])
+def test_feed_from_ring_unwraps_aggregates(double_map):
+    agg = fp.Aggregator("lz4", threshold=64)
+    inner = fp.PacketBatch.build([5] * 30, [b"ring-" * 8] * 30, seqs=range(30))
+    stream = fp.encode(1, b"before") + agg.pack(inner) + fp.encode(2, b"after")
+    ring = fp.RingBuffer(4096, double_map=double_map)
+    ring.write(b"\0" * 3000)  # move the tail near the wrap point
+    ring.consume(3000)
+    dec = fp.FrameDecoder(aggregator=agg)
+    got = []
+    for i in range(0, len(stream), 97):
+        ring.write(stream[i:i + 97])
+        got.extend((p.type, p.seq) for p in dec.feed_from(ring))
+    assert got == [(1, 0)] + [(5, i) for i in range(30)] + [(2, 0)]
+    assert len(ring) == 0

@@ -380,3 +380,23 @@ def test_options_are_checked(run):
             await aio.serve(None, "127.0.0.1", 0)
 
     run(main())
+
+
+def test_on_wire_aggregation_both_ends(run):
+    async def main():
+        agg_server = fp.Aggregator("lz4", threshold=256)
+        agg_client = fp.Aggregator("lz4", threshold=256)
+        server = await aio.serve(echo, "127.0.0.1", 0, aggregator=agg_server)
+        client = await aio.connect("127.0.0.1", server.port, aggregator=agg_client)
+        payload = b"position:0000,0000,0000;" * 3
+        client.send_batch(fp.PacketBatch.build([3] * 200, [payload] * 200, seqs=range(200)))
+        got = await recv_packets(client, 200)
+        assert [p.seq for p in got] == list(range(200))
+        assert all(bytes(p.payload) == payload for p in got)
+        assert agg_server.stats["compressed"] >= 1 and agg_server.stats["bytes_out"] < agg_server.stats["bytes_in"]
+        assert agg_client.stats["compressed"] >= 1
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())

@@ -98,10 +98,11 @@ cdef class HubCore:
             self.flush_handle = (self.loop.call_soon(self.flush_dirty) if delay <= 0
                                  else self.loop.call_later(delay, self.flush_dirty))
 
-    cdef _write(self, ProtocolCore session, object view, Py_ssize_t nbytes):
+    cdef _write(self, ProtocolCore session, object view, Py_ssize_t nbytes, Py_ssize_t count):
         if self.aggregator is not None:
-            for frame in self.aggregator.pack_many(
-                    FrameDecoder(self.options.layout, 1 << 62).feed(view)):
+            # the flushed bytes are `count` whole packets back to back
+            batch = _batch_over(<NativeLayout>session._sendbuf._layout, bytes(view), count)
+            for frame in self.aggregator.pack_many(batch):
                 session.transport.write(frame)
         else:
             session.transport.write(view)
@@ -297,7 +298,7 @@ cdef class ProtocolCore:
         self.packets_out += n
         self.bytes_out += nbytes
         self.flushes += 1
-        self._hub._write(self, view, nbytes)
+        self._hub._write(self, view, nbytes, n)
 
     # -- close -------------------------------------------------------------
 

@@ -619,13 +619,25 @@ cdef class FrameDecoder:
         """
         return _feed_from_ring(self, ring)
 
-    cdef PacketBatch _feed(self, const uint8_t* p, size_t n, bytes immutable):
-        cdef FeedPlan plan
-        cdef uint8_t* out = NULL
+    cdef int _check_usable(self) except -1:
         if self._aggregate_failed:
             raise ProtocolError(f"the decoder failed on a bad aggregate frame before stream offset "
                                 f"{self._dec.stream_offset()}; call reset() before feeding a new stream",
                                 offset=self._dec.stream_offset())
+        return 0
+
+    cdef PacketBatch _decode_span(self, const uint8_t* p, size_t n, bytes immutable, bint keep_tail,
+                                  size_t* taken, ErrorInfo* error):
+        """One plan/emit over p[0, n): the batch of its complete frames
+        (aggregates not yet unwrapped). With keep_tail the incomplete tail
+        moves into the decoder's pending buffer (feed()); without it the tail
+        stays where it is (feed_from(): it stays in the ring). *taken is the
+        number of input bytes the decoder took; *error the bad header, if any.
+        An immutable `bytes` input holding exactly whole frames is kept as the
+        batch's data instead of being copied."""
+        cdef FeedPlan plan
+        cdef uint8_t* out = NULL
+        cdef size_t emit_n
         if n >= NOGIL_MIN_BYTES:
             with nogil:
                 plan = self._dec.plan(p, n)
@@ -645,16 +657,34 @@ cdef class FrameDecoder:
         else:
             b._set_data(PyBytes_FromStringAndSize(NULL, plan.data_bytes))
             out = <uint8_t*>b._base
+        emit_n = n if keep_tail and plan.error.kind == FrameError.none else plan.scan_end
         if plan.data_bytes >= NOGIL_MIN_BYTES:
             with nogil:
-                self._dec.emit(p, n, plan, out, b._cols)
+                self._dec.emit(p, emit_n, plan, out, b._cols)
         else:
-            self._dec.emit(p, n, plan, out, b._cols)
-        if self._aggregator is not None:
-            b = self._unwrap(b, plan.data_bytes)
-        if plan.error.kind != FrameError.none:
-            raise self._protocol_error(plan.error, b)
+            self._dec.emit(p, emit_n, plan, out, b._cols)
+        taken[0] = emit_n
+        error[0] = plan.error
         return b
+
+    cdef PacketBatch _finish(self, PacketBatch b, ErrorInfo error):
+        """Unwraps aggregates (with an aggregator), then raises the decode
+        error, if any, with the packets before it as exc.batch."""
+        cdef Py_ssize_t i
+        cdef size_t nbytes = 0
+        if self._aggregator is not None and b._count:
+            for i in range(b._count):
+                nbytes += b._cols.sizes[i]
+            b = self._unwrap(b, nbytes)
+        if error.kind != FrameError.none:
+            raise self._protocol_error(error, b)
+        return b
+
+    cdef PacketBatch _feed(self, const uint8_t* p, size_t n, bytes immutable):
+        cdef size_t taken
+        cdef ErrorInfo error
+        self._check_usable()
+        return self._finish(self._decode_span(p, n, immutable, True, &taken, &error), error)
 
     cdef PacketBatch _unwrap(self, PacketBatch b, size_t data_bytes):
         # the batch's bytes end where the decoder's stream offset now is

@@ -234,43 +234,6 @@ cdef class RingBuffer:
         return (self._c.read_pins(), self._c.write_pins())
 
 
-cdef PacketBatch _ring_feed_span(FrameDecoder dec, const uint8_t* p, size_t n, bint keep_tail,
-                                 size_t* taken, ErrorInfo* error):
-    """One plan/emit of `dec` over p[0, n). With keep_tail the incomplete
-    tail moves into the decoder (as feed() does); without it the tail is left
-    where it is: emit() is told the input ends after the last whole frame.
-    *taken is the number of input bytes the decoder took."""
-    cdef FeedPlan plan
-    cdef uint8_t* out = NULL
-    cdef size_t emit_n
-    if n >= NOGIL_MIN_BYTES:
-        with nogil:
-            plan = dec._dec.plan(p, n)
-    else:
-        plan = dec._dec.plan(p, n)
-    if plan.error.kind == FrameError.failed:
-        raise ProtocolError(f"the decoder failed at stream offset {plan.error.stream_offset}; "
-                            f"call reset() before feeding a new stream",
-                            offset=plan.error.stream_offset)
-    cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
-    b._layout = dec._layout
-    b._alloc_index(plan.count)
-    if plan.count == 0:
-        b._set_data(_EMPTY_BYTES)
-    else:
-        b._set_data(PyBytes_FromStringAndSize(NULL, plan.data_bytes))
-        out = <uint8_t*>b._base
-    emit_n = n if keep_tail and plan.error.kind == FrameError.none else plan.scan_end
-    if plan.data_bytes >= NOGIL_MIN_BYTES:
-        with nogil:
-            dec._dec.emit(p, emit_n, plan, out, b._cols)
-    else:
-        dec._dec.emit(p, emit_n, plan, out, b._cols)
-    taken[0] = emit_n
-    error[0] = plan.error
-    return b
-
-
 cdef PacketBatch _concat_batches(NativeLayout nl, PacketBatch a, PacketBatch b):
     if b._count == 0:
         return a
@@ -288,6 +251,7 @@ cdef PacketBatch _feed_from_ring(FrameDecoder dec, object ring_obj):
     if not isinstance(ring_obj, RingBuffer):
         raise TypeError(f"feed_from needs a fastpacket.RingBuffer, not {type(ring_obj).__name__!r}")
     cdef RingBuffer ring = <RingBuffer>ring_obj
+    dec._check_usable()
     cdef RingSpan first, second
     cdef size_t taken = 0, taken2 = 0
     cdef ErrorInfo err
@@ -296,20 +260,18 @@ cdef PacketBatch _feed_from_ring(FrameDecoder dec, object ring_obj):
     if ring._c.double_mapped() or second.size == 0:
         if ring._c.double_mapped():
             first.size += second.size  # the second mapping continues the first
-        batch = _ring_feed_span(dec, first.data, first.size, False, &taken, &err)
+        batch = dec._decode_span(first.data, first.size, None, False, &taken, &err)
     else:
         # Fallback ring, data wrapping: the packet straddling the wrap point
         # is assembled in the decoder's pending buffer (one packet's copy).
-        batch = _ring_feed_span(dec, first.data, first.size, True, &taken, &err)
+        batch = dec._decode_span(first.data, first.size, None, True, &taken, &err)
         if err.kind == FrameError.none:
             try:
-                rest = _ring_feed_span(dec, second.data, second.size, False, &taken2, &err)
+                rest = dec._decode_span(second.data, second.size, None, False, &taken2, &err)
             except BaseException:
                 ring._c.consume(taken)
                 raise
             taken += taken2
             batch = _concat_batches(dec._layout, batch, rest)
     ring._c.consume(taken)
-    if err.kind != FrameError.none:
-        raise dec._protocol_error(err, batch)
-    return batch
+    return dec._finish(batch, err)
