@@ -34,3 +34,4 @@ cdef enum:
 
 include "_buffer.pxi"
 include "_framing.pxi"
+include "_metrics.pxi"
