@@ -14,6 +14,8 @@ from fastpacket.errors import AggregateError, BufferFull, FastpacketError, Proto
 from fastpacket.layout import GAME, HeaderLayout, encode
 from fastpacket.batch import Packet, PacketBatch
 from fastpacket.framing import FrameDecoder
+from fastpacket import metrics
+from fastpacket.metrics import Registry
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,8 @@ __all__ = [
     "Packet",
     "PacketBatch",
     "ProtocolError",
+    "Registry",
     "encode",
+    "metrics",
     "__version__",
 ]

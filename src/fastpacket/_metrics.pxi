@@ -339,7 +339,8 @@ cdef class Metric:
             counts = self._buckets().astype(np.float64)
             total = counts.sum()
             mean = float(s1) / n
-            mid = _BUCKET_MIDDLE.astype(np.float64)
+            # bucket middles clamped to [min, max] (a constant stream is exact)
+            mid = np.clip(_BUCKET_MIDDLE, self.c.min_value(), self.c.max_value()).astype(np.float64)
             return float(np.sqrt((counts * (mid - mean) ** 2).sum() / total)) if total else 0.0
         s2 = _u128(self.c.sumsq())
         num = n * s2 - s1 * s1  # exact integers: no cancellation
@@ -582,9 +583,10 @@ cdef class MetricsFile:
                 TableError.bad_version: "written by another version of fastpacket",
                 TableError.bad_size: "truncated or its header's sizes disagree",
             }[err]
+            nbytes = self._view.len
             PyBuffer_Release(&self._view)
             self._has_view = False
-            raise FastpacketError(f"metrics file {path!r} ({self._view.len} bytes): {reason}")
+            raise FastpacketError(f"metrics file {path!r} ({nbytes} bytes): {reason}")
 
     def __dealloc__(self):
         if self._has_view:
