@@ -19,6 +19,7 @@ __all__ = ["Row", "SECTIONS", "interleaved_medians", "run_sections"]
 #: section name -> module under fastpacket.benchmarks providing run(quick)
 SECTIONS: Dict[str, str] = {
     "framing": "fastpacket.benchmarks.framing",
+    "metrics": "fastpacket.benchmarks.metrics",
 }
 
 
