@@ -611,3 +611,12 @@ def test_top_level_exports():
     for name in ("Registry", "Metric", "Counter", "Gauge", "Timer", "Alert", "PrometheusCollector"):
         assert getattr(fp.metrics, name).__doc__
     assert isinstance(Registry().counter("a"), Counter) and isinstance(Registry().gauge("a"), Gauge)
+
+
+@pytest.mark.parametrize("cls", [Metric, Counter, Gauge])
+def test_objects_made_with_new_do_not_crash(cls):
+    obj = cls.__new__(cls)
+    with pytest.raises(TypeError, match="holds no storage"):
+        obj.reset()
+    with pytest.raises(TypeError, match="holds no storage"):
+        obj.value if cls is not Metric else obj.record(1)

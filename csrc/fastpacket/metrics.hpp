@@ -470,7 +470,7 @@ static_assert(sizeof(SlotHeader) == kSlotHeaderBytes, "slot header layout");
 static_assert(kSlotBytes % 64 == 0, "slots keep metric data 64-byte aligned");
 
 enum class TableError : std::uint8_t { none = 0, too_small = 1, bad_magic = 2, bad_version = 3, bad_size = 4 };
-enum class SlotStatus : std::uint8_t { found = 0, created = 1, full = 2, kind_mismatch = 3, busy = 4 };
+enum class SlotStatus : std::uint8_t { found = 0, created = 1, full = 2, kind_mismatch = 3, busy = 4, bad_name = 5 };
 
 inline std::size_t file_bytes_for(std::uint32_t slots) noexcept {
     return kFileHeaderBytes + static_cast<std::size_t>(slots) * kSlotBytes;
@@ -525,6 +525,7 @@ class SharedTable {
 
     /// Find or claim the slot of `name` (1..kMaxNameBytes bytes) for `kind`.
     SlotStatus lookup(const char* name, std::size_t len, Kind kind, std::uint32_t* slot) noexcept {
+        if (len == 0 || len > kMaxNameBytes) return SlotStatus::bad_name;
         const std::uint64_t h = fnv1a(name, len);
         for (std::uint32_t probe = 0; probe < slots_; ++probe) {
             const std::uint32_t i = static_cast<std::uint32_t>((h + probe) % slots_);
@@ -532,11 +533,13 @@ class SharedTable {
             std::uint32_t st = s->state.load(std::memory_order_acquire);  // pairs with the ready release
             if (st == static_cast<std::uint32_t>(SlotState::free)) {
                 std::uint32_t expected = st;
-                // relaxed on success: the winner alone writes the slot header
-                // and publishes it with the release store below; on failure
-                // we reload with acquire in the wait loop.
+                // acquire on failure: if the other claimer already stored
+                // ready, its kind and name (read below) must be visible. (On
+                // success relaxed would do: the winner alone writes the slot
+                // header and publishes it with the release store below; C++17
+                // wants the success order at least as strong as failure's.)
                 if (s->state.compare_exchange_strong(expected, static_cast<std::uint32_t>(SlotState::claiming),
-                                                     std::memory_order_relaxed, std::memory_order_relaxed)) {
+                                                     std::memory_order_acquire, std::memory_order_acquire)) {
                     s->kind = static_cast<std::uint32_t>(kind);
                     s->name_len = static_cast<std::uint32_t>(len);
                     std::memcpy(s->name, name, len);
@@ -555,6 +558,8 @@ class SharedTable {
                     std::this_thread::yield();
                 }
             }
+            // name_len == len <= kMaxNameBytes: the compare stays inside the
+            // slot even when the file was written by someone else.
             if (s->name_len == len && std::memcmp(s->name, name, len) == 0) {
                 *slot = i;
                 return s->kind == static_cast<std::uint32_t>(kind) ? SlotStatus::found : SlotStatus::kind_mismatch;

@@ -98,6 +98,7 @@ cdef extern from "fastpacket/metrics.hpp" namespace "fastpacket::metrics" nogil:
         full
         kind_mismatch
         busy
+        bad_name
 
     cdef struct SlotHeader:
         uint32_t kind
@@ -191,6 +192,11 @@ cdef uint64_t _value_arg(object value, str where) except? 0xFFFFFFFFFFFFFFFF:
     return <uint64_t>ivalue
 
 
+cdef int _unattached(obj) except -1:
+    raise TypeError(f"this {type(obj).__name__} was made with __new__ and holds no storage; "
+                    f"use Registry.{type(obj).__name__.lower()}(name) or {type(obj).__name__}(name)")
+
+
 cdef inline object _u128(U128 v):
     return (<object>v.hi << 64) | <object>v.lo
 
@@ -239,6 +245,8 @@ cdef class Metric:
         >= 2**64 values and TypeError for non-numbers (and bools)."""
         cdef uint64_t v
         cdef double d
+        if self.c == NULL:
+            _unattached(self)
         if PyLong_CheckExact(value):
             v = _pylong_as_u64(value)
             if v == <uint64_t>0xFFFFFFFFFFFFFFFF and PyErr_Occurred() != NULL:
@@ -260,6 +268,8 @@ cdef class Metric:
         ints or floats, all or nothing: one bad value (negative, NaN,
         infinite, >= 2**64) raises ValueError naming its index and records
         none. The GIL is released while recording."""
+        if self.c == NULL:
+            _unattached(self)
         arr = np.asarray(values)
         kind = arr.dtype.kind
         if kind == "u":
@@ -304,26 +314,36 @@ cdef class Metric:
     @property
     def count(self):
         """Number of values recorded."""
+        if self.c == NULL:
+            _unattached(self)
         return self.c.count()
 
     @property
     def sum(self):
         """Exact sum of the values (a Python int; kept in 128 bits)."""
+        if self.c == NULL:
+            _unattached(self)
         return _u128(self.c.sum())
 
     @property
     def min(self):
         """Smallest value, or None when empty."""
+        if self.c == NULL:
+            _unattached(self)
         return self.c.min_value() if self.c.count() else None
 
     @property
     def max(self):
         """Largest value, or None when empty."""
+        if self.c == NULL:
+            _unattached(self)
         return self.c.max_value() if self.c.count() else None
 
     @property
     def mean(self):
         """Mean of the values (float), or None when empty."""
+        if self.c == NULL:
+            _unattached(self)
         n = self.c.count()
         return _u128(self.c.sum()) / n if n else None
 
@@ -331,6 +351,8 @@ cdef class Metric:
     def stddev(self):
         """Population standard deviation (float), or None when empty. Exact
         from Σv and Σv² while Σv² < 2**128, else from the histogram (≈0.4%)."""
+        if self.c == NULL:
+            _unattached(self)
         cdef uint64_t n = self.c.count()
         if n == 0:
             return None
@@ -349,6 +371,8 @@ cdef class Metric:
     def percentile(self, double p):
         """Value at percentile p (0..100) within 0.4% relative error, the
         numpy "inverted_cdf" definition (an observed value); None when empty."""
+        if self.c == NULL:
+            _unattached(self)
         if not (0.0 <= p <= 100.0):
             raise ValueError(f"percentile takes p in [0, 100], got {p!r}")
         cdef uint64_t out = 0
@@ -359,6 +383,8 @@ cdef class Metric:
     def percentiles(self, ps):
         """[value at p for p in ps] in one pass over the histogram (None
         entries when empty)."""
+        if self.c == NULL:
+            _unattached(self)
         cdef double buf_p[16]
         cdef uint64_t buf_v[16]
         cdef Py_ssize_t i, k = len(ps)
@@ -392,10 +418,14 @@ cdef class Metric:
     def reset(self):
         """Zero the metric (not atomic as a whole: values recorded by other
         threads during the reset may be partly kept)."""
+        if self.c == NULL:
+            _unattached(self)
         self.c.reset()
 
     def _buckets(self):
         """Copy of the 7424 bucket counters (numpy uint64)."""
+        if self.c == NULL:
+            _unattached(self)
         out = np.empty(kMetricBuckets, dtype=np.uint64)
         cdef uint64_t[::1] view = out
         self.c.copy_buckets(&view[0])
@@ -433,6 +463,8 @@ cdef class Counter:
 
     def inc(self, n=1):
         """inc(n=1): add n (an int >= 0)."""
+        if self.c == NULL:
+            _unattached(self)
         cdef uint64_t v
         if PyLong_CheckExact(n):
             v = _pylong_as_u64(n)
@@ -448,10 +480,14 @@ cdef class Counter:
     @property
     def value(self):
         """The count."""
+        if self.c == NULL:
+            _unattached(self)
         return self.c.get()
 
     def reset(self):
         """Set the counter back to 0."""
+        if self.c == NULL:
+            _unattached(self)
         self.c.reset()
 
 
@@ -484,23 +520,33 @@ cdef class Gauge:
 
     def set(self, double value):
         """set(value): the gauge now reads value."""
+        if self.c == NULL:
+            _unattached(self)
         self.c.set(value)
 
     def inc(self, double n=1.0):
         """inc(n=1): add n."""
+        if self.c == NULL:
+            _unattached(self)
         self.c.add(n)
 
     def dec(self, double n=1.0):
         """dec(n=1): subtract n."""
+        if self.c == NULL:
+            _unattached(self)
         self.c.add(-n)
 
     @property
     def value(self):
         """The current value (float)."""
+        if self.c == NULL:
+            _unattached(self)
         return self.c.get()
 
     def reset(self):
         """Set the gauge back to 0.0."""
+        if self.c == NULL:
+            _unattached(self)
         self.c.reset()
 
 
@@ -519,6 +565,8 @@ cdef class Timer:
     def __init__(self, Metric metric not None, uint64_t ns_per_unit):
         if ns_per_unit == 0:
             raise ValueError("ns_per_unit must be >= 1")
+        if metric.c == NULL:
+            _unattached(metric)
         self.metric = metric
         self._ns_per_unit = ns_per_unit
 
@@ -626,6 +674,8 @@ cdef class MetricsFile:
         if len(raw) == 0 or <size_t>len(raw) > kMaxNameBytes:
             raise ValueError(f"metric names in a shared file take 1..{kMaxNameBytes} bytes, got {len(raw)}")
         st = self.t.lookup(raw, len(raw), k, &slot)
+        if st == SlotStatus.bad_name:
+            raise ValueError(f"metric names in a shared file take 1..{kMaxNameBytes} bytes, got {len(raw)}")
         if st == SlotStatus.full:
             raise FastpacketError(
                 f"metrics file {self.path!r} is full: all {self.t.slot_count()} slots hold other names; "
