@@ -546,10 +546,16 @@ def test_shared_three_processes_exact(tmp_path):
     n = 20000
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(path, k, n)) for k in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     reg = Registry(shared=path)
     m = reg.metric("packet_processing_us")
