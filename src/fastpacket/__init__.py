@@ -17,6 +17,8 @@ from fastpacket.framing import FrameDecoder
 from fastpacket.ring import RingBuffer
 from fastpacket.sendbuf import SendBuffer
 from fastpacket.aggregate import Aggregator
+from fastpacket import metrics
+from fastpacket.metrics import Registry
 from fastpacket import aio
 
 __version__ = "0.1.0"
@@ -32,8 +34,11 @@ __all__ = [
     "Packet",
     "PacketBatch",
     "ProtocolError",
+    "Registry",
     "RingBuffer",
     "SendBuffer",
     "encode",
+    "aio",
+    "metrics",
     "__version__",
 ]

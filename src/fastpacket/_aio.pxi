@@ -72,9 +72,9 @@ cdef class HubCore:
             if self.metrics is None:
                 fn(session, batch)
             else:
-                t0 = _monotonic_ns()
+                t0 = _clock_ns()
                 fn(session, batch)
-                self.metrics["handler"].record((_monotonic_ns() - t0) // 1000)
+                self.metrics["handler"].record((_clock_ns() - t0) // 1000)
                 self.metrics["batch"].record(batch._count)
         finally:
             self.in_burst = False
@@ -110,7 +110,7 @@ cdef class HubCore:
             self.metrics["flush"].record(nbytes)
 
 
-cdef inline uint64_t _monotonic_ns() noexcept nogil:
+cdef inline uint64_t _clock_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <uint64_t>ts.tv_sec * 1000000000 + ts.tv_nsec

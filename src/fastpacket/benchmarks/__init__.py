@@ -22,6 +22,7 @@ SECTIONS: Dict[str, str] = {
     "ring": "fastpacket.benchmarks.ring",
     "sendbuf": "fastpacket.benchmarks.sendbuf",
     "aggregate": "fastpacket.benchmarks.aggregate",
+    "metrics": "fastpacket.benchmarks.metrics",
     "echo": "fastpacket.benchmarks.echo",
 }
 
