@@ -400,3 +400,27 @@ def test_on_wire_aggregation_both_ends(run):
         await server.wait_closed()
 
     run(main())
+
+
+def test_metrics_with_a_registry(run):
+    async def main():
+        reg = fp.Registry()
+        server = await aio.serve(echo, "127.0.0.1", 0, registry=reg)
+        client = await aio.connect("127.0.0.1", server.port)
+        client.send_batch(fp.PacketBatch.build([1] * 10, [b"12345678"] * 10))
+        await recv_packets(client, 10)
+        snap = reg.snapshot()
+        assert snap["connections"]["value"] == 1
+        assert snap["packets_in_total"]["value"] == 10 and snap["packets_out_total"]["value"] == 10
+        assert snap["bytes_in_total"]["value"] == snap["bytes_out_total"]["value"] == 200
+        assert snap["batch_packets"]["sum"] == 10 and snap["flush_bytes"]["sum"] == 200
+        assert snap["handler_us"]["count"] >= 1
+        client.close()
+        await wait_for_close(server)
+        snap = reg.snapshot()
+        assert snap["closes_peer_closed_total"]["value"] == 1 and snap["connections"]["value"] == 0
+        assert "packets_in_total 10" in reg.exposition()
+        server.close()
+        await server.wait_closed()
+
+    run(main())

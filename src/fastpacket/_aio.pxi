@@ -108,6 +108,8 @@ cdef class HubCore:
             session.transport.write(view)
         if self.metrics is not None:
             self.metrics["flush"].record(nbytes)
+            self.metrics["packets_out"].inc(count)
+            self.metrics["bytes_out"].inc(nbytes)
 
 
 cdef inline uint64_t _clock_ns() noexcept nogil:
@@ -175,6 +177,8 @@ cdef class ProtocolCore:
         ring._c.commit(nbytes)
         self.bytes_in += nbytes
         self._last_activity = now
+        if self._hub.metrics is not None:
+            self._hub.metrics["bytes_in"].inc(nbytes)
         try:
             batch = _feed_from_ring(self._decoder, ring)
         except ProtocolError as exc:
@@ -193,6 +197,8 @@ cdef class ProtocolCore:
             if batch._count:
                 self.packets_in += batch._count
                 self.batches_in += 1
+                if self._hub.metrics is not None:
+                    self._hub.metrics["packets_in"].inc(batch._count)
                 self._dispatch(batch)
         # end of the read burst: one write per session that has output
         if self._dirty or self._sendbuf._c.count():

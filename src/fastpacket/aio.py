@@ -213,10 +213,6 @@ class _Hub(HubCore):
         m = self.metrics
         if m is not None:
             m["connections"].set(len(self.sessions))
-            m["packets_in"].inc(session.packets_in)
-            m["bytes_in"].inc(session.bytes_in)
-            m["packets_out"].inc(session.packets_out)
-            m["bytes_out"].inc(session.bytes_out)
             self.options.registry.counter(f"closes_{_slug(reason)}_total").inc()
 
     def _arm_idle_sweep(self) -> None:
