@@ -130,20 +130,29 @@ inline IndexColumns index_view(void* block, std::size_t count, [[maybe_unused]] 
 
 namespace detail {
 
-// Header copy with its size fixed at compile time where it is a common one:
-// a variable-size memcpy per packet is a library call.
-template <std::size_t HS>
-void index_fixed(const Layout& l, const std::uint8_t* data, std::size_t count, std::int64_t base_offset,
-                 IndexColumns cols) noexcept {
-    const std::size_t hs = HS ? HS : l.header_size;
+// The index pass with the length reader and, for the default 12-byte
+// header, the header copy fixed at compile time: a variable-size memcpy per
+// packet is a library call, and a generic field read is a loop.
+template <std::size_t HS, class Reader>
+void index_with(std::size_t header_size, const std::uint8_t* data, std::size_t count, std::int64_t base_offset,
+                IndexColumns cols, Reader size_of) noexcept {
+    const std::size_t hs = HS ? HS : header_size;
     std::size_t pos = 0;
     for (std::size_t i = 0; i < count; ++i) {
-        const auto frame = static_cast<std::size_t>(l.frame_size(data + pos));
+        const auto frame = static_cast<std::size_t>(size_of(data + pos));
         cols.offsets[i] = base_offset + static_cast<std::int64_t>(pos);
         cols.sizes[i] = static_cast<std::uint32_t>(frame);
         std::memcpy(cols.headers + i * hs, data + pos, HS ? HS : hs);
         pos += frame;
     }
+}
+
+template <unsigned W, bool BE>
+void index_fixed(const Layout& l, const std::uint8_t* data, std::size_t count, std::int64_t base_offset,
+                 IndexColumns cols) noexcept {
+    LengthReader<W, BE> reader{l.fields[l.length_index].offset, l.frame_bias()};
+    if (l.header_size == 12) return index_with<12>(12, data, count, base_offset, cols, reader);
+    return index_with<0>(l.header_size, data, count, base_offset, cols, reader);
 }
 
 }  // namespace detail
@@ -152,13 +161,20 @@ void index_fixed(const Layout& l, const std::uint8_t* data, std::size_t count, s
 /// back from data[0]. `base_offset` is added to each stored offset.
 inline void index_frames(const Layout& l, const std::uint8_t* data, std::size_t count,
                          std::int64_t base_offset, IndexColumns cols) noexcept {
-    switch (l.header_size) {
-        case 4: return detail::index_fixed<4>(l, data, count, base_offset, cols);
-        case 6: return detail::index_fixed<6>(l, data, count, base_offset, cols);
-        case 8: return detail::index_fixed<8>(l, data, count, base_offset, cols);
-        case 12: return detail::index_fixed<12>(l, data, count, base_offset, cols);
-        case 16: return detail::index_fixed<16>(l, data, count, base_offset, cols);
-        default: return detail::index_fixed<0>(l, data, count, base_offset, cols);
+    const unsigned w = l.fields[l.length_index].width;
+    if (l.big_endian) {
+        switch (w) {
+            case 1: return detail::index_fixed<1, true>(l, data, count, base_offset, cols);
+            case 2: return detail::index_fixed<2, true>(l, data, count, base_offset, cols);
+            case 4: return detail::index_fixed<4, true>(l, data, count, base_offset, cols);
+            default: return detail::index_fixed<8, true>(l, data, count, base_offset, cols);
+        }
+    }
+    switch (w) {
+        case 1: return detail::index_fixed<1, false>(l, data, count, base_offset, cols);
+        case 2: return detail::index_fixed<2, false>(l, data, count, base_offset, cols);
+        case 4: return detail::index_fixed<4, false>(l, data, count, base_offset, cols);
+        default: return detail::index_fixed<8, false>(l, data, count, base_offset, cols);
     }
 }
 
