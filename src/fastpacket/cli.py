@@ -24,9 +24,13 @@ def format_table(rows: List[Row]) -> str:
     """The bench rows as a fixed-width text table."""
     header = ("section", "case", "implementation", "rate", "unit", "also", "vs plain", "target")
     lines = [header]
+    compared = {(r.section, r.case) for r in rows if r.ratio is not None}
     for r in rows:
-        lines.append((r.section, r.case, r.impl, _format_rate(r.rate), r.unit, r.extra,
-                      "1.00x (base)" if r.ratio is None else f"{r.ratio:.2f}x", r.target))
+        if r.ratio is not None:
+            vs = f"{r.ratio:.2f}x"
+        else:
+            vs = "1.00x (base)" if (r.section, r.case) in compared else ""
+        lines.append((r.section, r.case, r.impl, _format_rate(r.rate), r.unit, r.extra, vs, r.target))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = []
     for k, line in enumerate(lines):

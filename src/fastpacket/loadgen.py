@@ -17,7 +17,7 @@ import statistics
 import time
 import zlib
 from dataclasses import dataclass, asdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from fastpacket.batch import PacketBatch
 
@@ -80,6 +80,9 @@ class _EchoClient(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def start(self, stop_at: float) -> None:
+        self.stop_at = stop_at
         while self.sent - self.received < self.window:
             self._write_block()
 
@@ -109,17 +112,20 @@ class _EchoClient(asyncio.Protocol):
 
 
 async def _echo_load(host: str, port: int, connections: int, seconds: float, block_packets: int,
-                     window_blocks: int, drain_timeout: float) -> EchoLoadResult:
+                     window_blocks: int, drain_timeout: float, ready: Optional[Callable[[], None]]) -> EchoLoadResult:
     loop = asyncio.get_running_loop()
     blocks = [build_block(block_packets, seed=i) for i in range(min(connections, 16))]
-    t0 = time.monotonic()
-    stop_at = t0 + seconds
     clients = []
     for i in range(connections):
         block = blocks[i % len(blocks)]
         _, proto = await loop.create_connection(
-            lambda b=block: _EchoClient(b, block_packets, window_blocks * len(b), stop_at), host, port)
+            lambda b=block: _EchoClient(b, block_packets, window_blocks * len(b), 0.0), host, port)
         clients.append(proto)
+    if ready is not None:
+        ready()  # every connection is up; the load starts when this returns
+    t0 = time.monotonic()
+    for c in clients:
+        c.start(t0 + seconds)
     await asyncio.wait([c.done for c in clients], timeout=seconds + drain_timeout)
     elapsed = time.monotonic() - t0
     errors = []
@@ -140,11 +146,14 @@ async def _echo_load(host: str, port: int, connections: int, seconds: float, blo
 
 
 def run_echo_load(host: str, port: int, connections: int = 32, seconds: float = 3.0, block_packets: int = 64,
-                  window_blocks: int = 4, uvloop: bool = True, drain_timeout: float = 10.0) -> EchoLoadResult:
+                  window_blocks: int = 4, uvloop: bool = True, drain_timeout: float = 10.0,
+                  ready: Optional[Callable[[], None]] = None) -> EchoLoadResult:
     """Drive an echo server with `connections` pipelining connections for
     `seconds`; each keeps `window_blocks` blocks of `block_packets` packets
-    in flight. Uses uvloop when asked and installed."""
-    coro = _echo_load(host, port, connections, seconds, block_packets, window_blocks, drain_timeout)
+    in flight. Uses uvloop when asked and installed. `ready()`, if given, is
+    called once every connection is open, just before the load starts (a
+    benchmark starts its CPU clock there)."""
+    coro = _echo_load(host, port, connections, seconds, block_packets, window_blocks, drain_timeout, ready)
     if uvloop:
         try:
             import uvloop as _uvloop

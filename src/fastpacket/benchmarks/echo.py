@@ -12,17 +12,19 @@ flight on one connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
 import struct
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from fastpacket.benchmarks._harness import Row
 
 HEADER = struct.Struct("<HHII")
+_CTX = mp.get_context("spawn")  # servers and load clients start clean, whatever the parent imported
 MAX_PACKET = 65535
 
 
@@ -132,25 +134,43 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
 def _load_process(port: int, connections: int, seconds: float, conn: Any) -> None:
     from fastpacket.loadgen import run_echo_load
 
-    conn.send(run_echo_load("127.0.0.1", port, connections=connections, seconds=seconds).to_dict())
+    def ready() -> None:
+        conn.send("ready")
+        conn.recv()  # "go": the parent has read the server's CPU clock
+
+    conn.send(run_echo_load("127.0.0.1", port, connections=connections, seconds=seconds, ready=ready).to_dict())
 
 
-def measure_echo(impl: str, loop_kind: str, connections: int, seconds: float, rtt_rounds: int) -> Dict[str, Any]:
-    """One server, one load run, one ping-pong run: a dict of figures."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    server = ctx.Process(target=_server_process, args=(impl, loop_kind, child), daemon=True)
+@contextlib.contextmanager
+def _echo_server(impl: str, loop_kind: str) -> Iterator[Tuple[int, Any]]:
+    """An echo server in its own process: yields (port, control pipe), and
+    stops it on exit."""
+    parent, child = _CTX.Pipe()
+    server = _CTX.Process(target=_server_process, args=(impl, loop_kind, child), daemon=True)
     server.start()
     try:
         if not parent.poll(30):
             raise RuntimeError(f"{impl} echo server on {loop_kind} did not start")
-        port = parent.recv()
+        yield parent.recv(), parent
+    finally:
+        parent.send("stop")
+        server.join(10)
+        if server.is_alive():
+            server.kill()
+
+
+def measure_echo(impl: str, loop_kind: str, connections: int, seconds: float, rtt_rounds: int) -> Dict[str, Any]:
+    """One server, one load run, one ping-pong run: a dict of figures."""
+    ctx = _CTX
+    with _echo_server(impl, loop_kind) as (port, parent):
         lparent, lchild = ctx.Pipe()
         load = ctx.Process(target=_load_process, args=(port, connections, seconds, lchild), daemon=True)
         load.start()
-        time.sleep(0.3)  # the load process imports and connects; measure the steady phase below
+        if not lparent.poll(60) or lparent.recv() != "ready":
+            raise RuntimeError("load client did not connect")
         parent.send("cpu")
         cpu0 = parent.recv()
+        lparent.send("go")  # the CPU window covers exactly the load phase
         if not lparent.poll(seconds + 60):
             raise RuntimeError("load client did not finish")
         result = lparent.recv()
@@ -162,11 +182,6 @@ def measure_echo(impl: str, loop_kind: str, connections: int, seconds: float, rt
         from fastpacket.loadgen import ping_pong
 
         rtt = ping_pong("127.0.0.1", port, rounds=rtt_rounds)
-    finally:
-        parent.send("stop")
-        server.join(10)
-        if server.is_alive():
-            server.kill()
     n = max(result["packets"], 1)
     return {
         "packets_per_s": result["packets_per_s"],
@@ -200,14 +215,8 @@ def _idle_process(port: int, n: int, conn: Any) -> None:
 
 def measure_idle_rss(impl: str, loop_kind: str, n: int) -> float:
     """Server RSS bytes per idle connection, `n` connections held open."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    server = ctx.Process(target=_server_process, args=(impl, loop_kind, child), daemon=True)
-    server.start()
-    try:
-        if not parent.poll(30):
-            raise RuntimeError("server did not start")
-        port = parent.recv()
+    ctx = _CTX
+    with _echo_server(impl, loop_kind) as (port, parent):
         # warm the server up with a few connections first, so one-time
         # allocations (pools, code paths) are not charged to the idle ones
         warm_parent, warm_child = ctx.Pipe()
@@ -238,11 +247,6 @@ def measure_idle_rss(impl: str, loop_kind: str, n: int) -> float:
         after = parent.recv()
         lparent.send("close")
         idle.join(10)
-    finally:
-        parent.send("stop")
-        server.join(10)
-        if server.is_alive():
-            server.kill()
     return (after - before) / n
 
 
