@@ -107,6 +107,7 @@ def encode(uint64_t type, payload, *, uint64_t seq=0, uint64_t player_id=0, layo
 
 @cython.freelist(256)
 @cython.final
+@cython.no_gc  # holds only its batch: it can be in no reference cycle, so the GC need not track it
 cdef class Packet:
     """One packet of a PacketBatch: header fields and a zero-copy payload.
 
@@ -193,6 +194,7 @@ cdef class Packet:
 
 @cython.freelist(64)
 @cython.final
+@cython.no_gc  # holds only its batch
 cdef class _PacketIterator:
     cdef PacketBatch _batch
     cdef Py_ssize_t _next
@@ -210,6 +212,7 @@ cdef class _PacketIterator:
 
 @cython.freelist(64)
 @cython.final
+@cython.no_gc  # holds its layout and a bytes object: only a batch stored on its own layout makes a cycle
 cdef class PacketBatch:
     """Packets decoded from (or built into) one buffer that the batch keeps
     alive.
