@@ -41,9 +41,9 @@ class Served:
     """``fastpacket serve`` in a subprocess, its port and metrics port read
     from its ready line."""
 
-    def __init__(self, args, tmp_path, timeout=60.0):
-        self.proc = subprocess.Popen(CMD + ["serve", "--port", "0"] + args, cwd=tmp_path, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+    def __init__(self, args, tmp_path, timeout=60.0, cmd=None):
+        self.proc = subprocess.Popen(cmd or CMD + ["serve", "--port", "0"] + args, cwd=tmp_path,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.line = self._readline(timeout)
         m = re.search(r"on 127\.0\.0\.1:(\d+)", self.line)
         assert m, f"no ready line from serve: {self.line!r} {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
@@ -302,10 +302,44 @@ def test_bench_markdown_table():
     assert "20.00x" in md[3] and "30.00M" in md[3]
 
 
-def test_examples_echo_server_is_short():
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(here, "examples", "echo_server.py")
-    if not os.path.exists(path):
+# ---------------------------------------------------------------------------
+# examples/
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.fixture
+def example(tmp_path):
+    if not os.path.isdir(EXAMPLES):
         pytest.skip("examples/ not beside the tests")
-    with open(path) as f:
+    started = []
+
+    def start(name, *args):
+        s = Served([], tmp_path, cmd=[sys.executable, os.path.join(EXAMPLES, name)] + list(args))
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+def test_example_echo_server_and_client(example, tmp_path):
+    with open(os.path.join(EXAMPLES, "echo_server.py")) as f:
         assert len(f.read().splitlines()) <= 15
+    s = example("echo_server.py", "0")
+    r = subprocess.run([sys.executable, os.path.join(EXAMPLES, "client.py"), str(s.port), "5", "0"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("my move") == 10 and "round trip" in r.stdout
+
+
+def test_example_relay_under_load(example, tmp_path):
+    s = example("relay.py", "0", "0")
+    assert "metrics at" in s._readline(10)
+    r = run_cli(["load", "--port", str(s.port), "--seconds", "0.5", "--connections", "4", "--rooms", "2", "--json"],
+                tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] and d["received"] == 2 * d["sent"] > 0

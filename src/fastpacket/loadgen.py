@@ -301,6 +301,7 @@ class _Player:
             s.send_batch(self.decoder.feed(blk.tobytes()))
             self.sent += n
             k -= n
+        s.flush()  # now, not max_delay later: the send time is in the payload
 
     def on_batch(self, session: Any, batch: PacketBatch) -> None:
         load = self.load
