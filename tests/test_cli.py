@@ -43,17 +43,29 @@ class Served:
 
     def __init__(self, args, tmp_path, timeout=60.0, cmd=None):
         self.proc = subprocess.Popen(cmd or CMD + ["serve", "--port", "0"] + args, cwd=tmp_path,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.buf = b""
         self.line = self._readline(timeout)
         m = re.search(r"on 127\.0\.0\.1:(\d+)", self.line)
-        assert m, f"no ready line from serve: {self.line!r} {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        assert m, f"no ready line: {self.line!r} {self.proc.stderr.read().decode() if self.proc.poll() is not None else ''}"
         self.port = int(m.group(1))
         m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", self.line)
         self.metrics_port = int(m.group(1)) if m else None
 
     def _readline(self, timeout):
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline() if ready else ""
+        """The next line of stdout ("" after `timeout` seconds without one)."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
 
     def stop(self, sig=signal.SIGINT, timeout=30.0):
         self.proc.send_signal(sig)
@@ -62,8 +74,8 @@ class Served:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
-            pytest.fail(f"serve did not stop within {timeout} s after {sig!r}: {err}")
-        return self.proc.returncode, out, err
+            pytest.fail(f"serve did not stop within {timeout} s after {sig!r}: {err.decode()}")
+        return self.proc.returncode, (self.buf + out).decode(), err.decode()
 
     def kill(self):
         if self.proc.poll() is None:
