@@ -261,11 +261,15 @@ def _rss() -> Tuple[int, int]:
         return peak, peak
 
 
-def _counters(reg: Any) -> Dict[str, float]:
+def _counters(reg: Any, agg: Any = None) -> Dict[str, float]:
     t = os.times()
+    out = reg.counter("bytes_out_total").value
+    if agg is not None:  # the adapter counts output before aggregation: make it the frames' bytes
+        stats = agg.stats
+        out += stats["bytes_out"] - stats["bytes_in"]
     return {"time": time.monotonic(), "cpu": t.user + t.system,
             "packets_in": reg.counter("packets_in_total").value, "packets_out": reg.counter("packets_out_total").value,
-            "bytes_in": reg.counter("bytes_in_total").value, "bytes_out": reg.counter("bytes_out_total").value}
+            "bytes_in": reg.counter("bytes_in_total").value, "bytes_out": out}
 
 
 #: server close reasons that are not failures in the demo
@@ -293,7 +297,7 @@ async def _demo(args: argparse.Namespace, progress: _Progress) -> Tuple[int, str
     marks: Dict[str, Dict[str, float]] = {}
     result: Optional[Dict[str, Any]] = None
     failure: Optional[str] = None
-    last = _counters(reg)
+    last = _counters(reg, agg)
     t_start = time.monotonic()
     deadline = t_start + args.seconds + 90.0  # start-up (spawn, imports), the run, the drain
     try:
@@ -305,7 +309,7 @@ async def _demo(args: argparse.Namespace, progress: _Progress) -> Tuple[int, str
                     failure = f"the load generator exited (code {load.exitcode}) without a result"
                     break
                 if msg[0] in ("start", "stop"):
-                    marks[msg[0]] = _counters(reg)
+                    marks[msg[0]] = _counters(reg, agg)
                 elif msg[0] == "result":
                     result = msg[1]
                 else:
@@ -318,7 +322,7 @@ async def _demo(args: argparse.Namespace, progress: _Progress) -> Tuple[int, str
             if time.monotonic() > deadline:
                 failure = "the load generator did not finish in time"
                 break
-            now = _counters(reg)
+            now = _counters(reg, agg)
             if progress.on and now["time"] - last["time"] >= 0.5:
                 dt = now["time"] - last["time"]
                 elapsed = now["time"] - marks["start"]["time"] if "start" in marks else 0.0
