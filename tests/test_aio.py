@@ -424,3 +424,25 @@ def test_metrics_with_a_registry(run):
         await server.wait_closed()
 
     run(main())
+
+
+def test_connections_gauge_shared_by_servers(run):
+    # the workers of one `fastpacket serve` share one registry: the gauge
+    # counts up and down rather than being set to one server's count
+    async def main():
+        reg = fp.Registry()
+        servers = [await aio.serve(echo, "127.0.0.1", 0, registry=reg) for _ in range(2)]
+        clients = [await aio.connect("127.0.0.1", s.port) for s in servers for _ in range(2)]
+        for c in clients:
+            c.send(1, b"x")
+            await recv_packets(c, 1)
+        assert reg.gauge("connections").value == 4
+        clients[0].close()
+        await wait_for_close(servers[0])
+        assert reg.gauge("connections").value == 3
+        for s in servers:
+            s.close()
+            await s.wait_closed()
+        assert reg.gauge("connections").value == 0
+
+    run(main())

@@ -203,16 +203,19 @@ class _Hub(HubCore):
             return False
         self.sessions.add(session)
         if self.metrics is not None:
-            self.metrics["connections"].set(len(self.sessions))
+            # inc/dec, not set(len): the workers of one server share the gauge
+            self.metrics["connections"].inc()
             self.metrics["connections_total"].inc()
         return True
 
     def closed(self, session: "Session", reason: str) -> None:
+        was_open = session in self.sessions
         self.sessions.discard(session)
         self.closes[reason] = self.closes.get(reason, 0) + 1
         m = self.metrics
         if m is not None:
-            m["connections"].set(len(self.sessions))
+            if was_open:
+                m["connections"].dec()
             self.options.registry.counter(f"closes_{_slug(reason)}_total").inc()
 
     def _arm_idle_sweep(self) -> None:

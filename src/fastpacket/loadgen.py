@@ -7,6 +7,19 @@ counts and checksums (CRC-32) the bytes that come back, so the client is not
 the bottleneck and any loss, duplication or reordering by the server shows as
 a checksum mismatch. The ping-pong probe measures round trips with one
 packet in flight on a blocking socket.
+
+The movement load (``move_load``/``run_move_load``, behind ``fastpacket
+load`` and ``fastpacket demo``) plays simulated players against a relay
+(fastpacket.relay) or any echo server: each connection is one player
+(player_id = ``first_player_id`` + its index) that JOINs a room and sends
+MOVE packets, either at ``rate`` packets/s or pipelined (``window`` of its
+own MOVEs in flight: a new one goes out as each comes back). Replies are
+decoded with FrameDecoder (natively, through fastpacket.aio); a MOVE
+carrying the connection's own player_id is its round trip, and its RTT is
+the receive time minus the send time written in its payload (one
+monotonic clock, one process), recorded into a fastpacket histogram
+(percentiles within 1%). The RTT therefore includes the client's own
+queueing: at full pipelined load it is latency under load, not idle latency.
 """
 
 from __future__ import annotations
@@ -14,14 +27,18 @@ from __future__ import annotations
 import asyncio
 import socket
 import statistics
+import struct
 import time
 import zlib
 from dataclasses import dataclass, asdict
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
+
 from fastpacket.batch import PacketBatch
 
-__all__ = ["EchoLoadResult", "build_block", "run_echo_load", "ping_pong", "percentile"]
+__all__ = ["EchoLoadResult", "MoveLoadResult", "build_block", "move_load", "run_echo_load", "run_move_load",
+           "ping_pong", "percentile"]
 
 
 def percentile(sorted_values: List[float], q: float) -> float:
@@ -197,3 +214,277 @@ def ping_pong(host: str, port: int, rounds: int = 2000, payload: int = 32, warmu
     samples.sort()
     return {"p50": percentile(samples, 50), "p95": percentile(samples, 95), "p99": percentile(samples, 99),
             "max": samples[-1], "mean": statistics.fmean(samples), "rounds": rounds}
+
+
+# ---------------------------------------------------------------------------
+# movement load: simulated players against a relay (or any echo server)
+
+
+@dataclass
+class MoveLoadResult:
+    """What ``move_load`` measured. Rates are over the sending phase
+    (``seconds``); counts are final (after the drain)."""
+
+    connections: int
+    rooms: int
+    seconds: float        # sending phase
+    mode: str             # "pipelined (window N)" or "N packets/s per connection"
+    sent: int             # MOVE packets sent
+    echoed: int           # own MOVEs that came back: completed round trips
+    received: int         # every packet received (own and relayed)
+    bytes_sent: int       # on the wire (after compression, when on)
+    bytes_received: int
+    sent_per_s: float
+    echoed_per_s: float
+    received_per_s: float
+    rtt_us: Dict[str, float]   # p50, p95, p99, max, mean (µs) over every round trip
+    closes: Dict[str, int]     # how the connections ended, by reason
+    compression: Optional[Dict[str, int]]  # the clients' Aggregator stats, when on
+    errors: List[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def packets_per_s(self) -> float:
+        """Completed round trips per second (own MOVEs echoed back)."""
+        return self.echoed_per_s
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["packets_per_s"] = self.packets_per_s
+        for k in ("p50", "p95", "p99", "max"):
+            d[k] = self.rtt_us.get(k)
+        return d
+
+
+def move_dtype(payload_size: int) -> np.dtype:
+    """The wire record of one MOVE packet with a `payload_size`-byte payload
+    (GAME header, x, y, z, sent_ns, padding)."""
+    from fastpacket.relay import MOVE_SIZE
+
+    if payload_size < MOVE_SIZE:
+        raise ValueError(f"payload_size must be >= {MOVE_SIZE} (x, y, z, sent_ns), got {payload_size}")
+    fields = [("size", "<u2"), ("type", "<u2"), ("seq", "<u4"), ("player_id", "<u4"),
+              ("x", "<i4"), ("y", "<i4"), ("z", "<i4"), ("sent_ns", "<u8")]
+    if payload_size > MOVE_SIZE:
+        fields.append(("pad", f"V{payload_size - MOVE_SIZE}"))
+    return np.dtype(fields)
+
+
+class _Player:
+    """One connection of the movement load."""
+
+    def __init__(self, load: "_MoveLoad", index: int, player_id: int, room: int) -> None:
+        from fastpacket.framing import FrameDecoder
+
+        self.load = load
+        self.index = index
+        self.player_id = player_id
+        self.room = room
+        self.session: Any = None
+        self.sent = 0
+        self.echoed = 0
+        self.received = 0
+        self.decoder = FrameDecoder()
+        self.block = np.zeros(load.chunk, dtype=load.dtype)
+        self.block["size"] = load.dtype.itemsize
+        self.block["type"] = load.move_type
+        self.block["player_id"] = player_id
+        self.closed_by_us = False
+
+    def send(self, k: int) -> None:
+        """Queue k MOVE packets (one send_batch per chunk)."""
+        load = self.load
+        s = self.session
+        while k > 0 and not s.closed:
+            n = min(k, load.chunk)
+            blk = self.block[:n]
+            seqs = (np.arange(self.sent, self.sent + n, dtype=np.uint64) & 0xFFFFFFFF).astype(np.uint32)
+            blk["seq"] = seqs
+            blk["x"] = seqs % 1000
+            blk["y"] = self.index
+            blk["sent_ns"] = time.monotonic_ns()
+            s.send_batch(self.decoder.feed(blk.tobytes()))
+            self.sent += n
+            k -= n
+        s.flush()  # now, not max_delay later: the send time is in the payload
+
+    def on_batch(self, session: Any, batch: PacketBatch) -> None:
+        load = self.load
+        self.received += len(batch)
+        own = (batch.player_ids == self.player_id) & (batch.types == load.move_type)
+        k = int(np.count_nonzero(own))
+        if not k:
+            return
+        now = time.monotonic_ns()
+        sizes = batch.sizes
+        raw = batch.to_bytes()
+        if sizes[0] == load.dtype.itemsize and (sizes == sizes[0]).all():
+            sent_ns = np.frombuffer(raw, dtype=load.dtype)["sent_ns"][own]
+        else:  # mixed sizes: read the own ones one by one
+            offsets = np.concatenate(([0], np.cumsum(sizes[:-1], dtype=np.int64)))[own]
+            sent_ns = np.array([struct.unpack_from("<Q", raw, int(o) + 24)[0] if sizes[j] >= 32 else now
+                                for j, o in zip(np.flatnonzero(own), offsets)], dtype=np.uint64)
+        rtt = now - sent_ns.astype(np.int64)
+        load.rtt.record_many(np.maximum(rtt, 0))
+        self.echoed += k
+        if load.window and not load.stopping:
+            self.send(k)
+
+
+class _MoveLoad:
+    def __init__(self, payload_size: int, window: int, move_type: int) -> None:
+        from fastpacket.metrics import Metric
+
+        self.dtype = move_dtype(payload_size)
+        self.window = window
+        self.chunk = max(1, min(window or 64, 1024))
+        self.move_type = move_type
+        self.stopping = False
+        self.rtt = Metric("rtt_ns", "ns")
+
+
+async def move_load(host: str, port: int, *, connections: int = 50, seconds: float = 10.0,
+                    rate: float = 0.0, window: int = 16, payload_size: int = 20, rooms: Optional[int] = None,
+                    first_player_id: int = 1, compress: bool = False, compress_threshold: int = 256, drain_timeout: float = 5.0,
+                    on_start: Optional[Callable[[], Any]] = None,
+                    on_progress: Optional[Callable[[Dict[str, Any]], Any]] = None,
+                    on_stop: Optional[Callable[[], Any]] = None,
+                    progress_interval: float = 0.5) -> MoveLoadResult:
+    """Play `connections` players against the server at host:port for
+    `seconds` (in the running event loop) and return what was measured.
+
+    ``rate`` > 0: each connection sends `rate` MOVEs per second (in ticks of
+    at least 2 ms); ``rate`` = 0: pipelined, `window` own MOVEs in flight per
+    connection. ``rooms`` (default: one per 10 players): player i JOINs room
+    i % rooms. ``compress``: the clients' sends go through an lz4
+    Aggregator too (bursts of `compress_threshold` bytes or more compressed).
+    ``on_start()`` is called once every connection is up and sending begins;
+    ``on_progress(dict)`` every `progress_interval` seconds with elapsed,
+    sent, echoed, received, connections; ``on_stop()`` when sending stops
+    (before the drain).
+    """
+    from fastpacket import aio
+    from fastpacket.relay import JOIN, MOVE
+
+    if connections < 1:
+        raise ValueError(f"connections must be >= 1, got {connections}")
+    if seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if rate < 0:
+        raise ValueError(f"rate must be >= 0 (0: pipelined), got {rate}")
+    if rate == 0 and window < 1:
+        raise ValueError(f"window must be >= 1 when pipelined, got {window}")
+    rooms = rooms or max(1, -(-connections // 10))
+    load = _MoveLoad(payload_size, 0 if rate else window, MOVE)
+    agg = None
+    if compress:
+        from fastpacket.aggregate import Aggregator
+
+        agg = Aggregator("lz4", threshold=compress_threshold)
+    players = [_Player(load, i, first_player_id + i, i % rooms) for i in range(connections)]
+    errors: List[str] = []
+    options: Dict[str, Any] = {"aggregator": agg} if agg is not None else {}
+    try:
+        for p in players:
+            p.session = await aio.connect(host, port, handler=p.on_batch, **options)
+            p.session.send(JOIN, struct.pack("<I", p.room), player_id=p.player_id)
+    except OSError as exc:
+        for p in players:
+            if p.session is not None:
+                p.session.close("load aborted")
+        raise ConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
+    await asyncio.sleep(0.05)  # the JOINs land before the first MOVE
+    if on_start is not None:
+        on_start()
+    t0 = time.monotonic()
+    stop_at = t0 + seconds
+    if rate == 0:
+        for p in players:
+            p.send(window)
+    tick = min(0.05, max(0.002, 1.0 / rate)) if rate else progress_interval
+    next_progress = t0 + progress_interval
+    while True:
+        now = time.monotonic()
+        if now >= stop_at:
+            break
+        if rate:
+            due = int(rate * (now - t0)) + 1
+            for p in players:
+                if due > p.sent:
+                    p.send(due - p.sent)
+        if now >= next_progress:
+            next_progress += progress_interval
+            if on_progress is not None:
+                on_progress(_progress(players, now - t0))
+        if all(p.session.closed for p in players):
+            break
+        await asyncio.sleep(min(tick, stop_at - now, max(0.0, next_progress - now)))
+    load.stopping = True
+    elapsed = time.monotonic() - t0
+    if on_stop is not None:
+        on_stop()
+    at_stop = _progress(players, elapsed)
+    drain_until = time.monotonic() + drain_timeout
+    while time.monotonic() < drain_until and any(p.echoed < p.sent and not p.session.closed for p in players):
+        await asyncio.sleep(0.01)
+    closes: Dict[str, int] = {}
+    for p in players:
+        s = p.session
+        if s.closed:
+            reason = s.close_reason or "closed"
+            errors.append(f"connection {p.index} (player {p.player_id}) closed before the end: {reason}")
+        elif p.echoed < p.sent:
+            errors.append(f"connection {p.index} (player {p.player_id}): {p.sent - p.echoed} of {p.sent} "
+                          f"MOVEs not echoed within {drain_timeout:g} s")
+        s.close("load done")
+    for p in players:
+        try:
+            reason = await asyncio.wait_for(p.session.wait_closed(), 5.0)
+        except asyncio.TimeoutError:
+            reason = "close timed out"
+        closes[reason or "closed"] = closes.get(reason or "closed", 0) + 1
+    m = load.rtt
+    rtt = {"p50": m.percentile(50.0) / 1e3, "p95": m.percentile(95.0) / 1e3, "p99": m.percentile(99.0) / 1e3,
+           "max": m.max / 1e3, "mean": m.mean / 1e3, "count": m.count} if m.count else \
+        {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan"),
+         "mean": float("nan"), "count": 0}
+    if at_stop["echoed"] == 0 and not errors:
+        errors.append("no MOVE came back: is the server a fastpacket relay or echo server?")
+    return MoveLoadResult(
+        connections=connections, rooms=rooms, seconds=elapsed,
+        mode=f"{rate:g} packets/s per connection" if rate else f"pipelined (window {window})",
+        sent=sum(p.sent for p in players), echoed=sum(p.echoed for p in players),
+        received=sum(p.received for p in players),
+        bytes_sent=sum(int(p.session.bytes_out) for p in players),
+        bytes_received=sum(int(p.session.bytes_in) for p in players),
+        sent_per_s=at_stop["sent"] / elapsed, echoed_per_s=at_stop["echoed"] / elapsed,
+        received_per_s=at_stop["received"] / elapsed, rtt_us=rtt, closes=closes,
+        compression=dict(agg.stats) if agg is not None else None, errors=errors)
+
+
+def _progress(players: List[_Player], elapsed: float) -> Dict[str, Any]:
+    return {"elapsed": elapsed, "sent": sum(p.sent for p in players), "echoed": sum(p.echoed for p in players),
+            "received": sum(p.received for p in players),
+            "connections": sum(1 for p in players if not p.session.closed)}
+
+
+def new_event_loop(uvloop: bool = False) -> asyncio.AbstractEventLoop:
+    """A fresh event loop: uvloop's when asked (ImportError if missing), else asyncio's."""
+    if uvloop:
+        import uvloop as _uvloop
+
+        return _uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run_move_load(host: str, port: int, *, uvloop: bool = False, **kwargs: Any) -> MoveLoadResult:
+    """``move_load`` on a fresh event loop (uvloop's when asked)."""
+    loop = new_event_loop(uvloop)
+    try:
+        return loop.run_until_complete(move_load(host, port, **kwargs))
+    finally:
+        loop.close()

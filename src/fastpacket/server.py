@@ -1,0 +1,400 @@
+"""Running a packet server as a program: ``fastpacket serve``.
+
+``run(config)`` serves one application (the relay of fastpacket.relay, or
+echo) until SIGINT or SIGTERM, in this process (``workers=1``) or in N
+worker processes that each listen on the same port with SO_REUSEPORT (the
+kernel spreads new connections over them; Linux, and BSDs with their own
+balancing). The parent supervises: it restarts a worker that dies, and on
+SIGINT/SIGTERM sends SIGTERM to every worker, each of which stops listening,
+flushes and closes its sessions ("server shutdown") and exits 0.
+
+Metrics: the workers of one server record into one shared-memory Registry
+(``fp.Registry(shared=path)``, a file in a private temporary directory
+removed at exit), so ``metrics_port`` serves the whole server's Prometheus
+text at ``http://metrics_host:metrics_port/metrics`` (a minimal asyncio HTTP
+responder: GET/HEAD only, no dependency).
+
+Where SO_REUSEPORT is missing, ``workers > 1`` falls back to one worker with
+a logged warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field, asdict
+from typing import Any, Callable, Dict, List, Optional
+
+__all__ = ["ServerConfig", "app_kwargs", "start_server", "serve_metrics", "run", "reuse_port_available"]
+
+log = logging.getLogger("fastpacket.server")
+
+APPS = ("relay", "echo")
+
+
+@dataclass
+class ServerConfig:
+    """What ``fastpacket serve`` runs. ``options`` are fastpacket.aio.Options
+    fields (limits, buffers) passed to ``fp.aio.serve``."""
+
+    host: str = "127.0.0.1"
+    port: int = 7777
+    app: str = "relay"
+    rooms: int = 16
+    uvloop: bool = False
+    compress: bool = False
+    compress_threshold: int = 256     # bytes: a relay's bursts are small, the Aggregator's default is 1024
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> "ServerConfig":
+        if self.app not in APPS:
+            raise ValueError(f"app must be one of {APPS}, got {self.app!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.uvloop:
+            try:
+                import uvloop  # noqa: F401
+            except ImportError:
+                raise ValueError("uvloop is not installed (pip install uvloop)") from None
+        from fastpacket.aio import _options
+
+        _options(dict(self.options))  # unknown or bad limits raise here, before any process starts
+        return self
+
+
+def _echo(session: Any, batch: Any) -> None:
+    session.send_batch(batch)
+
+
+def app_kwargs(config: ServerConfig) -> Dict[str, Any]:
+    """``fp.aio.serve`` keyword arguments for the configured application."""
+    if config.app == "echo":
+        return {"handler": _echo}
+    from fastpacket.relay import Relay
+
+    return Relay(config.rooms).serve_kwargs()
+
+
+async def start_server(config: ServerConfig, registry: Any = None, reuse_port: bool = False,
+                       port: Optional[int] = None) -> Any:
+    """Start the configured application on the running loop; the PacketServer."""
+    from fastpacket import aio
+
+    options = dict(config.options)
+    if config.compress:
+        from fastpacket.aggregate import Aggregator
+
+        options["aggregator"] = Aggregator("lz4", threshold=config.compress_threshold)
+    if registry is not None:
+        options["registry"] = registry
+    return await aio.serve(host=config.host, port=config.port if port is None else port, reuse_port=reuse_port,
+                           **app_kwargs(config), **options)
+
+
+# ---------------------------------------------------------------------------
+# /metrics over HTTP
+
+
+async def serve_metrics(registry: Any, host: str = "127.0.0.1", port: int = 9100) -> asyncio.AbstractServer:
+    """Serve ``registry.exposition()`` (Prometheus text format 0.0.4) at
+    ``GET /metrics`` on the running loop; the asyncio.Server."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET /metrics\n"
+            elif path.split("?", 1)[0] in ("/metrics", "/metrics/"):
+                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+                body = registry.exposition().encode()
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics\n"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         f"Connection: close\r\n\r\n".encode() + (body if method != "HEAD" else b""))
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
+
+
+# ---------------------------------------------------------------------------
+# one process
+
+
+def reuse_port_available() -> bool:
+    """True when this platform lets several sockets listen on one port."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return False
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return True
+    except OSError:
+        return False
+
+
+def _new_loop(uvloop: bool) -> asyncio.AbstractEventLoop:
+    from fastpacket.loadgen import new_event_loop
+
+    return new_event_loop(uvloop)
+
+
+def _raise_nofile() -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 16, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+async def _serve_until_stopped(config: ServerConfig, registry: Any, reuse_port: bool, port: Optional[int],
+                               metrics: Optional[tuple], on_ready: Callable[[Dict[str, Any]], Any],
+                               stop: asyncio.Future) -> Dict[str, int]:
+    server = await start_server(config, registry, reuse_port=reuse_port, port=port)
+    metrics_server = None
+    info: Dict[str, Any] = {"host": config.host, "port": server.port, "pid": os.getpid()}
+    if metrics is not None:
+        metrics_server = await serve_metrics(registry, *metrics)
+        info["metrics_port"] = metrics_server.sockets[0].getsockname()[1]
+    on_ready(info)
+    try:
+        await stop
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+        server.close()  # stop listening, flush and close every session ("server shutdown")
+        await server.wait_closed()
+    return server.closes
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Future, signals: tuple) -> None:
+    def fire(signum: int) -> None:
+        if not stop.done():
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            stop.set_result(signum)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, fire, sig)
+
+
+def run_single(config: ServerConfig, metrics: Optional[tuple] = None,
+               on_ready: Callable[[Dict[str, Any]], Any] = lambda info: None) -> int:
+    """Serve in this process until SIGINT/SIGTERM; 0 after a clean stop."""
+    from fastpacket.metrics import Registry
+
+    _raise_nofile()
+    loop = _new_loop(config.uvloop)
+    asyncio.set_event_loop(loop)
+    try:
+        stop = loop.create_future()
+        _on_signals(loop, stop, (signal.SIGINT, signal.SIGTERM))
+        loop.run_until_complete(_serve_until_stopped(config, Registry(), False, None, metrics, on_ready, stop))
+        return 0
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+# ---------------------------------------------------------------------------
+# worker processes
+
+
+def _worker_main(config: Dict[str, Any], registry_path: str, port: int, index: int, conn: Any) -> None:
+    """A worker: serve on the shared port until SIGTERM (or the parent dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    from fastpacket.metrics import Registry
+
+    _raise_nofile()
+    cfg = ServerConfig(**config)
+    loop = _new_loop(cfg.uvloop)
+    asyncio.set_event_loop(loop)
+    parent = os.getppid()
+    stop = loop.create_future()
+    _on_signals(loop, stop, (signal.SIGTERM,))
+
+    def watch_parent() -> None:
+        if os.getppid() != parent and not stop.done():
+            log.warning("worker %d: parent %d is gone, stopping", index, parent)
+            stop.set_result(None)
+        else:
+            loop.call_later(1.0, watch_parent)
+
+    loop.call_later(1.0, watch_parent)
+    registry = Registry(shared=registry_path)
+    try:
+        loop.run_until_complete(_serve_until_stopped(
+            cfg, registry, True, port, None, lambda info: conn.send(("ready", index, info)), stop))
+    except Exception as exc:  # tell the parent why, then fail
+        try:
+            conn.send(("error", index, f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        raise
+    finally:
+        loop.close()
+
+
+class _Supervisor:
+    def __init__(self, config: ServerConfig, workers: int, registry_path: str, port: int) -> None:
+        self.config = config
+        self.n = workers
+        self.registry_path = registry_path
+        self.port = port
+        self.ctx = mp.get_context("spawn")
+        self.procs: List[Any] = [None] * workers
+        self.conns: List[Any] = [None] * workers
+        self.restarts: List[float] = []
+
+    def start(self, index: int) -> None:
+        parent, child = self.ctx.Pipe(duplex=False)
+        p = self.ctx.Process(target=_worker_main, name=f"fastpacket-worker-{index}",
+                             args=(asdict(self.config), self.registry_path, self.port, index, child))
+        p.start()
+        child.close()
+        self.procs[index] = p
+        self.conns[index] = parent
+
+    def wait_ready(self, index: int, timeout: float) -> Dict[str, Any]:
+        conn = self.conns[index]
+        if not conn.poll(timeout):
+            raise RuntimeError(f"worker {index} did not start within {timeout:g} s")
+        try:
+            kind, _, info = conn.recv()
+        except EOFError:
+            raise RuntimeError(f"worker {index} exited during start-up (exit code "
+                               f"{self.procs[index].exitcode})") from None
+        if kind != "ready":
+            raise RuntimeError(f"worker {index} failed to start: {info}")
+        return info
+
+    def stop_all(self, timeout: float = 10.0) -> List[Optional[int]]:
+        for p in self.procs:
+            if p is not None and p.is_alive():
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        codes = []
+        for i, p in enumerate(self.procs):
+            if p is None:
+                continue
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                log.warning("worker %d (pid %d) did not stop within %g s: killing it", i, p.pid, timeout)
+                p.kill()
+                p.join(5)
+            codes.append(p.exitcode)
+        return codes
+
+
+def run_workers(config: ServerConfig, workers: int, metrics: Optional[tuple] = None,
+                on_ready: Callable[[Dict[str, Any]], Any] = lambda info: None,
+                start_timeout: float = 60.0) -> int:
+    """Serve with `workers` processes sharing the port (SO_REUSEPORT) and
+    one metrics registry, until SIGINT/SIGTERM; 0 after a clean stop."""
+    from fastpacket.metrics import Registry
+
+    tmpdir = tempfile.mkdtemp(prefix="fastpacket-serve-")
+    registry_path = os.path.join(tmpdir, "metrics")
+    registry = Registry(shared=registry_path)
+    # Reserve the port (port 0: pick one) with a bound, non-listening
+    # SO_REUSEPORT socket, so that every worker binds the same one.
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    reserve = socket.socket(family, socket.SOCK_STREAM)
+    sup: Optional[_Supervisor] = None
+    loop = asyncio.new_event_loop()
+    try:
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserve.bind((config.host, config.port))
+        port = reserve.getsockname()[1]
+        sup = _Supervisor(config, workers, registry_path, port)
+        for i in range(workers):
+            sup.start(i)
+        infos = [sup.wait_ready(i, start_timeout) for i in range(workers)]
+        reserve.close()
+        registry.gauge("workers").set(workers)
+        asyncio.set_event_loop(loop)
+        stop = loop.create_future()
+        _on_signals(loop, stop, (signal.SIGINT, signal.SIGTERM))
+        metrics_server = None
+        info: Dict[str, Any] = {"host": config.host, "port": port, "pid": os.getpid(),
+                                "workers": [i["pid"] for i in infos]}
+        if metrics is not None:
+            metrics_server = loop.run_until_complete(serve_metrics(registry, *metrics))
+            info["metrics_port"] = metrics_server.sockets[0].getsockname()[1]
+        on_ready(info)
+        loop.run_until_complete(_supervise(sup, stop))
+        if metrics_server is not None:
+            metrics_server.close()
+            loop.run_until_complete(metrics_server.wait_closed())
+        codes = sup.stop_all()
+        sup = None
+        bad = [c for c in codes if c != 0]
+        if bad:
+            log.error("workers exited with codes %s", codes)
+            return 1
+        return 0
+    finally:
+        reserve.close()
+        if sup is not None:
+            sup.stop_all()
+        asyncio.set_event_loop(None)
+        loop.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+async def _supervise(sup: _Supervisor, stop: asyncio.Future, max_restarts: int = 5, window: float = 60.0) -> None:
+    """Restart workers that die, until `stop` (or too many restarts)."""
+    while not stop.done():
+        await asyncio.wait([stop], timeout=0.2)
+        if stop.done():
+            return
+        for i, p in enumerate(sup.procs):
+            if p.is_alive():
+                continue
+            now = time.monotonic()
+            sup.restarts = [t for t in sup.restarts if now - t < window] + [now]
+            if len(sup.restarts) > max_restarts:
+                log.error("worker %d died (exit code %s); %d restarts within %g s: giving up",
+                          i, p.exitcode, max_restarts, window)
+                stop.set_result(None)
+                return
+            log.warning("worker %d (pid %d) died with exit code %s: restarting it", i, p.pid, p.exitcode)
+            sup.start(i)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, sup.wait_ready, i, 60.0)
+            except RuntimeError as exc:
+                log.error("%s", exc)
+
+
+def run(config: ServerConfig, workers: int = 1, metrics: Optional[tuple] = None,
+        on_ready: Callable[[Dict[str, Any]], Any] = lambda info: None) -> int:
+    """Serve until SIGINT/SIGTERM: in this process for one worker, else in
+    `workers` processes (one when SO_REUSEPORT is missing). `metrics` is
+    (host, port) for the /metrics endpoint, or None. ``on_ready(info)`` gets
+    host, port, pid, workers (pids) and metrics_port once serving."""
+    config.check()
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and not reuse_port_available():
+        log.warning("SO_REUSEPORT is not available on this platform: serving with 1 worker instead of %d", workers)
+        workers = 1
+    if workers == 1:
+        return run_single(config, metrics, on_ready)
+    return run_workers(config, workers, metrics, on_ready)

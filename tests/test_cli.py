@@ -1,0 +1,357 @@
+"""The command line end to end (``python -m fastpacket demo | serve | load``
+as subprocesses, short runs, 127.0.0.1, free ports picked by the kernel),
+and the relay application in process. Every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+import fastpacket as fp
+from fastpacket import aio
+from fastpacket.cli import format_markdown, main
+from fastpacket.benchmarks import Row
+from fastpacket.loadgen import move_dtype, move_load
+from fastpacket.relay import JOIN, LEAVE, MOVE, MOVE_FORMAT, Relay
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+CMD = [sys.executable, "-m", "fastpacket"]
+
+
+def run_cli(args, tmp_path, timeout=60):
+    return subprocess.run(CMD + args, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+
+
+class Served:
+    """``fastpacket serve`` in a subprocess, its port and metrics port read
+    from its ready line."""
+
+    def __init__(self, args, tmp_path, timeout=60.0, cmd=None):
+        self.proc = subprocess.Popen(cmd or CMD + ["serve", "--port", "0"] + args, cwd=tmp_path,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.buf = b""
+        self.line = self._readline(timeout)
+        m = re.search(r"on 127\.0\.0\.1:(\d+)", self.line)
+        assert m, f"no ready line: {self.line!r} {self.proc.stderr.read().decode() if self.proc.poll() is not None else ''}"
+        self.port = int(m.group(1))
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", self.line)
+        self.metrics_port = int(m.group(1)) if m else None
+
+    def _readline(self, timeout):
+        """The next line of stdout ("" after `timeout` seconds without one)."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+    def stop(self, sig=signal.SIGINT, timeout=30.0):
+        self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            pytest.fail(f"serve did not stop within {timeout} s after {sig!r}: {err.decode()}")
+        return self.proc.returncode, (self.buf + out).decode(), err.decode()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def served(tmp_path):
+    started = []
+
+    def start(*args):
+        s = Served(list(args), tmp_path)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+# ---------------------------------------------------------------------------
+# demo
+
+
+def test_demo_short_run_prints_the_table(tmp_path):
+    r = run_cli(["demo", "--seconds", "2", "--connections", "10"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for row in ("packets/s in", "packets/s out", "MB/s in / out", "RTT p50 / p95 / p99 / max",
+                "server CPU per packet", "server RSS", "compression savings", "closes by reason"):
+        assert row in out, f"{row!r} missing from:\n{out}"
+    assert "peer closed: 10" in out
+    assert "fan-out 10.0" in out  # 10 players in one room, every MOVE goes to all 10
+    assert "\r" not in out  # no progress line when stdout is not a TTY
+
+
+def test_demo_compressed_json(tmp_path):
+    r = run_cli(["demo", "--seconds", "1", "--connections", "4", "--compress", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["packets_in_per_s"] > 0 and d["packets_out_per_s"] > 0 and not d["errors"]
+    stats = d["load"]["compression"]
+    assert stats["compressed"] > 0 and stats["bytes_out"] < stats["bytes_in"]
+
+
+def test_demo_rejects_bad_arguments(tmp_path):
+    assert main(["demo", "--seconds", "0"]) == 2
+    assert main(["demo", "--payload", "8"]) == 2
+    with pytest.raises(SystemExit):
+        main(["demo", "--no-such-flag"])
+
+
+# ---------------------------------------------------------------------------
+# serve + load
+
+
+def test_serve_one_worker_and_load_json(served, tmp_path):
+    s = served()
+    assert s.metrics_port is None
+    r = run_cli(["load", "--port", str(s.port), "--seconds", "1", "--connections", "6", "--rooms", "2", "--json"],
+                tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    for key in ("packets_per_s", "p50", "p95", "p99", "max", "sent_per_s", "received_per_s"):
+        assert isinstance(d[key], float) and d[key] > 0, key
+    assert d["p50"] <= d["p95"] <= d["p99"] <= d["max"] * 1.01
+    assert d["ok"] and d["sent"] == d["echoed"] > 0
+    assert d["received"] == 3 * d["sent"]  # rooms of 3: each MOVE reaches its 3 players
+    code, out, err = s.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert "stopped" in out
+
+
+def test_load_rate_mode_table_against_echo(served, tmp_path):
+    s = served("--app", "echo", "--uvloop")
+    r = run_cli(["load", "--port", str(s.port), "--seconds", "1", "--connections", "3", "--rate", "200",
+                 "--payload", "48"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "200 packets/s per connection" in r.stdout and "round trips/s" in r.stdout
+    m = re.search(r"packets/s sent\s+([\d.]+)", r.stdout)
+    assert m and 300 <= float(m.group(1)) <= 900  # 3 x 200/s, loosely: a busy machine may lag
+    code, _, err = s.stop()
+    assert code == 0, err
+
+
+def test_load_without_a_server_fails_with_the_reason(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = run_cli(["load", "--port", str(port), "--seconds", "1", "--connections", "1"], tmp_path)
+    assert r.returncode == 1
+    assert "cannot connect" in r.stderr
+
+
+def test_serve_two_workers_share_metrics_and_stop_on_sigint(served):
+    if not hasattr(socket, "SO_REUSEPORT"):
+        pytest.skip("no SO_REUSEPORT here")
+    s = served("--workers", "2", "--metrics-port", "0", "--app", "echo")
+    assert "2 workers" in s.line and s.metrics_port
+
+    async def exchange():
+        clients = [await aio.connect("127.0.0.1", s.port) for _ in range(8)]
+        for i, c in enumerate(clients):
+            c.send_batch(fp.PacketBatch.build([MOVE] * 25, [b"m" * 20] * 25, seqs=range(25), player_ids=[i] * 25))
+        for i, c in enumerate(clients):
+            got = 0
+            while got < 25:
+                batch = await c.recv(10.0)
+                assert batch is not None
+                assert (batch.player_ids == i).all()
+                got += len(batch)
+        for c in clients:
+            c.close()
+        return clients
+
+    asyncio.run(asyncio.wait_for(exchange(), 30))
+    text = ""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the closes land in the shared registry a moment later
+        text = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).read().decode()
+        if "closes_peer_closed_total 8" in text:
+            break
+        time.sleep(0.05)
+    assert "packets_in_total 200" in text and "packets_out_total 200" in text, text
+    assert "connections_total 8" in text and "workers 2" in text
+    assert "closes_peer_closed_total 8" in text and re.search(r"^connections 0(\.0)?$", text, re.M)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/nothing", timeout=5)
+    assert e.value.code == 404
+    e.value.close()
+    code, out, err = s.stop(signal.SIGINT)
+    assert code == 0, err
+    assert "stopped" in out
+
+
+def test_serve_rejects_bad_limits(tmp_path):
+    r = run_cli(["serve", "--port", "0", "--rate-policy", "close", "--write-timeout", "-1"], tmp_path)
+    assert r.returncode == 2 and "write_timeout" in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# the relay in process
+
+
+def move(x, t=0, pad=0):
+    return MOVE_FORMAT.pack(x, 0, 0, t) + b"\0" * pad
+
+
+def test_relay_rooms():
+    async def main_():
+        relay = Relay(rooms=2)
+        server = await aio.serve(host="127.0.0.1", port=0, **relay.serve_kwargs())
+        a, b, c = [await aio.connect("127.0.0.1", server.port) for _ in range(3)]
+        a.send(JOIN, struct.pack("<I", 7), player_id=1)
+        b.send(JOIN, struct.pack("<I", 7), player_id=2)
+        c.send(MOVE, move(5), player_id=4)  # no JOIN: room 4 % 2 = 0
+        got_c = await c.recv(5.0)
+        assert [(p.type, p.player_id) for p in got_c] == [(MOVE, 4)]  # its own copy only
+        await asyncio.sleep(0.05)
+        a.send(MOVE, move(1), player_id=1)
+        a.send(MOVE, move(2), player_id=1)
+        for s in (a, b):
+            got = []
+            while len(got) < 2:
+                got.extend(await s.recv(5.0))
+            assert [MOVE_FORMAT.unpack_from(p.payload)[0] for p in got] == [1, 2]
+            assert {p.player_id for p in got} == {1}
+        assert sorted(relay.members) == [0, 7] and len(relay.members[7]) == 2
+        with pytest.raises(asyncio.TimeoutError):  # room 0 hears nothing of room 7
+            await c.recv(0.1)
+        b.send(LEAVE, b"", player_id=2)
+        await asyncio.sleep(0.05)
+        assert len(relay.members[7]) == 1
+        b.send(JOIN, b"\x01", player_id=2)  # too short
+        assert (await asyncio.wait_for(b.wait_closed(), 5.0)) == "peer closed"
+        for s in (a, c):
+            s.close()
+        deadline = time.monotonic() + 5
+        while relay.members and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert relay.members == {}
+        assert any(k.startswith("bad JOIN") for k in server.closes)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main_(), 30))
+
+
+def test_move_load_in_process_counts_and_rtt():
+    async def main_():
+        reg = fp.Registry()
+        relay = Relay()
+        server = await aio.serve(host="127.0.0.1", port=0, registry=reg, **relay.serve_kwargs())
+        starts, stops, progress = [], [], []
+        r = await move_load("127.0.0.1", server.port, connections=4, rooms=2, seconds=0.6, window=4,
+                            payload_size=32, on_start=lambda: starts.append(1), on_stop=lambda: stops.append(1),
+                            on_progress=progress.append, progress_interval=0.2)
+        server.close()
+        await server.wait_closed()
+        return r, reg.snapshot(), starts, stops, progress
+
+    r, snap, starts, stops, progress = asyncio.run(asyncio.wait_for(main_(), 30))
+    assert r.ok, r.errors
+    assert starts == [1] and stops == [1] and progress and progress[-1]["connections"] == 4
+    assert r.sent == r.echoed == r.rtt_us["count"] > 0
+    assert r.received == 2 * r.sent  # rooms of 2
+    assert snap["packets_in_total"]["value"] == r.sent + 4  # the MOVEs and one JOIN each
+    assert r.closes == {"load done": 4}
+    assert 0 < r.rtt_us["p50"] <= r.rtt_us["p99"] <= r.rtt_us["max"] * 1.01
+
+
+def test_move_dtype_matches_the_relay_format():
+    dt = move_dtype(20)
+    assert dt.itemsize == 12 + MOVE_FORMAT.size
+    rec = np.zeros(1, dt)
+    rec["size"], rec["type"], rec["player_id"], rec["x"], rec["sent_ns"] = 32, MOVE, 9, -3, 12345
+    p = fp.FrameDecoder().feed(rec.tobytes())[0]
+    assert (p.type, p.player_id) == (MOVE, 9)
+    assert MOVE_FORMAT.unpack_from(p.payload) == (-3, 0, 0, 12345)
+    assert move_dtype(64).itemsize == 76
+    with pytest.raises(ValueError):
+        move_dtype(19)
+
+
+# ---------------------------------------------------------------------------
+# bench output
+
+
+def test_bench_markdown_table():
+    rows = [Row("framing", "decode 64 B", "plain-python", 1.5e6, "packets/s"),
+            Row("framing", "decode 64 B", "fastpacket", 3.0e7, "packets/s", 20.0, "1.9 GB/s", ">= 10x")]
+    md = format_markdown(rows).splitlines()
+    assert md[0].startswith("| section | case |") and md[1].startswith("|---|")
+    assert md[2].count("|") == md[0].count("|") and "1.00x (base)" in md[2]
+    assert "20.00x" in md[3] and "30.00M" in md[3]
+
+
+# ---------------------------------------------------------------------------
+# examples/
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.fixture
+def example(tmp_path):
+    if not os.path.isdir(EXAMPLES):
+        pytest.skip("examples/ not beside the tests")
+    started = []
+
+    def start(name, *args):
+        s = Served([], tmp_path, cmd=[sys.executable, os.path.join(EXAMPLES, name)] + list(args))
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+def test_example_echo_server_and_client(example, tmp_path):
+    with open(os.path.join(EXAMPLES, "echo_server.py")) as f:
+        assert len(f.read().splitlines()) <= 15
+    s = example("echo_server.py", "0")
+    r = subprocess.run([sys.executable, os.path.join(EXAMPLES, "client.py"), str(s.port), "5", "0"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("my move") == 10 and "round trip" in r.stdout
+
+
+def test_example_relay_under_load(example, tmp_path):
+    s = example("relay.py", "0", "0")
+    assert "metrics at" in s._readline(10)
+    r = run_cli(["load", "--port", str(s.port), "--seconds", "0.5", "--connections", "4", "--rooms", "2", "--json"],
+                tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] and d["received"] == 2 * d["sent"] > 0
