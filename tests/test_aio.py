@@ -386,7 +386,8 @@ def test_on_wire_aggregation_both_ends(run):
     async def main():
         agg_server = fp.Aggregator("lz4", threshold=256)
         agg_client = fp.Aggregator("lz4", threshold=256)
-        server = await aio.serve(echo, "127.0.0.1", 0, aggregator=agg_server)
+        sessions = []
+        server = await aio.serve(echo, "127.0.0.1", 0, aggregator=agg_server, on_connect=sessions.append)
         client = await aio.connect("127.0.0.1", server.port, aggregator=agg_client)
         payload = b"position:0000,0000,0000;" * 3
         client.send_batch(fp.PacketBatch.build([3] * 200, [payload] * 200, seqs=range(200)))
@@ -395,6 +396,9 @@ def test_on_wire_aggregation_both_ends(run):
         assert all(bytes(p.payload) == payload for p in got)
         assert agg_server.stats["compressed"] >= 1 and agg_server.stats["bytes_out"] < agg_server.stats["bytes_in"]
         assert agg_client.stats["compressed"] >= 1
+        # byte counters count what went on the wire, compressed
+        assert sessions[0].bytes_out == client.bytes_in == agg_server.stats["bytes_out"]
+        assert client.bytes_out == sessions[0].bytes_in < 200 * (12 + len(payload))
         client.close()
         server.close()
         await server.wait_closed()
@@ -444,5 +448,30 @@ def test_connections_gauge_shared_by_servers(run):
             s.close()
             await s.wait_closed()
         assert reg.gauge("connections").value == 0
+
+    run(main())
+
+
+def test_client_handlers_and_prompt_sends(run):
+    async def main():
+        server = await aio.serve(echo, "127.0.0.1", 0)
+        got = []
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def on_pong(session, batch):
+            got.extend(p.type for p in batch)
+            if len(got) == 2 and not done.done():
+                done.set_result(None)
+
+        client = await aio.connect("127.0.0.1", server.port, handlers={7: on_pong}, handler=on_pong)
+        assert client._hub.options.max_delay == 0  # a client's requests are not held back
+        client.send(7, b"ping")
+        client.send(8, b"ping")
+        await asyncio.wait_for(done, 5)
+        assert sorted(got) == [7, 8]
+        client.close()
+        server.close()
+        await server.wait_closed()
 
     run(main())

@@ -52,6 +52,7 @@ cdef class HubCore:
     cdef public object metrics          # dict of registry metrics, or None
     cdef public object aggregator
     cdef public object flush_handle
+    cdef public bint flush_soon         # flush_handle runs at the end of this loop iteration
 
     cdef RingBuffer _lend_ring(self):
         if self.rings:
@@ -81,7 +82,10 @@ cdef class HubCore:
 
     cdef _flush_dirty(self):
         cdef ProtocolCore s
-        self.flush_handle = None
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        self.flush_soon = False
         dirty = self.dirty
         self.dirty = []
         for s in dirty:
@@ -89,27 +93,40 @@ cdef class HubCore:
                 s._flush()
 
     def flush_dirty(self):
-        """Flush every session with queued output (end of burst or timer)."""
+        """Flush every session with queued output (end of loop iteration or timer)."""
         self._flush_dirty()
 
-    cdef _schedule_flush(self):
-        if self.flush_handle is None:
-            delay = self.options.max_delay
-            self.flush_handle = (self.loop.call_soon(self.flush_dirty) if delay <= 0
-                                 else self.loop.call_later(delay, self.flush_dirty))
+    cdef _schedule_flush(self, bint soon):
+        """Flush the dirty sessions at the end of this loop iteration (soon),
+        or max_delay from now, whichever is asked for first."""
+        delay = self.options.max_delay
+        if soon or delay <= 0:
+            if not self.flush_soon:
+                if self.flush_handle is not None:
+                    self.flush_handle.cancel()
+                self.flush_soon = True
+                self.flush_handle = self.loop.call_soon(self.flush_dirty)
+        elif self.flush_handle is None:
+            self.flush_handle = self.loop.call_later(delay, self.flush_dirty)
 
-    cdef _write(self, ProtocolCore session, object view, Py_ssize_t nbytes, Py_ssize_t count):
+    cdef Py_ssize_t _write(self, ProtocolCore session, object view, Py_ssize_t nbytes,
+                           Py_ssize_t count) except -1:
+        """Writes `count` flushed packets; returns the bytes put on the wire."""
+        cdef Py_ssize_t wire = nbytes
         if self.aggregator is not None:
             # the flushed bytes are `count` whole packets back to back
             batch = _batch_over(<NativeLayout>session._sendbuf._layout, bytes(view), count)
+            wire = 0
             for frame in self.aggregator.pack_many(batch):
                 session.transport.write(frame)
+                wire += len(frame)
         else:
             session.transport.write(view)
         if self.metrics is not None:
             self.metrics["flush"].record(nbytes)
             self.metrics["packets_out"].inc(count)
-            self.metrics["bytes_out"].inc(nbytes)
+            self.metrics["bytes_out"].inc(wire)
+        return wire
 
 
 cdef inline uint64_t _clock_ns() noexcept nogil:
@@ -200,11 +217,14 @@ cdef class ProtocolCore:
                 if self._hub.metrics is not None:
                     self._hub.metrics["packets_in"].inc(batch._count)
                 self._dispatch(batch)
-        # end of the read burst: one write per session that has output
+        # end of the read burst: this session's replies go out now (no added
+        # latency); output it produced for other sessions (broadcasts) goes
+        # out once at the end of this loop iteration, coalesced with what
+        # other bursts of the same iteration add for them
         if self._dirty or self._sendbuf._c.count():
             self._flush()
         if self._hub.dirty:
-            self._hub._flush_dirty()
+            self._hub._schedule_flush(True)
         if error is not None:
             self.close(f"protocol error: {error}")
         elif self._ring is not None and ring._c.readable() == 0 and not self._closing:
@@ -288,7 +308,7 @@ cdef class ProtocolCore:
             self._dirty = True
             self._hub.dirty.append(self)
             if not (self._in_burst or self._hub.in_burst):
-                self._hub._schedule_flush()  # a send outside any read burst
+                self._hub._schedule_flush(False)  # a send outside any read burst
 
     def flush(self):
         """Write what is queued now (normally automatic)."""
@@ -302,9 +322,8 @@ cdef class ProtocolCore:
         cdef size_t nbytes = self._sendbuf._c.size()
         view = self._sendbuf.flush()
         self.packets_out += n
-        self.bytes_out += nbytes
         self.flushes += 1
-        self._hub._write(self, view, nbytes, n)
+        self.bytes_out += self._hub._write(self, view, nbytes, n)
 
     # -- close -------------------------------------------------------------
 

@@ -22,10 +22,14 @@ calls ``handler(session, batch)`` once per read burst (or the per-type
 ``handlers``). The only copy is the one into the batch.
 
 Send path: ``session.send``/``send_batch``/``broadcast`` append to the
-session's SendBuffer; one ``transport.write`` per session at the end of the
-read burst that produced the sends, as soon as the buffer passes its fill
-threshold, or ``max_delay`` after a send made outside a read burst (0: at the
-end of the loop iteration).
+session's SendBuffer and are written with one ``transport.write`` per
+session, never one per packet: the reading session's own output at the end
+of its read burst (no added latency), output a burst produced for other
+sessions (broadcasts, relays) once at the end of the loop iteration
+(coalescing every burst of that iteration), any buffer as soon as it passes
+its fill threshold, and sends made outside a read burst ``max_delay`` later
+(servers: 10 ms, the seed's timer; clients from ``connect()``: 0, the end of
+the loop iteration).
 
 Limits (each ends in ``session.close_reason`` and a metric):
 
@@ -148,6 +152,7 @@ class _Hub(HubCore):
         self.pool_size = POOL_SIZE
         self.aggregator = options.aggregator
         self.flush_handle = None
+        self.flush_soon = False
         self.sessions: Set[Session] = set()
         self._session_pool: List[Session] = []
         self._idle_handle: Optional[asyncio.TimerHandle] = None
@@ -232,9 +237,7 @@ class _Hub(HubCore):
     def shutdown(self, reason: str) -> None:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
-        if self.flush_handle is not None:
-            self.flush_handle.cancel()
-            self.flush_dirty()
+        self.flush_dirty()
         for s in list(self.sessions):
             s.close(reason)
 
@@ -488,9 +491,13 @@ async def serve(handler: Optional[Handler] = None, host: str = "127.0.0.1", port
 
 async def connect(host: str, port: int, handler: Optional[Handler] = None, **options: Any) -> Session:
     """Open a client connection and return its Session. Without a handler,
-    received batches queue up for ``await session.recv()``."""
+    received batches queue up for ``await session.recv()``. A client's
+    ``max_delay`` defaults to 0: what it sends outside a read burst goes out
+    at the end of the loop iteration (requests are not held back)."""
     loop = asyncio.get_running_loop()
-    hub = _Hub(loop, _options(options), handler, options.pop("handlers", None) if "handlers" in options else None)
+    options.setdefault("max_delay", 0.0)
+    handlers = options.pop("handlers", None)
+    hub = _Hub(loop, _options(options), handler, handlers)
     session = Session.__new__(Session)._setup(hub)
     if handler is None:
         session._inbox = asyncio.Queue()
