@@ -126,23 +126,37 @@ public:
         const int si = layout_.seq_index, pi = layout_.player_id_index;
         const std::uint64_t pid_max = pi >= 0 ? layout_.field_max(pi) : 0;
         const bool be = layout_.big_endian;
-        std::uint8_t* dst = buf_ + used_;
-        std::uint64_t seq = next_seq_;
-        for (std::size_t i = 0; i < count; ++i) {
+        for (std::size_t i = 0; i < count; ++i) {  // check every id before writing anything
             const Id id = ids[i];
             if ((std::is_signed<Id>::value && id < 0) || static_cast<std::uint64_t>(id) > pid_max) {
                 *bad_index = i;
                 *err = EncodeError::player_id_range;
                 return SendStatus::encode_error;  // used_ not advanced: nothing appended
             }
-            std::memcpy(dst, header, hs);
-            if (si >= 0) detail::store_field(dst + layout_.fields[si].offset, layout_.fields[si].width, be, seq);
-            if (pi >= 0) {
-                detail::store_field(dst + layout_.fields[pi].offset, layout_.fields[pi].width, be,
-                                    static_cast<std::uint64_t>(id));
+        }
+        // The first frame is written whole; every other one is a copy of it
+        // with its seq and player_id patched: one copy of a small, cached
+        // frame per packet.
+        std::uint8_t* const first = buf_ + used_;
+        std::memcpy(first, header, hs);
+        if (n) std::memcpy(first + hs, payload, n);
+        const auto fsize = static_cast<std::size_t>(frame);
+        std::uint8_t* dst = first;
+        std::uint64_t seq = next_seq_;
+        const bool game_fields = !be && si >= 0 && pi >= 0 && layout_.fields[si].width == 4 &&
+                                 layout_.fields[pi].width == 4;
+        const std::size_t so = si >= 0 ? layout_.fields[si].offset : 0;
+        const std::size_t po = pi >= 0 ? layout_.fields[pi].offset : 0;
+        for (std::size_t i = 0; i < count; ++i) {
+            if (i) std::memcpy(dst, first, fsize);
+            if (game_fields) {  // GAME's u32 little-endian seq and player_id: two plain stores
+                detail::store_field(dst + so, 4, false, seq);
+                detail::store_field(dst + po, 4, false, static_cast<std::uint64_t>(ids[i]));
+            } else {
+                if (si >= 0) detail::store_field(dst + so, layout_.fields[si].width, be, seq);
+                if (pi >= 0) detail::store_field(dst + po, layout_.fields[pi].width, be, static_cast<std::uint64_t>(ids[i]));
             }
-            if (n) std::memcpy(dst + hs, payload, n);
-            dst += frame;
+            dst += fsize;
             seq = (seq + 1) & seq_mask_;
         }
         used_ += static_cast<std::size_t>(frame * count);
