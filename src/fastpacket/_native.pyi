@@ -258,3 +258,43 @@ class MetricsFile:
     def slots(self) -> int: ...
     def lookup(self, name: str, kind: str, unit: Optional[str] = None) -> Union[Metric, Counter, Gauge]: ...
     def entries(self) -> List[Tuple[str, str]]: ...
+
+# -- asyncio adapter (fastpacket.aio) -------------------------------------------
+
+class HubCore:
+    """Native half of fastpacket.aio's per-server state."""
+
+    loop: Any
+    options: Any
+    handler: Any
+    handlers: Optional[Dict[int, Any]]
+    fill_ratio: float
+    in_burst: bool
+    dirty: list
+    rings: list
+    ring_capacity: int
+    pool_size: int
+    metrics: Optional[Dict[str, Any]]
+    aggregator: Any
+    flush_handle: Any
+    flush_soon: bool
+    def flush_dirty(self) -> None: ...
+
+class ProtocolCore:
+    """Native half of fastpacket.aio.Session."""
+
+    transport: Any
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
+    batches_in: int
+    flushes: int
+    dropped_in: int
+    dropped_out: int
+    def get_buffer(self, size_hint: int) -> memoryview: ...
+    def buffer_updated(self, nbytes: int) -> None: ...
+    def send(self, type: int, payload: BytesLike, *, player_id: int = 0, seq: Optional[int] = None) -> Optional[int]: ...
+    def send_batch(self, batch: PacketBatch) -> None: ...
+    def flush(self) -> None: ...
+    def close(self, reason: Optional[str] = None) -> None: ...

@@ -77,6 +77,7 @@ __all__ = ["serve", "connect", "Session", "PacketServer", "Options", "Handler"]
 
 log = logging.getLogger("fastpacket.aio")
 
+#: A handler: called as handler(session, batch) once per read burst.
 Handler = Callable[["Session", PacketBatch], Any]
 
 #: Sessions kept for reuse, and receive rings kept for lending, per server.
@@ -106,6 +107,7 @@ class Options:
     registry: Any = None              # fastpacket.metrics.Registry
 
     def check(self) -> "Options":
+        """Validates the settings (ValueError/TypeError naming the bad one); returns self."""
         if not isinstance(self.layout, HeaderLayout):
             raise TypeError(f"layout must be a HeaderLayout, not {type(self.layout).__name__}")
         if self.recv_buffer < self.max_packet_size:
@@ -268,6 +270,7 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
     # asyncio callbacks that are not on the hot path -----------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """asyncio callback: a new connection (TCP_NODELAY, write limits, max_connections)."""
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -284,6 +287,7 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
             transport.close()
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
+        """asyncio callback: the connection is gone; records the close reason, frees the ring."""
         if self._close_reason is None:
             self._close_reason = f"connection lost: {exc}" if exc else "peer closed"
         self._closing = True
@@ -308,10 +312,12 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
         hub.recycle(self)
 
     def eof_received(self) -> bool:
+        """asyncio callback: the peer closed its side; the session closes ("peer closed")."""
         self._close_reason = self._close_reason or "peer closed"
         return False  # close the transport
 
     def pause_writing(self) -> None:
+        """asyncio callback: the peer is not reading; stop reading from it and start write_timeout."""
         self._writing_paused = True
         if self.transport is not None:
             self.transport.pause_reading()  # no new work from a peer we cannot answer
@@ -319,6 +325,7 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
         self._write_timer = self._hub.loop.call_later(o.write_timeout, self._write_timed_out)
 
     def resume_writing(self) -> None:
+        """asyncio callback: the peer reads again; resume reading and flush what was held."""
         self._writing_paused = False
         if self._write_timer is not None:
             self._write_timer.cancel()
@@ -357,6 +364,7 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
 
     @property
     def peername(self) -> Any:
+        """The peer's address, or None once closed."""
         return self.transport.get_extra_info("peername") if self.transport is not None else None
 
     @property
@@ -400,6 +408,7 @@ class PacketServer(asyncio.AbstractServer):
 
     @property
     def sockets(self) -> Any:
+        """The listening sockets."""
         return self._server.sockets
 
     @property
@@ -423,25 +432,31 @@ class PacketServer(asyncio.AbstractServer):
         return n
 
     def close(self) -> None:
+        """Stop listening; flush and close every session ("server shutdown")."""
         self._server.close()
         self._hub.shutdown("server shutdown")
 
     async def wait_closed(self) -> None:
+        """Wait until the listener is closed and the sessions are gone (5 s at most)."""
         await self._server.wait_closed()
         deadline = self._hub.loop.time() + 5.0
         while self._hub.sessions and self._hub.loop.time() < deadline:
             await asyncio.sleep(0.005)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on."""
         return self._server.get_loop()
 
     def is_serving(self) -> bool:
+        """True while the server accepts connections."""
         return self._server.is_serving()
 
     async def start_serving(self) -> None:
+        """Start accepting connections (serve() already did)."""
         await self._server.start_serving()
 
     async def serve_forever(self) -> None:
+        """Serve until cancelled or closed."""
         await self._server.serve_forever()
 
     @property

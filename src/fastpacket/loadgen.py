@@ -71,9 +71,11 @@ class EchoLoadResult:
 
     @property
     def packets_per_s(self) -> float:
+        """Echoed packets per second."""
         return self.packets / self.seconds if self.seconds else 0.0
 
     def to_dict(self) -> Dict[str, Any]:
+        """The result as a JSON-ready dict."""
         d = asdict(self)
         d["packets_per_s"] = self.packets_per_s
         return d
@@ -244,6 +246,7 @@ class MoveLoadResult:
 
     @property
     def ok(self) -> bool:
+        """True when no connection reported an error."""
         return not self.errors
 
     @property
@@ -252,6 +255,7 @@ class MoveLoadResult:
         return self.echoed_per_s
 
     def to_dict(self) -> Dict[str, Any]:
+        """The result as a JSON-ready dict (the keys `load --json` prints)."""
         d = asdict(self)
         d["ok"] = self.ok
         d["packets_per_s"] = self.packets_per_s

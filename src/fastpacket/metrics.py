@@ -525,6 +525,7 @@ class PrometheusCollector:
         self.registry = registry
 
     def collect(self) -> Iterator[Any]:
+        """prometheus_client's collector hook: the registry's metric families."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         for name, ptype, help_text, data in self.registry._families():

@@ -93,11 +93,13 @@ class Relay:
                 del self.members[room]
 
     def room_of(self, session: Any) -> Optional[int]:
+        """The room a session has joined, or None."""
         return session.__dict__.get("room")
 
     # -- handlers (called by the adapter once per burst per type) ---------------------
 
     def on_move(self, session: Any, group: PacketBatch) -> None:
+        """MOVE packets of one burst: relayed as one group to every member of the sender's room."""
         room = session.__dict__.get("room")
         if room is None:
             members = self.join(session, group[0].player_id % self.rooms)
@@ -107,6 +109,7 @@ class Relay:
             member.send_batch(group)
 
     def on_join(self, session: Any, group: PacketBatch) -> None:
+        """JOIN packets (payload: u32 room): the session moves to that room."""
         payload = group.payload(len(group) - 1)  # the last JOIN of the burst wins
         if len(payload) < _ROOM.size:
             session.close(f"bad JOIN: payload of {len(payload)} bytes, expected {_ROOM.size}")
@@ -114,7 +117,9 @@ class Relay:
         self.join(session, _ROOM.unpack_from(payload)[0])
 
     def on_leave(self, session: Any, group: PacketBatch) -> None:
+        """LEAVE packets: the session leaves its room."""
         self.leave(session)
 
     def on_close(self, session: Any) -> None:
+        """A session closed: it leaves its room."""
         self.leave(session)

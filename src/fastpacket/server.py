@@ -54,6 +54,7 @@ class ServerConfig:
     options: Dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> "ServerConfig":
+        """Validates the settings (ValueError naming the bad one); returns self."""
         if self.app not in APPS:
             raise ValueError(f"app must be one of {APPS}, got {self.app!r}")
         if not 0 <= self.port <= 65535:
