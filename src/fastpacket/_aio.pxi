@@ -52,6 +52,7 @@ cdef class HubCore:
     cdef public object metrics          # dict of registry metrics, or None
     cdef public object aggregator
     cdef public object flush_handle
+    cdef public Py_ssize_t max_pending_bytes
     cdef public bint flush_soon         # flush_handle runs at the end of this loop iteration
 
     cdef RingBuffer _lend_ring(self):
@@ -122,6 +123,8 @@ cdef class HubCore:
                 wire += len(frame)
         else:
             session.transport.write(view)
+        if session.transport.get_write_buffer_size() > self.max_pending_bytes:
+            self.slow_consumer(session)  # the peer reads slower than we write: bounded memory
         if self.metrics is not None:
             self.metrics["flush"].record(nbytes)
             self.metrics["packets_out"].inc(count)
@@ -326,6 +329,16 @@ cdef class ProtocolCore:
         self.bytes_out += self._hub._write(self, view, nbytes, n)
 
     # -- close -------------------------------------------------------------
+
+    def abort(self, reason=None):
+        """Close at once with `reason`, dropping whatever is queued for the peer."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._close_reason is None:
+            self._close_reason = reason or "aborted"
+        if self.transport is not None:
+            self.transport.abort()
 
     def close(self, reason=None):
         """Flush what is queued (if the peer is writable) and close with `reason`."""

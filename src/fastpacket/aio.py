@@ -155,6 +155,7 @@ class _Hub(HubCore):
         self.aggregator = options.aggregator
         self.flush_handle = None
         self.flush_soon = False
+        self.max_pending_bytes = options.max_pending_bytes
         self.sessions: Set[Session] = set()
         self._session_pool: List[Session] = []
         self._idle_handle: Optional[asyncio.TimerHandle] = None
@@ -194,8 +195,9 @@ class _Hub(HubCore):
     # -- policies and accounting ---------------------------------------------------------
 
     def slow_consumer(self, session: "Session") -> None:
+        """The policy for a peer that does not keep up: cut it off, dropping its queued output."""
         self.count_drop("slow consumer", 1)
-        session.close("slow consumer")
+        session.abort("slow consumer")
 
     def count_drop(self, reason: str, n: int) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
