@@ -278,12 +278,39 @@ class HubCore:
     aggregator: Any
     flush_handle: Any
     flush_soon: bool
+    max_pending_bytes: int
     def flush_dirty(self) -> None: ...
 
 class ProtocolCore:
     """Native half of fastpacket.aio.Session."""
 
     transport: Any
+    _hub: Any
+    _handler: Any
+    _handlers: Optional[Dict[int, Any]]
+    _decoder: FrameDecoder
+    _ring: Optional[RingBuffer]
+    _sendbuf: SendBuffer
+    _close_reason: Optional[str]
+    _closing: bool
+    _writing_paused: bool
+    _in_burst: bool
+    _dirty: bool
+    _last_activity: float
+    _rate_close: bool
+    _inbox: Any
+    def _configure_core(
+        self,
+        hub: HubCore,
+        handler: Any,
+        handlers: Optional[Dict[int, Any]],
+        decoder: FrameDecoder,
+        sendbuf: SendBuffer,
+        packets_per_s: float,
+        bytes_per_s: float,
+        burst_s: float,
+        rate_policy: str,
+    ) -> None: ...
     packets_in: int
     bytes_in: int
     packets_out: int

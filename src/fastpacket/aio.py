@@ -64,7 +64,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Type, cast
 
 from fastpacket._native import HubCore, ProtocolCore
 from fastpacket.batch import PacketBatch
@@ -180,7 +180,7 @@ class _Hub(HubCore):
         if options.idle_timeout:
             self._arm_idle_sweep()
 
-    def new_session(self, cls: type) -> "Session":
+    def new_session(self, cls: Type["Session"]) -> "Session":
         # reuse a closed session only when nothing else still refers to it
         while self._session_pool:
             s = self._session_pool.pop()
@@ -281,7 +281,7 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
             except OSError:
                 pass
         o = self._hub.options
-        transport.set_write_buffer_limits(high=max(o.send_buffer, min(o.max_pending_bytes // 2, 256 << 10)))
+        cast(asyncio.Transport, transport).set_write_buffer_limits(high=max(o.send_buffer, min(o.max_pending_bytes // 2, 256 << 10)))
         if not self._hub.opened(self):
             self._close_reason = "too many connections"
             self._closing = True
@@ -399,7 +399,7 @@ class PacketServer(asyncio.AbstractServer):
     plus the sessions. ``close()`` stops listening, flushes every session's
     pending output and closes it with reason "server shutdown"."""
 
-    def __init__(self, server: asyncio.AbstractServer, hub: _Hub) -> None:
+    def __init__(self, server: Any, hub: _Hub) -> None:  # the loop's asyncio.Server
         self._server = server
         self._hub = hub
 

@@ -40,8 +40,8 @@ def _format_rate(v: float) -> str:
 
 
 def _bench_cells(rows: List[Row]) -> Tuple[Tuple[str, ...], List[Tuple[str, ...]]]:
-    header = ("section", "case", "implementation", "rate", "unit", "also", "vs plain", "target")
-    lines = []
+    header: Tuple[str, ...] = ("section", "case", "implementation", "rate", "unit", "also", "vs plain", "target")
+    lines: List[Tuple[str, ...]] = []
     compared = {(r.section, r.case) for r in rows if r.ratio is not None}
     for r in rows:
         if r.ratio is not None:

@@ -63,7 +63,7 @@ class HeaderLayout(_native.NativeLayout):
         player_id_field: Optional[str] = None,
         name: Optional[str] = None,
     ) -> None:
-        fields = [tuple(f) for f in fields]
+        fields = [tuple(f) for f in fields]  # type: ignore[misc]  # shape checked below
         if not fields:
             raise ValueError("a header layout needs at least one field")
         names = []

@@ -106,6 +106,7 @@ class _EchoClient(asyncio.Protocol):
             self._write_block()
 
     def _write_block(self) -> None:
+        assert self.transport is not None
         self.transport.write(self.block)
         self.sent += len(self.block)
         self.crc_sent = zlib.crc32(self.block, self.crc_sent)
@@ -138,7 +139,8 @@ async def _echo_load(host: str, port: int, connections: int, seconds: float, blo
     for i in range(connections):
         block = blocks[i % len(blocks)]
         _, proto = await loop.create_connection(
-            lambda b=block: _EchoClient(b, block_packets, window_blocks * len(b), 0.0), host, port)
+            lambda b=block: _EchoClient(b, block_packets, window_blocks * len(b), 0.0),  # type: ignore[misc]
+            host, port)
         clients.append(proto)
     if ready is not None:
         ready()  # every connection is up; the load starts when this returns
@@ -177,7 +179,7 @@ def run_echo_load(host: str, port: int, connections: int = 32, seconds: float = 
         try:
             import uvloop as _uvloop
 
-            loop = _uvloop.new_event_loop()
+            loop: asyncio.AbstractEventLoop = _uvloop.new_event_loop()
         except ImportError:
             loop = asyncio.new_event_loop()
     else:
@@ -452,8 +454,9 @@ async def move_load(host: str, port: int, *, connections: int = 50, seconds: flo
             reason = "close timed out"
         closes[reason or "closed"] = closes.get(reason or "closed", 0) + 1
     m = load.rtt
-    rtt = {"p50": m.percentile(50.0) / 1e3, "p95": m.percentile(95.0) / 1e3, "p99": m.percentile(99.0) / 1e3,
-           "max": m.max / 1e3, "mean": m.mean / 1e3, "count": m.count} if m.count else \
+    rtt = {"p50": (m.percentile(50.0) or 0) / 1e3, "p95": (m.percentile(95.0) or 0) / 1e3,
+           "p99": (m.percentile(99.0) or 0) / 1e3, "max": (m.max or 0) / 1e3, "mean": (m.mean or 0) / 1e3,
+           "count": m.count} if m.count else \
         {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan"),
          "mean": float("nan"), "count": 0}
     if at_stop["echoed"] == 0 and not errors:

@@ -102,7 +102,7 @@ class Relay:
         """MOVE packets of one burst: relayed as one group to every member of the sender's room."""
         room = session.__dict__.get("room")
         if room is None:
-            members = self.join(session, group[0].player_id % self.rooms)
+            members = self.join(session, (group[0].player_id or 0) % self.rooms)
         else:
             members = self.members[room]
         for member in members:  # the sender too: its copy is the acknowledgement

@@ -103,7 +103,7 @@ async def start_server(config: ServerConfig, registry: Any = None, reuse_port: b
 # /metrics over HTTP
 
 
-async def serve_metrics(registry: Any, host: str = "127.0.0.1", port: int = 9100) -> asyncio.AbstractServer:
+async def serve_metrics(registry: Any, host: str = "127.0.0.1", port: int = 9100) -> asyncio.Server:
     """Serve ``registry.exposition()`` (Prometheus text format 0.0.4) at
     ``GET /metrics`` on the running loop; the asyncio.Server."""
 

@@ -6,7 +6,7 @@ import gc
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Row:
     target: str = ""
 
 
-def interleaved_medians(funcs: Dict[str, Callable[[], object]], repeat: int) -> Dict[str, float]:
+def interleaved_medians(funcs: Mapping[str, Callable[[], object]], repeat: int) -> Dict[str, float]:
     """Median wall time in seconds of each function, run in turns
     (a, b, c, a, b, c, ...) so that machine noise hits every one alike.
     The garbage collector is paused inside each timed call."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import struct
 import zlib
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import lz4.block
 import numpy as np
@@ -84,7 +84,7 @@ def header_columns(batch: PacketBatch) -> bytes:
     return out
 
 
-def _loop(fn: Callable[[object], object], items: List[object]) -> Callable[[], None]:
+def _loop(fn: Callable[[Any], Any], items: Sequence[Any]) -> Callable[[], None]:
     def run() -> None:
         for x in items:
             fn(x)

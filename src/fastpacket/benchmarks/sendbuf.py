@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Union
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def python_send(rounds: int, payload: bytes = PAYLOAD) -> bytes:
     hs = HEADER.size
     size = hs + len(payload)
     seq = 0
-    out = b""
+    out: Union[bytes, memoryview] = b""
     for _ in range(rounds):
         pos = 0
         for player in range(PER_FLUSH):
@@ -50,7 +50,7 @@ def fastpacket_send(rounds: int, payload: bytes = PAYLOAD) -> bytes:
     """SendBuffer.send per packet, flush per round; returns the last flush."""
     sb = SendBuffer()
     send = sb.send
-    out = b""
+    out: Union[bytes, memoryview] = b""
     for _ in range(rounds):
         for player in range(PER_FLUSH):
             send(PACKET_TYPE, payload, player_id=player)
@@ -80,7 +80,7 @@ def fastpacket_broadcast(times: int, player_ids, payload: bytes = PAYLOAD) -> by
     sb = SendBuffer()
     broadcast = sb.broadcast
     flush = sb.flush
-    out = b""
+    out: Union[bytes, memoryview] = b""
     for _ in range(times):
         broadcast(PACKET_TYPE, payload, player_ids)
         out = flush()
