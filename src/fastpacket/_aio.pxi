@@ -25,11 +25,15 @@ import logging as _logging
 _aio_log = _logging.getLogger("fastpacket.aio")
 
 
-cdef inline double _monotonic() noexcept nogil:
+cdef inline uint64_t _clock_ns() noexcept nogil:
     # the same clock as time.monotonic() and asyncio's loop.time()
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
+    return <uint64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline double _monotonic() noexcept nogil:
+    return _clock_ns() * 1e-9
 
 
 cdef class ProtocolCore
@@ -61,9 +65,8 @@ cdef class HubCore:
         return RingBuffer(self.ring_capacity)
 
     cdef _return_ring(self, RingBuffer ring):
-        cdef size_t have = ring._c.readable()
-        if have:
-            ring._c.consume(have)
+        # only empty rings come back (buffer_updated checks); a ring that
+        # still holds bytes stays with its session and is dropped with it
         if len(self.rings) < self.pool_size:
             self.rings.append(ring)
 
@@ -130,12 +133,6 @@ cdef class HubCore:
             self.metrics["packets_out"].inc(count)
             self.metrics["bytes_out"].inc(wire)
         return wire
-
-
-cdef inline uint64_t _clock_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef class ProtocolCore:
@@ -224,8 +221,7 @@ cdef class ProtocolCore:
         # latency); output it produced for other sessions (broadcasts) goes
         # out once at the end of this loop iteration, coalesced with what
         # other bursts of the same iteration add for them
-        if self._dirty or self._sendbuf._c.count():
-            self._flush()
+        self._flush()
         if self._hub.dirty:
             self._hub._schedule_flush(True)
         if error is not None:
@@ -307,10 +303,12 @@ cdef class ProtocolCore:
     cdef _after_send(self):
         if self._sendbuf._c.should_flush(<size_t>-1, self._hub.fill_ratio):
             self._flush()  # past the fill threshold: write now, whatever the burst
+        elif self._in_burst:
+            pass  # this session's own read burst: buffer_updated flushes it at its end
         elif not self._dirty:
             self._dirty = True
             self._hub.dirty.append(self)
-            if not (self._in_burst or self._hub.in_burst):
+            if not self._hub.in_burst:
                 self._hub._schedule_flush(False)  # a send outside any read burst
 
     def flush(self):

@@ -347,12 +347,8 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
                   player_id: int = 0, include_self: bool = False) -> int:
         """Send one packet to many sessions (default: every session of this
         server but this one); returns how many got it queued."""
-        targets = self._hub.sessions if sessions is None else sessions
-        n = 0
-        for s in targets:
-            if (s is not self or include_self) and s.send(type, payload, player_id=player_id) is not None:
-                n += 1
-        return n
+        return _broadcast(self._hub.sessions if sessions is None else sessions, type, payload, player_id,
+                          None if include_self else self)
 
     @property
     def close_reason(self) -> Optional[str]:
@@ -394,6 +390,16 @@ class Session(ProtocolCore, asyncio.BufferedProtocol):
         return f"<Session {self.peername} {state} in={self.packets_in} out={self.packets_out}>"
 
 
+def _broadcast(targets: Iterable[Session], type: int, payload: Any, player_id: int,
+               skip: Optional[Session]) -> int:
+    """Sends one packet to every target but `skip`; how many got it queued."""
+    n = 0
+    for s in targets:
+        if s is not skip and s.send(type, payload, player_id=player_id) is not None:
+            n += 1
+    return n
+
+
 class PacketServer(asyncio.AbstractServer):
     """What ``serve()`` returns: the loop's listening ``asyncio.Server``
     plus the sessions. ``close()`` stops listening, flushes every session's
@@ -427,11 +433,7 @@ class PacketServer(asyncio.AbstractServer):
                   player_id: int = 0) -> int:
         """Send one packet to the given sessions (default: all); returns how
         many got it queued. Coalesced like any send."""
-        n = 0
-        for s in (self._hub.sessions if sessions is None else sessions):
-            if s.send(type, payload, player_id=player_id) is not None:
-                n += 1
-        return n
+        return _broadcast(self._hub.sessions if sessions is None else sessions, type, payload, player_id, None)
 
     def close(self) -> None:
         """Stop listening; flush and close every session ("server shutdown")."""
