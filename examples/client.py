@@ -10,7 +10,7 @@ import sys
 import time
 
 import fastpacket as fp
-from fastpacket.relay import JOIN, MOVE, MOVE_FORMAT
+from fastpacket.apps.relay import JOIN, MOVE, MOVE_FORMAT
 
 
 async def main(port, player_id, room, moves=10):

@@ -6,7 +6,7 @@ import zlib
 import lz4.block
 
 from fastpacket import Aggregator, FrameDecoder
-from fastpacket.benchmarks.aggregate import movement_batches, seed_batch
+from fastpacket.cli.bench.aggregate import movement_batches, seed_batch
 
 BATCHES = {"movement": lambda: movement_batches(1)[0], "seed": seed_batch}
 

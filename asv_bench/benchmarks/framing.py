@@ -1,7 +1,7 @@
 """Framing: FrameDecoder beside the plain-Python incremental decoder."""
 
 from fastpacket import FrameDecoder
-from fastpacket.benchmarks.framing import (
+from fastpacket.cli.bench.framing import (
     fastpacket_arrays,
     fastpacket_iterate,
     make_chunks,

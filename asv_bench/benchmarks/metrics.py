@@ -7,7 +7,7 @@ from collections import deque
 
 import numpy as np
 
-from fastpacket.benchmarks.metrics import MAX_VALUE, PCTS, PlainMetric, _hdr_histogram, _prometheus_histogram
+from fastpacket.cli.bench.metrics import MAX_VALUE, PCTS, PlainMetric, _hdr_histogram, _prometheus_histogram
 from fastpacket.metrics import Metric
 
 CALLS = 100_000

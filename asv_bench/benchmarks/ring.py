@@ -4,8 +4,8 @@ and FrameDecoder.feed_from(ring) beside feed(bytes)."""
 import numpy as np
 
 from fastpacket import FrameDecoder, RingBuffer
-from fastpacket.benchmarks.framing import make_stream
-from fastpacket.benchmarks.ring import numpy_copy, python_fifo, ring_write_consume
+from fastpacket.cli.bench.framing import make_stream
+from fastpacket.cli.bench.ring import numpy_copy, python_fifo, ring_write_consume
 
 
 class WriteConsume:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fastpacket.benchmarks.sendbuf import (
+from fastpacket.cli.bench.sendbuf import (
     PLAYERS,
     fastpacket_broadcast,
     fastpacket_send,

@@ -12,8 +12,7 @@ packet batches and records lock-free metrics.
 
 from fastpacket.errors import AggregateError, BufferFull, FastpacketError, ProtocolError
 from fastpacket.layout import GAME, HeaderLayout, encode
-from fastpacket.batch import Packet, PacketBatch
-from fastpacket.framing import FrameDecoder
+from fastpacket.framing import FrameDecoder, Packet, PacketBatch
 from fastpacket.ring import RingBuffer
 from fastpacket.sendbuf import SendBuffer
 from fastpacket.aggregate import Aggregator

@@ -63,13 +63,11 @@ import re
 import socket
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Type, cast
 
 from fastpacket._native import HubCore, ProtocolCore
-from fastpacket.batch import PacketBatch
-from fastpacket.errors import BufferFull
-from fastpacket.framing import FrameDecoder
+from fastpacket.framing import FrameDecoder, PacketBatch
 from fastpacket.layout import GAME, HeaderLayout
 from fastpacket.sendbuf import SendBuffer
 
@@ -105,6 +103,16 @@ class Options:
     max_connections: Optional[int] = None
     aggregator: Any = None            # fastpacket.Aggregator: pack outgoing, unwrap incoming
     registry: Any = None              # fastpacket.metrics.Registry
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Dict[str, Any]) -> "Options":
+        """Checked Options from keyword arguments (TypeError naming unknown
+        ones, ValueError/TypeError naming a bad value)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; options are {sorted(known)}")
+        return cls(**kwargs).check()
 
     def check(self) -> "Options":
         """Validates the settings (ValueError/TypeError naming the bad one); returns self."""
@@ -410,6 +418,11 @@ class PacketServer(asyncio.AbstractServer):
         self._hub = hub
 
     @property
+    def options(self) -> Options:
+        """The server's checked options (shared by its sessions; do not change them)."""
+        return self._hub.options
+
+    @property
     def sessions(self) -> Set[Session]:
         """The open sessions."""
         return self._hub.sessions
@@ -469,14 +482,6 @@ class PacketServer(asyncio.AbstractServer):
         return self._server.sockets[0].getsockname()[1]
 
 
-def _options(kwargs: Dict[str, Any]) -> Options:
-    known = set(Options.__dataclass_fields__)
-    unknown = set(kwargs) - known
-    if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)}; options are {sorted(known)}")
-    return Options(**kwargs).check()
-
-
 async def serve(handler: Optional[Handler] = None, host: str = "127.0.0.1", port: int = 0, *,
                 handlers: Optional[Dict[int, Handler]] = None,
                 on_connect: Optional[Callable[[Session], Any]] = None,
@@ -494,7 +499,7 @@ async def serve(handler: Optional[Handler] = None, host: str = "127.0.0.1", port
     if handler is None and not handlers:
         raise TypeError("serve() needs a handler or handlers")
     loop = asyncio.get_running_loop()
-    hub = _Hub(loop, _options(options), handler, handlers)
+    hub = _Hub(loop, Options.from_kwargs(options), handler, handlers)
     hub.on_close = on_close
 
     def factory() -> Session:
@@ -516,7 +521,7 @@ async def connect(host: str, port: int, handler: Optional[Handler] = None, **opt
     loop = asyncio.get_running_loop()
     options.setdefault("max_delay", 0.0)
     handlers = options.pop("handlers", None)
-    hub = _Hub(loop, _options(options), handler, handlers)
+    hub = _Hub(loop, Options.from_kwargs(options), handler, handlers)
     session = Session.__new__(Session)._setup(hub)
     if handler is None:
         session._inbox = asyncio.Queue()

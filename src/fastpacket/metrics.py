@@ -38,11 +38,11 @@ values and keeps names. Delete the file to start afresh.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import mmap
 import os
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -58,9 +58,9 @@ from fastpacket._native import (
     MetricsFile,
     Timer,
     _BUCKET_LOWER,
-    _monotonic_ns,
 )
 from fastpacket.errors import FastpacketError
+from fastpacket.system import cpu_seconds, memory_percent, rss_bytes
 
 __all__ = [
     "Alert",
@@ -75,6 +75,7 @@ __all__ = [
     "Registry",
     "Timer",
     "process_readings",
+    "serve_metrics",
 ]
 
 #: Slots in a new shared metrics file (metrics, counters and gauges together).
@@ -137,61 +138,22 @@ class Alert:
 # process readings
 
 
-def _rss_bytes() -> Optional[int]:
-    """Resident set size now: /proc/self/statm on Linux; elsewhere the peak
-    RSS from resource.getrusage (ru_maxrss: KiB, bytes on macOS); None
-    where neither exists (Windows)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
-
-
-def _memory_percent() -> Optional[float]:
-    """System memory in use, %: 100 * (1 - MemAvailable / MemTotal) from
-    /proc/meminfo; elsewhere from sysconf(SC_AVPHYS_PAGES / SC_PHYS_PAGES)
-    where both exist (free rather than available memory); else None."""
-    try:
-        fields = {}
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                key, _, rest = line.partition(b":")
-                fields[key] = int(rest.split()[0])
-        return 100.0 * (1.0 - fields[b"MemAvailable"] / fields[b"MemTotal"])
-    except (OSError, KeyError, ValueError, IndexError, ZeroDivisionError):
-        pass
-    try:
-        total = os.sysconf("SC_PHYS_PAGES")
-        avail = os.sysconf("SC_AVPHYS_PAGES")
-        return 100.0 * (1.0 - avail / total) if total > 0 else None
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 #: Shortest interval a CPU % is measured over; a reading asked for sooner
 #: repeats the previous one (None before the first).
 MIN_CPU_INTERVAL_S = 0.1
 
 
 class _CpuMeter:
-    """Process CPU % between two readings (time.process_time over the wall
-    clock: user + system time of all threads, so > 100 with several busy
-    threads)."""
+    """Process CPU % between two readings (user + system CPU time of all
+    threads over the monotonic clock, so > 100 with several busy threads)."""
 
     def __init__(self) -> None:
         self._wall = time.monotonic()
-        self._cpu = time.process_time()
+        self._cpu = cpu_seconds()
         self._last: Optional[float] = None
 
     def read(self) -> Optional[float]:
-        wall, cpu = time.monotonic(), time.process_time()
+        wall, cpu = time.monotonic(), cpu_seconds()
         dw, dc = wall - self._wall, cpu - self._cpu
         if dw < MIN_CPU_INTERVAL_S:
             return self._last
@@ -207,8 +169,8 @@ def process_readings(cpu: Optional[_CpuMeter] = None) -> Dict[str, Optional[floa
     over at least MIN_CPU_INTERVAL_S."""
     return {
         "cpu_percent": cpu.read() if cpu is not None else None,
-        "rss_bytes": _rss_bytes(),
-        "memory_percent": _memory_percent(),
+        "rss_bytes": rss_bytes(),
+        "memory_percent": memory_percent(),
     }
 
 
@@ -541,6 +503,37 @@ class PrometheusCollector:
 
 # ---------------------------------------------------------------------------
 # shared file
+
+
+# ---------------------------------------------------------------------------
+# /metrics over HTTP
+
+
+async def serve_metrics(registry: Any, host: str = "127.0.0.1", port: int = 9100) -> asyncio.Server:
+    """Serve ``registry.exposition()`` (Prometheus text format 0.0.4) at
+    ``GET /metrics`` on the running loop; the asyncio.Server."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET /metrics\n"
+            elif path.split("?", 1)[0] in ("/metrics", "/metrics/"):
+                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+                body = registry.exposition().encode()
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics\n"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         f"Connection: close\r\n\r\n".encode() + (body if method != "HEAD" else b""))
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
 
 
 def _open_shared(path: str, slots: int) -> MetricsFile:

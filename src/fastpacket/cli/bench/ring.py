@@ -15,7 +15,7 @@ from typing import List
 import numpy as np
 
 from fastpacket import RingBuffer
-from fastpacket.benchmarks._harness import Row, interleaved_medians
+from fastpacket.cli.bench._harness import Row, interleaved_medians
 
 CHUNK = 64 << 10
 LOOPS, QUICK_LOOPS = 2000, 200

@@ -12,18 +12,18 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Dict, List
 
-from fastpacket.benchmarks._harness import Row, interleaved_medians
+from fastpacket.cli.bench._harness import Row, interleaved_medians
 
 __all__ = ["Row", "SECTIONS", "interleaved_medians", "run_sections"]
 
-#: section name -> module under fastpacket.benchmarks providing run(quick)
+#: section name -> module under fastpacket.cli.bench providing run(quick)
 SECTIONS: Dict[str, str] = {
-    "framing": "fastpacket.benchmarks.framing",
-    "ring": "fastpacket.benchmarks.ring",
-    "sendbuf": "fastpacket.benchmarks.sendbuf",
-    "aggregate": "fastpacket.benchmarks.aggregate",
-    "metrics": "fastpacket.benchmarks.metrics",
-    "echo": "fastpacket.benchmarks.echo",
+    "framing": "fastpacket.cli.bench.framing",
+    "ring": "fastpacket.cli.bench.ring",
+    "sendbuf": "fastpacket.cli.bench.sendbuf",
+    "aggregate": "fastpacket.cli.bench.aggregate",
+    "metrics": "fastpacket.cli.bench.metrics",
+    "echo": "fastpacket.cli.bench.echo",
 }
 
 

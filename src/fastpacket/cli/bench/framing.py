@@ -13,7 +13,7 @@ import struct
 from typing import List, Tuple
 
 from fastpacket import FrameDecoder, PacketBatch
-from fastpacket.benchmarks._harness import Row, interleaved_medians
+from fastpacket.cli.bench._harness import Row, interleaved_medians
 
 STREAM_BYTES = 16 << 20
 QUICK_STREAM_BYTES = 1 << 20

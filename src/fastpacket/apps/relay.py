@@ -1,5 +1,5 @@
-"""A game-style relay: the application ``fastpacket demo`` and
-``fastpacket serve`` run, and examples/relay.py shows.
+"""A game-style relay: the application ``fastpacket demo`` runs and
+``fastpacket serve relay`` serves (examples/relay.py serves it too).
 
 Players join rooms; every MOVE packet a player sends is relayed,
 byte-for-byte (header and seq as sent), to every player of its room, the
@@ -29,9 +29,9 @@ work is per burst and per room member, not per packet.
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-from fastpacket.batch import PacketBatch
+from fastpacket.framing import PacketBatch
 
 __all__ = ["MOVE", "JOIN", "LEAVE", "MOVE_FORMAT", "MOVE_SIZE", "Relay"]
 
@@ -47,8 +47,9 @@ _ROOM = struct.Struct("<I")
 class Relay:
     """Room membership and the packet handlers of the relay.
 
-    ``fp.aio.serve(**relay.serve_kwargs(), ...)`` or, by hand,
-    ``serve(handlers=relay.handlers, on_close=relay.on_close, ...)``.
+    An app in the runtime's sense (``handlers`` and ``on_close``): serve it
+    with ``fastpacket serve relay`` or, in code,
+    ``fp.aio.serve(handlers=relay.handlers, on_close=relay.on_close, ...)``.
     ``rooms`` is the number of rooms players land in when they move before
     joining. One Relay serves one event loop (it is not thread-safe).
     """
@@ -59,10 +60,6 @@ class Relay:
         self.rooms = rooms
         self.members: Dict[int, List[Any]] = {}
         self.handlers = {MOVE: self.on_move, JOIN: self.on_join, LEAVE: self.on_leave}
-
-    def serve_kwargs(self) -> Dict[str, Any]:
-        """The keyword arguments of ``fp.aio.serve`` that wire this relay in."""
-        return {"handlers": self.handlers, "on_close": self.on_close}
 
     # -- membership ------------------------------------------------------------------
 
@@ -91,10 +88,6 @@ class Relay:
                 pass
             if not members:
                 del self.members[room]
-
-    def room_of(self, session: Any) -> Optional[int]:
-        """The room a session has joined, or None."""
-        return session.__dict__.get("room")
 
     # -- handlers (called by the adapter once per burst per type) ---------------------
 

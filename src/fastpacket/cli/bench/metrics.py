@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from fastpacket.benchmarks._harness import Row, interleaved_medians
+from fastpacket.cli.bench._harness import Row, interleaved_medians
 from fastpacket.metrics import Metric
 
 MAX_VALUE = 1_000_000

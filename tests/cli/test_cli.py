@@ -11,7 +11,6 @@ import re
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -24,9 +23,9 @@ import pytest
 import fastpacket as fp
 from fastpacket import aio
 from fastpacket.cli import format_markdown, main
-from fastpacket.benchmarks import Row
-from fastpacket.loadgen import move_dtype, move_load
-from fastpacket.relay import JOIN, LEAVE, MOVE, MOVE_FORMAT, Relay
+from fastpacket.cli.bench import Row
+from fastpacket.cli.loadgen import move_dtype, move_load
+from fastpacket.apps.relay import MOVE, MOVE_FORMAT, Relay
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -218,58 +217,18 @@ def test_serve_rejects_bad_limits(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# the relay in process
+# the load generator in process
 
 
 def move(x, t=0, pad=0):
     return MOVE_FORMAT.pack(x, 0, 0, t) + b"\0" * pad
 
 
-def test_relay_rooms():
-    async def main_():
-        relay = Relay(rooms=2)
-        server = await aio.serve(host="127.0.0.1", port=0, **relay.serve_kwargs())
-        a, b, c = [await aio.connect("127.0.0.1", server.port) for _ in range(3)]
-        a.send(JOIN, struct.pack("<I", 7), player_id=1)
-        b.send(JOIN, struct.pack("<I", 7), player_id=2)
-        c.send(MOVE, move(5), player_id=4)  # no JOIN: room 4 % 2 = 0
-        got_c = await c.recv(5.0)
-        assert [(p.type, p.player_id) for p in got_c] == [(MOVE, 4)]  # its own copy only
-        await asyncio.sleep(0.05)
-        a.send(MOVE, move(1), player_id=1)
-        a.send(MOVE, move(2), player_id=1)
-        for s in (a, b):
-            got = []
-            while len(got) < 2:
-                got.extend(await s.recv(5.0))
-            assert [MOVE_FORMAT.unpack_from(p.payload)[0] for p in got] == [1, 2]
-            assert {p.player_id for p in got} == {1}
-        assert sorted(relay.members) == [0, 7] and len(relay.members[7]) == 2
-        with pytest.raises(asyncio.TimeoutError):  # room 0 hears nothing of room 7
-            await c.recv(0.1)
-        b.send(LEAVE, b"", player_id=2)
-        await asyncio.sleep(0.05)
-        assert len(relay.members[7]) == 1
-        b.send(JOIN, b"\x01", player_id=2)  # too short
-        assert (await asyncio.wait_for(b.wait_closed(), 5.0)) == "peer closed"
-        for s in (a, c):
-            s.close()
-        deadline = time.monotonic() + 5
-        while relay.members and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert relay.members == {}
-        assert any(k.startswith("bad JOIN") for k in server.closes)
-        server.close()
-        await server.wait_closed()
-
-    asyncio.run(asyncio.wait_for(main_(), 30))
-
-
 def test_move_load_in_process_counts_and_rtt():
     async def main_():
         reg = fp.Registry()
         relay = Relay()
-        server = await aio.serve(host="127.0.0.1", port=0, registry=reg, **relay.serve_kwargs())
+        server = await aio.serve(host="127.0.0.1", port=0, registry=reg, handlers=relay.handlers, on_close=relay.on_close)
         starts, stops, progress = [], [], []
         r = await move_load("127.0.0.1", server.port, connections=4, rooms=2, seconds=0.6, window=4,
                             payload_size=32, on_start=lambda: starts.append(1), on_stop=lambda: stops.append(1),
@@ -318,7 +277,7 @@ def test_bench_markdown_table():
 # examples/
 
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples")
 
 
 @pytest.fixture

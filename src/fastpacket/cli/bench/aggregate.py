@@ -28,7 +28,7 @@ import lz4.block
 import numpy as np
 
 from fastpacket import Aggregator, FrameDecoder, PacketBatch
-from fastpacket.benchmarks._harness import Row, interleaved_medians
+from fastpacket.cli.bench._harness import Row, interleaved_medians
 
 MOVEMENT_PACKETS = 100
 MOVEMENT_PLAYERS = 20

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Union
 import numpy as np
 
 from fastpacket import SendBuffer
-from fastpacket.benchmarks._harness import Row, interleaved_medians
+from fastpacket.cli.bench._harness import Row, interleaved_medians
 
 HEADER = struct.Struct("<HHII")
 PAYLOAD = bytes(range(40))

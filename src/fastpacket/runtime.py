@@ -1,18 +1,27 @@
-"""Running a packet server as a program: ``fastpacket serve``.
+"""The runtime: serving an application in one process or in N worker
+processes, until SIGINT or SIGTERM (``fastpacket serve`` is a thin argument
+parser over it).
 
-``run(config)`` serves one application (the relay of fastpacket.relay, or
-echo) until SIGINT or SIGTERM, in this process (``workers=1``) or in N
+An application is named by an import string ``"package.module:attr"`` (the
+built-in ones live in ``fastpacket.apps``): ``attr`` is a handler function
+``handler(session, batch)``, or an object with ``handler`` or ``handlers``
+(a dict ``{type: handler}``) and optionally ``on_connect(session)`` and
+``on_close(session)``; with ``factory=True`` it is a callable that returns
+such an object, called with ``app_args``. Worker processes import it by
+that name, so it must be importable from a fresh interpreter.
+
+``run(config, workers)`` serves in this process (``workers=1``) or in N
 worker processes that each listen on the same port with SO_REUSEPORT (the
 kernel spreads new connections over them; Linux, and BSDs with their own
 balancing). The parent supervises: it restarts a worker that dies, and on
-SIGINT/SIGTERM sends SIGTERM to every worker, each of which stops listening,
-flushes and closes its sessions ("server shutdown") and exits 0.
+SIGINT/SIGTERM sends SIGTERM to every worker, each of which stops
+listening, flushes and closes its sessions ("server shutdown") and exits 0.
 
 Metrics: the workers of one server record into one shared-memory Registry
 (``fp.Registry(shared=path)``, a file in a private temporary directory
-removed at exit), so ``metrics_port`` serves the whole server's Prometheus
-text at ``http://metrics_host:metrics_port/metrics`` (a minimal asyncio HTTP
-responder: GET/HEAD only, no dependency).
+removed at exit), so ``metrics`` serves the whole server's Prometheus text
+at ``http://metrics_host:metrics_port/metrics``
+(``fastpacket.metrics.serve_metrics``).
 
 Where SO_REUSEPORT is missing, ``workers > 1`` falls back to one worker with
 a logged warning.
@@ -21,6 +30,7 @@ a logged warning.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import multiprocessing as mp
 import os
@@ -32,60 +42,94 @@ import time
 from dataclasses import dataclass, field, asdict
 from typing import Any, Callable, Dict, List, Optional
 
-__all__ = ["ServerConfig", "app_kwargs", "start_server", "serve_metrics", "run", "reuse_port_available"]
+from fastpacket.system import LOOPS, new_event_loop, raise_nofile
 
-log = logging.getLogger("fastpacket.server")
+__all__ = ["ServerConfig", "load_app", "app_kwargs", "start_server", "run", "reuse_port_available"]
 
-APPS = ("relay", "echo")
+log = logging.getLogger("fastpacket.runtime")
 
 
 @dataclass
 class ServerConfig:
-    """What ``fastpacket serve`` runs. ``options`` are fastpacket.aio.Options
-    fields (limits, buffers) passed to ``fp.aio.serve``."""
+    """What ``run`` serves. ``app`` is an import string ``"module:attr"``
+    (with ``factory=True``, attr is called with ``app_args`` to make the
+    app); ``options`` are fastpacket.aio.Options fields (limits, buffers)
+    passed to ``fp.aio.serve``."""
 
     host: str = "127.0.0.1"
     port: int = 7777
-    app: str = "relay"
-    rooms: int = 16
-    uvloop: bool = False
+    app: str = "fastpacket.apps.relay:Relay"
+    factory: bool = True
+    app_args: Dict[str, Any] = field(default_factory=dict)
+    loop: str = "asyncio"
     compress: bool = False
     compress_threshold: int = 256     # bytes: a relay's bursts are small, the Aggregator's default is 1024
     options: Dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> "ServerConfig":
         """Validates the settings (ValueError naming the bad one); returns self."""
-        if self.app not in APPS:
-            raise ValueError(f"app must be one of {APPS}, got {self.app!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if self.uvloop:
+        if self.loop not in LOOPS:
+            raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
+        if self.loop == "uvloop":
             try:
                 import uvloop  # noqa: F401
             except ImportError:
                 raise ValueError("uvloop is not installed (pip install uvloop)") from None
-        from fastpacket.aio import _options
+        from fastpacket.aio import Options
 
-        _options(dict(self.options))  # unknown or bad limits raise here, before any process starts
+        Options.from_kwargs(dict(self.options))  # unknown or bad limits raise here, before any process starts
+        app_kwargs(load_app(self.app, self.factory, self.app_args))  # so does an app that cannot be served
         return self
 
 
-def _echo(session: Any, batch: Any) -> None:
-    session.send_batch(batch)
+def load_app(spec: str, factory: bool = False, app_args: Optional[Dict[str, Any]] = None) -> Any:
+    """The application an import string ``"package.module:attr"`` names
+    (``attr`` may be dotted); with ``factory``, ``attr(**app_args)``.
+    ValueError when the string is malformed or names nothing."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"app must be 'module:attribute', got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"app {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"app {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+    if factory:
+        if not callable(obj):
+            raise ValueError(f"app {spec!r} is not callable, so it cannot be a factory")
+        obj = obj(**(app_args or {}))
+    elif app_args:
+        raise ValueError(f"app {spec!r}: app_args are only for factories")
+    return obj
 
 
-def app_kwargs(config: ServerConfig) -> Dict[str, Any]:
-    """``fp.aio.serve`` keyword arguments for the configured application."""
-    if config.app == "echo":
-        return {"handler": _echo}
-    from fastpacket.relay import Relay
-
-    return Relay(config.rooms).serve_kwargs()
+def app_kwargs(app: Any) -> Dict[str, Any]:
+    """The ``fp.aio.serve`` keyword arguments that serve `app` (a handler
+    function, or an object with handler/handlers and on_connect/on_close)."""
+    handler = getattr(app, "handler", None)
+    handlers = getattr(app, "handlers", None)
+    if handler is None and handlers is None:
+        if not callable(app):
+            raise ValueError(f"{app!r} is not an app: it has no handler or handlers and is not callable")
+        return {"handler": app}
+    kwargs: Dict[str, Any] = {"handler": handler, "handlers": handlers}
+    for hook in ("on_connect", "on_close"):
+        fn = getattr(app, hook, None)
+        if fn is not None:
+            kwargs[hook] = fn
+    return kwargs
 
 
 async def start_server(config: ServerConfig, registry: Any = None, reuse_port: bool = False,
-                       port: Optional[int] = None) -> Any:
-    """Start the configured application on the running loop; the PacketServer."""
+                       port: Optional[int] = None, app: Any = None) -> Any:
+    """Start the configured application (or `app`, already loaded) on the
+    running loop; the PacketServer."""
     from fastpacket import aio
 
     options = dict(config.options)
@@ -95,39 +139,10 @@ async def start_server(config: ServerConfig, registry: Any = None, reuse_port: b
         options["aggregator"] = Aggregator("lz4", threshold=config.compress_threshold)
     if registry is not None:
         options["registry"] = registry
+    if app is None:
+        app = load_app(config.app, config.factory, config.app_args)
     return await aio.serve(host=config.host, port=config.port if port is None else port, reuse_port=reuse_port,
-                           **app_kwargs(config), **options)
-
-
-# ---------------------------------------------------------------------------
-# /metrics over HTTP
-
-
-async def serve_metrics(registry: Any, host: str = "127.0.0.1", port: int = 9100) -> asyncio.Server:
-    """Serve ``registry.exposition()`` (Prometheus text format 0.0.4) at
-    ``GET /metrics`` on the running loop; the asyncio.Server."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
-            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-            method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            if method not in ("GET", "HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET /metrics\n"
-            elif path.split("?", 1)[0] in ("/metrics", "/metrics/"):
-                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
-                body = registry.exposition().encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics\n"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         f"Connection: close\r\n\r\n".encode() + (body if method != "HEAD" else b""))
-            await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port)
+                           **app_kwargs(app), **options)
 
 
 # ---------------------------------------------------------------------------
@@ -146,23 +161,6 @@ def reuse_port_available() -> bool:
         return False
 
 
-def _new_loop(uvloop: bool) -> asyncio.AbstractEventLoop:
-    from fastpacket.loadgen import new_event_loop
-
-    return new_event_loop(uvloop)
-
-
-def _raise_nofile() -> None:
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 16, hard))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
 async def _serve_until_stopped(config: ServerConfig, registry: Any, reuse_port: bool, port: Optional[int],
                                metrics: Optional[tuple], on_ready: Callable[[Dict[str, Any]], Any],
                                stop: asyncio.Future) -> Dict[str, int]:
@@ -170,6 +168,8 @@ async def _serve_until_stopped(config: ServerConfig, registry: Any, reuse_port: 
     metrics_server = None
     info: Dict[str, Any] = {"host": config.host, "port": server.port, "pid": os.getpid()}
     if metrics is not None:
+        from fastpacket.metrics import serve_metrics
+
         metrics_server = await serve_metrics(registry, *metrics)
         info["metrics_port"] = metrics_server.sockets[0].getsockname()[1]
     on_ready(info)
@@ -198,8 +198,8 @@ def run_single(config: ServerConfig, metrics: Optional[tuple] = None,
     """Serve in this process until SIGINT/SIGTERM; 0 after a clean stop."""
     from fastpacket.metrics import Registry
 
-    _raise_nofile()
-    loop = _new_loop(config.uvloop)
+    raise_nofile()
+    loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
     try:
         stop = loop.create_future()
@@ -220,9 +220,9 @@ def _worker_main(config: Dict[str, Any], registry_path: str, port: int, index: i
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     from fastpacket.metrics import Registry
 
-    _raise_nofile()
+    raise_nofile()
     cfg = ServerConfig(**config)
-    loop = _new_loop(cfg.uvloop)
+    loop = new_event_loop(cfg.loop)
     asyncio.set_event_loop(loop)
     parent = os.getppid()
     stop = loop.create_future()
@@ -319,7 +319,7 @@ def run_workers(config: ServerConfig, workers: int, metrics: Optional[tuple] = N
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     reserve = socket.socket(family, socket.SOCK_STREAM)
     sup: Optional[_Supervisor] = None
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     try:
         reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         reserve.bind((config.host, config.port))
@@ -337,6 +337,8 @@ def run_workers(config: ServerConfig, workers: int, metrics: Optional[tuple] = N
         info: Dict[str, Any] = {"host": config.host, "port": port, "pid": os.getpid(),
                                 "workers": [i["pid"] for i in infos]}
         if metrics is not None:
+            from fastpacket.metrics import serve_metrics
+
             metrics_server = loop.run_until_complete(serve_metrics(registry, *metrics))
             info["metrics_port"] = metrics_server.sockets[0].getsockname()[1]
         on_ready(info)

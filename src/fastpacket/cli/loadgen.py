@@ -10,7 +10,7 @@ packet in flight on a blocking socket.
 
 The movement load (``move_load``/``run_move_load``, behind ``fastpacket
 load`` and ``fastpacket demo``) plays simulated players against a relay
-(fastpacket.relay) or any echo server: each connection is one player
+(fastpacket.apps.relay) or any echo server: each connection is one player
 (player_id = ``first_player_id`` + its index) that JOINs a room and sends
 MOVE packets, either at ``rate`` packets/s or pipelined (``window`` of its
 own MOVEs in flight: a new one goes out as each comes back). Replies are
@@ -35,7 +35,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from fastpacket.batch import PacketBatch
+from fastpacket.framing import PacketBatch
+from fastpacket.system import new_event_loop
 
 __all__ = ["EchoLoadResult", "MoveLoadResult", "build_block", "move_load", "run_echo_load", "run_move_load",
            "ping_pong", "percentile"]
@@ -167,27 +168,23 @@ async def _echo_load(host: str, port: int, connections: int, seconds: float, blo
 
 
 def run_echo_load(host: str, port: int, connections: int = 32, seconds: float = 3.0, block_packets: int = 64,
-                  window_blocks: int = 4, uvloop: bool = True, drain_timeout: float = 10.0,
+                  window_blocks: int = 4, loop: str = "uvloop", drain_timeout: float = 10.0,
                   ready: Optional[Callable[[], None]] = None) -> EchoLoadResult:
     """Drive an echo server with `connections` pipelining connections for
     `seconds`; each keeps `window_blocks` blocks of `block_packets` packets
-    in flight. Uses uvloop when asked and installed. `ready()`, if given, is
+    in flight, on a `loop` event loop (asyncio's when uvloop is asked for
+    and missing). `ready()`, if given, is
     called once every connection is open, just before the load starts (a
     benchmark starts its CPU clock there)."""
     coro = _echo_load(host, port, connections, seconds, block_packets, window_blocks, drain_timeout, ready)
-    if uvloop:
-        try:
-            import uvloop as _uvloop
-
-            loop: asyncio.AbstractEventLoop = _uvloop.new_event_loop()
-        except ImportError:
-            loop = asyncio.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(coro)
+        ev = new_event_loop(loop)
+    except ImportError:
+        ev = new_event_loop("asyncio")
+    try:
+        return ev.run_until_complete(coro)
     finally:
-        loop.close()
+        ev.close()
 
 
 def ping_pong(host: str, port: int, rounds: int = 2000, payload: int = 32, warmup: int = 200,
@@ -269,7 +266,7 @@ class MoveLoadResult:
 def move_dtype(payload_size: int) -> np.dtype:
     """The wire record of one MOVE packet with a `payload_size`-byte payload
     (GAME header, x, y, z, sent_ns, padding)."""
-    from fastpacket.relay import MOVE_SIZE
+    from fastpacket.apps.relay import MOVE_SIZE
 
     if payload_size < MOVE_SIZE:
         raise ValueError(f"payload_size must be >= {MOVE_SIZE} (x, y, z, sent_ns), got {payload_size}")
@@ -374,7 +371,7 @@ async def move_load(host: str, port: int, *, connections: int = 50, seconds: flo
     (before the drain).
     """
     from fastpacket import aio
-    from fastpacket.relay import JOIN, MOVE
+    from fastpacket.apps.relay import JOIN, MOVE
 
     if connections < 1:
         raise ValueError(f"connections must be >= 1, got {connections}")
@@ -479,19 +476,10 @@ def _progress(players: List[_Player], elapsed: float) -> Dict[str, Any]:
             "connections": sum(1 for p in players if not p.session.closed)}
 
 
-def new_event_loop(uvloop: bool = False) -> asyncio.AbstractEventLoop:
-    """A fresh event loop: uvloop's when asked (ImportError if missing), else asyncio's."""
-    if uvloop:
-        import uvloop as _uvloop
-
-        return _uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def run_move_load(host: str, port: int, *, uvloop: bool = False, **kwargs: Any) -> MoveLoadResult:
-    """``move_load`` on a fresh event loop (uvloop's when asked)."""
-    loop = new_event_loop(uvloop)
+def run_move_load(host: str, port: int, *, loop: str = "asyncio", **kwargs: Any) -> MoveLoadResult:
+    """``move_load`` on a fresh event loop of kind `loop`."""
+    ev = new_event_loop(loop)
     try:
-        return loop.run_until_complete(move_load(host, port, **kwargs))
+        return ev.run_until_complete(move_load(host, port, **kwargs))
     finally:
-        loop.close()
+        ev.close()

@@ -2,7 +2,7 @@
 ``transport.write`` per ``data_received``) beside the fastpacket echo
 (``handler = lambda s, b: s.send_batch(b)``), on asyncio's default loop and
 on uvloop, each server in its own process, driven by a non-parsing load
-client in another process (fastpacket.loadgen).
+client in another process (fastpacket.cli.loadgen).
 
 Reported: packets/s echoed, server CPU µs per packet (the server process's
 own CPU time over the load phase), ping-pong RTT p50/p99 with one packet in
@@ -19,9 +19,10 @@ import statistics
 import struct
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
-from fastpacket.benchmarks._harness import Row
+from fastpacket.cli.bench._harness import Row
+from fastpacket.system import new_event_loop, raise_nofile, rss_bytes
 
 HEADER = struct.Struct("<HHII")
 _CTX = mp.get_context("spawn")  # servers and load clients start clean, whatever the parent imported
@@ -60,42 +61,15 @@ class PlainEchoProtocol(asyncio.Protocol):
         del buf[:pos]
 
 
-def _new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
-    if loop_kind == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def _rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; ru_maxrss elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 async def _count_sessions(server: Any) -> int:
     return len(getattr(server, "sessions", ())) or -1
-
-
-def _raise_nofile(need: int) -> None:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard) if hard != resource.RLIM_INFINITY else need, hard))
 
 
 def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
     """Runs one echo server until told to stop; answers 'cpu' with its own
     process CPU time so the parent can measure the load phase alone."""
-    _raise_nofile(16384)
-    loop = _new_loop(loop_kind)
+    raise_nofile(16384)
+    loop = new_event_loop(loop_kind)
     asyncio.set_event_loop(loop)
 
     async def start() -> Any:
@@ -103,7 +77,9 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
             return await loop.create_server(PlainEchoProtocol, "127.0.0.1", 0)
         import fastpacket as fp
 
-        return await fp.aio.serve(lambda s, b: s.send_batch(b), "127.0.0.1", 0)
+        from fastpacket.apps.echo import echo
+
+        return await fp.aio.serve(echo, "127.0.0.1", 0)
 
     server = loop.run_until_complete(start())
     conn.send(server.sockets[0].getsockname()[1])
@@ -116,7 +92,7 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
                 t = os.times()
                 conn.send((t.user, t.system))
             elif msg == "rss":
-                conn.send(_rss_bytes())
+                conn.send(rss_bytes())
             elif msg == "sessions":
                 fut = asyncio.run_coroutine_threadsafe(_count_sessions(server), loop)
                 conn.send(fut.result(10))
@@ -132,7 +108,7 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
 
 
 def _load_process(port: int, connections: int, seconds: float, conn: Any) -> None:
-    from fastpacket.loadgen import run_echo_load
+    from fastpacket.cli.loadgen import run_echo_load
 
     def ready() -> None:
         conn.send("ready")
@@ -179,7 +155,7 @@ def measure_echo(impl: str, loop_kind: str, connections: int, seconds: float, rt
         load.join(10)
         if not result["ok"]:
             raise RuntimeError(f"{impl} echo on {loop_kind} lost or corrupted data: {result['errors'][:3]}")
-        from fastpacket.loadgen import ping_pong
+        from fastpacket.cli.loadgen import ping_pong
 
         rtt = ping_pong("127.0.0.1", port, rounds=rtt_rounds)
     n = max(result["packets"], 1)
@@ -205,7 +181,7 @@ def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
 def _idle_process(port: int, n: int, conn: Any) -> None:
     import socket
 
-    _raise_nofile(n + 256)
+    raise_nofile(n + 256)
     socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
     conn.send(len(socks))
     conn.recv()  # hold them until told

@@ -1,0 +1,261 @@
+"""The ``fastpacket`` command: argument parsing and the serve, load and
+bench commands (demo lives in fastpacket.cli.demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+from fastpacket.cli.bench import SECTIONS, run_sections
+from fastpacket.system import new_event_loop
+from fastpacket.cli.report import (FAILED, OK, USAGE, Progress, fmt_closes, fmt_rtt, fmt_savings, format_markdown,
+                                   format_rate, format_report, format_table)
+
+__all__ = ["build_parser", "main", "load_kwargs", "check_load_args"]
+
+
+def loop_kind(args: argparse.Namespace) -> str:
+    """The event loop kind the --uvloop flag asks for."""
+    return "uvloop" if getattr(args, "uvloop", False) else "asyncio"
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    names = args.sections or list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        print(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}", file=sys.stderr)
+        return USAGE
+    progress = (lambda s: print(f"measuring {s} ...", file=sys.stderr, flush=True)) if sys.stderr.isatty() else (lambda s: None)
+    rows = run_sections(names, quick=args.quick, progress=progress)
+    note = ("rates are medians of interleaved repetitions; 'vs plain' is the same-run ratio "
+            "to the plain-Python way of doing the same job")
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+    elif args.markdown:
+        print(format_markdown(rows))
+        print(f"\n{note} (`fastpacket bench{' --quick' if args.quick else ''}`, Python "
+              f"{sys.version.split()[0]}, {os.cpu_count()} CPUs)")
+    else:
+        print(format_table(rows))
+        print(f"\n{note}")
+    return OK
+
+
+def load_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """``move_load`` keyword arguments from the load options."""
+    return {"connections": args.connections, "seconds": args.seconds, "rate": args.rate, "window": args.window,
+            "payload_size": args.payload, "rooms": args.rooms,
+            "compress": args.compress, "compress_threshold": args.compress_threshold}
+
+
+def check_load_args(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with the load options, or None."""
+    if args.connections < 1:
+        return f"--connections must be >= 1, got {args.connections}"
+    if not args.seconds > 0:
+        return f"--seconds must be > 0, got {args.seconds}"
+    if args.rate < 0:
+        return f"--rate must be >= 0, got {args.rate}"
+    if args.window < 1:
+        return f"--window must be >= 1, got {args.window}"
+    from fastpacket.apps.relay import MOVE_SIZE
+
+    if not MOVE_SIZE <= args.payload <= 65535 - 12:
+        return f"--payload must be in [{MOVE_SIZE}, {65535 - 12}] bytes, got {args.payload}"
+    if args.rooms is not None and args.rooms < 1:
+        return f"--rooms must be >= 1, got {args.rooms}"
+    if getattr(args, "uvloop", False):
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return "--uvloop: uvloop is not installed (pip install uvloop)"
+    return None
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from fastpacket.cli.loadgen import move_load
+
+    problem = check_load_args(args)
+    if problem:
+        print(f"fastpacket load: {problem}", file=sys.stderr)
+        return USAGE
+    progress = Progress()
+
+    def on_progress(p: Dict[str, Any]) -> None:
+        rate = p["sent"] / p["elapsed"] if p["elapsed"] else 0.0
+        progress.show(f"{p['elapsed']:5.1f}/{args.seconds:g} s  {format_rate(rate)} packets/s sent  "
+                      f"{format_rate(p['received'] / p['elapsed'] if p['elapsed'] else 0)} received  "
+                      f"{p['connections']} connections")
+
+    loop = new_event_loop(loop_kind(args))
+    try:
+        result = loop.run_until_complete(move_load(args.host, args.port, on_progress=on_progress,
+                                                   **load_kwargs(args)))
+    except ConnectionError as exc:
+        progress.clear()
+        print(f"fastpacket load: {exc}", file=sys.stderr)
+        return FAILED
+    finally:
+        loop.close()
+    progress.clear()
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        r = result
+        rows = [
+            ("load", f"{r.connections} players in {r.rooms} rooms, {r.mode}, {r.seconds:.1f} s"),
+            ("packets/s sent", f"{format_rate(r.sent_per_s)} (MOVEs)"),
+            ("packets/s received", f"{format_rate(r.received_per_s)} (own echoes and relayed MOVEs)"),
+            ("round trips/s", format_rate(r.echoed_per_s)),
+            ("MB/s sent / received", f"{r.bytes_sent / r.seconds / 1e6:.1f} / {r.bytes_received / r.seconds / 1e6:.1f}"),
+            ("RTT p50 / p95 / p99 / max", fmt_rtt(r.rtt_us)),
+            ("compression savings", fmt_savings(r.compression)),
+            ("closes by reason", fmt_closes(r.closes)),
+        ]
+        print(format_report(f"fastpacket load against {args.host}:{args.port}", rows))
+    for e in result.errors[:10]:
+        print(f"fastpacket load: {e}", file=sys.stderr)
+    return OK if result.ok else FAILED
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from fastpacket.runtime import ServerConfig, run
+
+    options: Dict[str, Any] = {}
+    for name in ("max_packet_size", "packets_per_s", "bytes_per_s", "rate_burst", "rate_policy", "idle_timeout",
+                 "max_connections", "max_pending_bytes", "write_timeout"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    if "max_packet_size" in options:
+        options.setdefault("recv_buffer", max(65536, options["max_packet_size"]))
+        options.setdefault("send_buffer", max(65536, options["max_packet_size"]))
+        options.setdefault("max_pending_bytes", max(1 << 20, options["send_buffer"]))
+    from fastpacket.apps import BUILTIN
+
+    spec, factory = BUILTIN[args.app]
+    config = ServerConfig(host=args.host, port=args.port, app=spec, factory=factory,
+                          app_args={"rooms": args.rooms} if args.app == "relay" else {}, loop=loop_kind(args),
+                          compress=args.compress, compress_threshold=args.compress_threshold, options=options)
+    try:
+        config.check()
+    except (ValueError, TypeError) as exc:
+        print(f"fastpacket serve: {exc}", file=sys.stderr)
+        return USAGE
+    if args.workers < 1:
+        print(f"fastpacket serve: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return USAGE
+    metrics = (args.metrics_host, args.metrics_port) if args.metrics_port is not None else None
+
+    def on_ready(info: Dict[str, Any]) -> None:
+        workers = info.get("workers")
+        where = f"{len(workers)} workers (pids {' '.join(map(str, workers))})" if workers else f"pid {info['pid']}"
+        line = f"fastpacket serve: {args.app} on {info['host']}:{info['port']}, {where}"
+        if "metrics_port" in info:
+            line += f", metrics at http://{args.metrics_host}:{info['metrics_port']}/metrics"
+        print(line + "; Ctrl-C to stop", flush=True)
+
+    try:
+        code = run(config, args.workers, metrics, on_ready)
+    except OSError as exc:
+        print(f"fastpacket serve: {exc}", file=sys.stderr)
+        return FAILED
+    except RuntimeError as exc:
+        print(f"fastpacket serve: {exc}", file=sys.stderr)
+        return FAILED
+    print("fastpacket serve: stopped" if code == OK else "fastpacket serve: stopped with errors", flush=True)
+    return code
+
+
+def _add_load_args(p: argparse.ArgumentParser, connections: int, seconds: float) -> None:
+    p.add_argument("--connections", type=int, default=connections, help=f"simulated players (default {connections})")
+    p.add_argument("--seconds", type=float, default=seconds, help=f"sending time (default {seconds:g})")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="MOVE packets/s per connection; 0 (default): pipelined, --window in flight")
+    p.add_argument("--window", type=int, default=16, help="own MOVEs in flight per connection when pipelined (default 16)")
+    p.add_argument("--payload", type=int, default=20, help="MOVE payload bytes, >= 20 (default 20)")
+    p.add_argument("--rooms", type=int, default=None, help="rooms the players join (default: one per 10 players)")
+    p.add_argument("--compress", action="store_true", help="lz4 aggregation on both ends")
+    p.add_argument("--compress-threshold", type=int, default=256,
+                   help="compress a burst of at least this many bytes (default 256)")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fastpacket`` command."""
+    from fastpacket.aio import Options
+
+    parser = argparse.ArgumentParser(prog="fastpacket", description="fastpacket: the packet core for Python real-time servers")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="a game relay and a load generator on 127.0.0.1, then a table",
+                          description="Starts a game relay server (this process) and a load generator (another "
+                                      "process) on 127.0.0.1, runs for --seconds, prints what the server did.")
+    _add_load_args(demo, connections=50, seconds=10.0)
+    from fastpacket.cli.demo import cmd_demo
+
+    demo.set_defaults(func=cmd_demo)
+
+    d = Options()
+    serve = sub.add_parser("serve", help="run the relay (or echo) server until Ctrl-C / SIGTERM",
+                           description="Serve until SIGINT or SIGTERM. Limits default to fastpacket.aio.Options.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    serve.add_argument("--port", type=int, default=7777, help="TCP port (default 7777; 0: any free one)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes sharing the port with SO_REUSEPORT (default 1: in this process)")
+    serve.add_argument("--app", choices=["relay", "echo"], default="relay", help="what to serve (default relay)")
+    serve.add_argument("--rooms", type=int, default=16, help="relay rooms for players that move before joining (default 16)")
+    serve.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    serve.add_argument("--compress", action="store_true", help="lz4 aggregation of outgoing bursts")
+    serve.add_argument("--compress-threshold", type=int, default=256,
+                       help="compress a burst of at least this many bytes (default 256)")
+    serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus text at /metrics on this port")
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    limits = serve.add_argument_group("per-connection limits")
+    limits.add_argument("--max-packet-size", type=int, default=None, help=f"bytes (default {d.max_packet_size})")
+    limits.add_argument("--packets-per-s", type=float, default=None, help="token-bucket rate, 0: unlimited (default 0)")
+    limits.add_argument("--bytes-per-s", type=float, default=None, help="token-bucket rate, 0: unlimited (default 0)")
+    limits.add_argument("--rate-burst", type=float, default=None, help=f"seconds of rate in the bucket (default {d.rate_burst:g})")
+    limits.add_argument("--rate-policy", choices=["drop", "close"], default=None, help="over the rate (default drop)")
+    limits.add_argument("--idle-timeout", type=float, default=None, help="seconds without a packet (default: none)")
+    limits.add_argument("--max-connections", type=int, default=None, help="per worker (default: none)")
+    limits.add_argument("--max-pending-bytes", type=int, default=None,
+                        help=f"output queued for a slow peer before it is cut off (default {d.max_pending_bytes})")
+    limits.add_argument("--write-timeout", type=float, default=None,
+                        help=f"seconds a peer may not read before it is cut off (default {d.write_timeout:g})")
+    serve.set_defaults(func=_cmd_serve)
+
+    load = sub.add_parser("load", help="movement load against a relay or echo server",
+                          description="Simulated players against a fastpacket relay (or any echo server speaking "
+                                      "the GAME layout); RTT is measured per MOVE from a timestamp in its payload.")
+    load.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
+    load.add_argument("--port", type=int, default=7777, help="server port (default 7777)")
+    _add_load_args(load, connections=50, seconds=10.0)
+    load.set_defaults(func=_cmd_load)
+
+    bench = sub.add_parser("bench", help="side-by-side benchmarks against the plain-Python way")
+    bench.add_argument("sections", nargs="*", help=f"sections to run (default: all of {list(SECTIONS)})")
+    bench.add_argument("--quick", action="store_true", help="smaller inputs, fewer repetitions")
+    out = bench.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the rows as JSON")
+    out.add_argument("--markdown", action="store_true", help="print the rows as a markdown table (README)")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line with `argv` (default: sys.argv[1:]); the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"\nfastpacket {args.command}: interrupted", file=sys.stderr)
+        return 130
