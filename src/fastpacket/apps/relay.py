@@ -1,5 +1,5 @@
 """A game-style relay: the application ``fastpacket demo`` runs and
-``fastpacket serve relay`` serves (examples/relay.py serves it too).
+``fastpacket serve relay`` serves (``python -m fastpacket.examples.relay`` too).
 
 Players join rooms; every MOVE packet a player sends is relayed,
 byte-for-byte (header and seq as sent), to every player of its room, the
