@@ -132,14 +132,14 @@ def _handwritten_signature(name: str, doc: Optional[str]) -> Optional[re.Match]:
     return None
 
 
-def _process_signature(app, what, name, obj, options, signature, return_annotation):  # noqa: ANN001
+def _process_signature(app, what, name, obj, options, signature, return_annotation):
     m = _handwritten_signature(name, getattr(obj, "__doc__", None)) if what in ("function", "method") else None
     if m is None:
         return None
     return f"({m.group('args')})", m.group("ret")
 
 
-def _process_docstring(app, what, name, obj, options, lines):  # noqa: ANN001
+def _process_docstring(app, what, name, obj, options, lines):
     if what not in ("function", "method") or _handwritten_signature(name, getattr(obj, "__doc__", None)) is None:
         return
     while lines and not lines[0].strip():
@@ -149,7 +149,7 @@ def _process_docstring(app, what, name, obj, options, lines):  # noqa: ANN001
         del lines[0]
 
 
-def setup(app):  # noqa: ANN001, ANN201 (Sphinx's extension hook)
+def setup(app):
     app.add_directive("fastpacket-exports", ExportsDirective)
     app.connect("autodoc-process-signature", _process_signature)
     app.connect("autodoc-process-docstring", _process_docstring)
