@@ -2,7 +2,7 @@
 
 A C++17 core with Cython bindings frames TCP byte streams into packet
 batches, coalesces replies into few large writes, packs and compresses
-packet batches and records lock-free metrics.
+packet batches and records lock-free metrics::
 
     import fastpacket as fp
     dec = fp.FrameDecoder()
@@ -20,6 +20,7 @@ from fastpacket import metrics
 from fastpacket.metrics import Registry
 from fastpacket import aio
 
+#: The package version (PEP 440), the same as in its metadata.
 __version__ = "0.1.0"
 
 __all__ = [

@@ -66,68 +66,142 @@ cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:
 
 
 import zlib as _zlib
+import lz4 as _lz4
 import lz4.block as _lz4_block
 import lz4.block._block as _lz4_block_ext
+
+from libc.stdint cimport uintptr_t
 
 _lz4_compress = _lz4_block.compress
 _lz4_decompress = _lz4_block.decompress
 _zlib_compress = _zlib.compress
 _zlib_decompressobj = _zlib.decompressobj
 
-# The lz4 package ships no C headers, but its extension module exports (or
-# links) liblz4's stable C API. Calling LZ4_compress_fast and
-# LZ4_decompress_safe directly skips a Python call and argument parsing per
-# frame, lets decompression write straight into the batch's bytes (exactly
-# raw_size allocated, no copy), and releases the GIL in our own hands. The
-# symbols are looked up in the already-loaded module; where that fails (no
-# dlopen, a build without them, liblz4 < 1.7) the lz4.block functions serve.
-cdef extern from *:
-    """
-    #if defined(__unix__) || defined(__APPLE__)
-    #include <dlfcn.h>
-    static void* fastpacket_symbol_in(const char* path, const char* name) {
-        void* h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);  /* only if already loaded */
-        if (h == NULL) return NULL;
-        void* f = dlsym(h, name);
-        dlclose(h);  /* drops NOLOAD's reference; Python keeps the module loaded */
-        return f;
-    }
-    #else
-    static void* fastpacket_symbol_in(const char* path, const char* name) { (void)path; (void)name; return NULL; }
-    #endif
-    """
-    void* fastpacket_symbol_in(const char* path, const char* name)
-
-ctypedef int (*_lz4_version_t)() noexcept nogil
+# The lz4 package ships no C headers, but its extension module exports
+# liblz4's stable C API. Calling it directly skips a Python call and argument
+# parsing per frame, lets decompression write straight into the batch's bytes
+# (exactly raw_size allocated, no copy), and releases the GIL in our own
+# hands. The addresses are found once, at import, through ctypes in the
+# already-loaded module (RTLD_NOLOAD): this extension itself calls no
+# dlopen/dlsym, whose glibc 2.34 symbol versions would raise the wheel's
+# manylinux policy from 2_28 to 2_34. They are used only after checks that
+# they are the liblz4 lz4.block runs (_install_lz4); where anything fails (no
+# ctypes, a module that does not export them, liblz4 < 1.7, a larger stream
+# state than ours) the lz4.block functions serve, and _LZ4_DIRECT_UNAVAILABLE
+# says why.
+#
+# Compression goes through lz4.block's own entry point (python-lz4's
+# lz4_compress_generic: a fresh stream state, then LZ4_compress_fast_continue),
+# not LZ4_compress_fast: for inputs under 64 KiB LZ4_compress_fast hashes 4
+# bytes into a 16-bit table and the streaming call 5 bytes (on 64-bit
+# targets) into a 32-bit one, so they pick different matches. Neither wins
+# everywhere (relay traffic: the streaming call ~1% smaller on every burst;
+# random-walk movement batches: ~1% larger); the streaming call costs 6-11%
+# more instructions in liblz4 (callgrind, 3-6 KB bodies: +4.4k to +5.9k).
+# Taken because the same entry point makes both paths write byte-identical
+# frames, whichever is in use.
+ctypedef int (*_lz4_int_t)() noexcept nogil
 ctypedef int (*_lz4_bound_t)(int) noexcept nogil
-ctypedef int (*_lz4_compress_fast_t)(const char*, char*, int, int, int) noexcept nogil
+ctypedef void (*_lz4_reset_stream_t)(void*) noexcept nogil
+ctypedef int (*_lz4_compress_continue_t)(void*, const char*, char*, int, int, int) noexcept nogil
 ctypedef int (*_lz4_decompress_safe_t)(const char*, char*, int, int) noexcept nogil
 
 cdef enum:
-    LZ4_MIN_VERSION = 10700       # LZ4_compress_fast appeared in lz4 1.7.0
+    LZ4_MIN_VERSION = 10700       # LZ4_compress_fast_continue's signature since lz4 1.7.0
     LZ4_MAX_INPUT = 0x7E000000    # LZ4_MAX_INPUT_SIZE, bytes
+    # sizeof(LZ4_stream_t) in bytes for liblz4's default LZ4_MEMORY_USAGE (14):
+    # (1 << 14) + 32 from lz4 1.7 to 1.10; a build with a larger table is refused.
+    LZ4_STATE_BYTES = 16416
+    LZ4_STATE_WORDS = LZ4_STATE_BYTES // 8   # held as u64 words: 8-byte aligned, as LZ4_stream_t needs
+
+# liblz4's entry points, in the order _lz4_addresses() returns them.
+_LZ4_ENTRY_POINTS = ("LZ4_versionNumber", "LZ4_sizeofState", "LZ4_compressBound", "LZ4_resetStream",
+                     "LZ4_compress_fast_continue", "LZ4_decompress_safe")
+# What the self-check compresses: short, with repeats near and far (about 400 bytes).
+_LZ4_PROBE = b"fastpacket " * 24 + bytes(range(64)) + b"fastpacket " * 6
 
 cdef _lz4_bound_t _lz4_bound = NULL
-cdef _lz4_compress_fast_t _lz4_compress_fast = NULL
+cdef _lz4_reset_stream_t _lz4_reset_stream = NULL
+cdef _lz4_compress_continue_t _lz4_compress_continue = NULL
 cdef _lz4_decompress_safe_t _lz4_decompress_safe = NULL
 cdef bint _lz4_direct = False
+_lz4_library = None   # the ctypes handle, held while its addresses are in use
 
 
-cdef bint _resolve_lz4():
-    global _lz4_bound, _lz4_compress_fast, _lz4_decompress_safe
+def _lz4_addresses():
+    """The addresses of _LZ4_ENTRY_POINTS in the extension module lz4.block
+    runs, as ints, and the ctypes handle that keeps it loaded; or a string
+    saying why they cannot be had."""
+    if _lz4_block.compress is not _lz4_block_ext.compress:
+        return "lz4.block.compress does not come from lz4.block._block"
     path = getattr(_lz4_block_ext, "__file__", None)
     if not path:
-        return False
-    cdef bytes p = path.encode()
-    cdef _lz4_version_t version = <_lz4_version_t>fastpacket_symbol_in(p, "LZ4_versionNumber")
-    _lz4_bound = <_lz4_bound_t>fastpacket_symbol_in(p, "LZ4_compressBound")
-    _lz4_compress_fast = <_lz4_compress_fast_t>fastpacket_symbol_in(p, "LZ4_compress_fast")
-    _lz4_decompress_safe = <_lz4_decompress_safe_t>fastpacket_symbol_in(p, "LZ4_decompress_safe")
-    return (version != NULL and version() >= LZ4_MIN_VERSION and _lz4_bound != NULL
-            and _lz4_compress_fast != NULL and _lz4_decompress_safe != NULL)
+        return "lz4.block._block has no file"
+    try:
+        import ctypes
+        import os
+        # RTLD_NOLOAD: the module Python already loaded, or nothing (no second copy)
+        lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_NOW", 0))
+        addresses = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in _LZ4_ENTRY_POINTS]
+    except (ImportError, OSError, AttributeError) as e:
+        return f"liblz4's symbols not found in {path}: {e}"
+    if not all(addresses):
+        return f"a null address among liblz4's symbols in {path}"
+    return addresses, lib
 
 
-cdef bint _LZ4_DIRECT_AVAILABLE = _resolve_lz4()
+cdef inline int _lz4_compress_block(const char* src, char* dst, int n, int capacity,
+                                    int acceleration) noexcept nogil:
+    """liblz4 on src[0, n) into dst[0, capacity) as lz4.block compresses
+    (mode "fast" with this acceleration); 0 when it does not fit. The state
+    is on the stack: each call its own, so threads need no lock."""
+    cdef uint64_t state[LZ4_STATE_WORDS]
+    _lz4_reset_stream(state)
+    return _lz4_compress_continue(state, src, dst, n, capacity, acceleration)
+
+
+cdef object _install_lz4(found):
+    """Takes the addresses from _lz4_addresses() if they pass the checks
+    that they are the liblz4 lz4.block runs: its version number, a stream
+    state that fits ours, and the probe compressed to the very bytes
+    lz4.block makes and decompressed back. None on success, else why not."""
+    global _lz4_bound, _lz4_reset_stream, _lz4_compress_continue, _lz4_decompress_safe, _lz4_library
+    if isinstance(found, str):
+        return found
+    addresses, lib = found
+    cdef _lz4_int_t version = <_lz4_int_t><void*><uintptr_t>addresses[0]
+    cdef _lz4_int_t sizeof_state = <_lz4_int_t><void*><uintptr_t>addresses[1]
+    cdef int v = version()
+    if v < LZ4_MIN_VERSION or v != _lz4.library_version_number():
+        return (f"liblz4 {v} found, lz4.block reports {_lz4.library_version_number()} "
+                f"(at least {LZ4_MIN_VERSION} needed)")
+    if sizeof_state() > LZ4_STATE_BYTES or sizeof_state() <= 0:
+        return f"liblz4's stream state is {sizeof_state()} bytes, over the {LZ4_STATE_BYTES} reserved"
+    _lz4_bound = <_lz4_bound_t><void*><uintptr_t>addresses[2]
+    _lz4_reset_stream = <_lz4_reset_stream_t><void*><uintptr_t>addresses[3]
+    _lz4_compress_continue = <_lz4_compress_continue_t><void*><uintptr_t>addresses[4]
+    _lz4_decompress_safe = <_lz4_decompress_safe_t><void*><uintptr_t>addresses[5]
+    cdef bytes probe = _LZ4_PROBE
+    cdef int n = len(probe)
+    cdef int bound = _lz4_bound(n)
+    cdef bytes packed = PyBytes_FromStringAndSize(NULL, max(bound, 1))
+    cdef bytes back = PyBytes_FromStringAndSize(NULL, n)
+    cdef int clen = _lz4_compress_block(probe, PyBytes_AS_STRING(packed), n, bound, 1)
+    expected = _lz4_block.compress(probe, mode="fast", acceleration=1, store_size=False)
+    if (bound < n or clen <= 0 or packed[:clen] != expected
+            or _lz4_decompress_safe(PyBytes_AS_STRING(packed), PyBytes_AS_STRING(back), clen, n) != n
+            or back != probe):
+        _lz4_bound = NULL
+        _lz4_reset_stream = NULL
+        _lz4_compress_continue = NULL
+        _lz4_decompress_safe = NULL
+        return "liblz4 called directly does not reproduce lz4.block's output"
+    _lz4_library = lib
+    return None
+
+
+_LZ4_DIRECT_UNAVAILABLE = _install_lz4(_lz4_addresses())
+cdef bint _LZ4_DIRECT_AVAILABLE = _LZ4_DIRECT_UNAVAILABLE is None
 _lz4_direct = _LZ4_DIRECT_AVAILABLE
 
 
@@ -260,7 +334,8 @@ cdef class NativeAggregator:
         self._codec = codec
         self._level = level
         self._acceleration = acceleration
-        self._lz4_kwargs = {"mode": "default", "acceleration": acceleration, "store_size": False}
+        # mode "fast": lz4.block's "default" ignores acceleration (always 1)
+        self._lz4_kwargs = {"mode": "fast", "acceleration": acceleration, "store_size": False}
         self._threshold = threshold
         self._min_saving = min_saving
         self._max_raw_size = max_raw_size
@@ -375,7 +450,7 @@ cdef class NativeAggregator:
             out = PyBytes_FromStringAndSize(NULL, head + cap)
             dst = <uint8_t*>PyBytes_AS_STRING(out) + head
             with nogil:
-                clen = _lz4_compress_fast(<const char*>body, <char*>dst, <int>raw, bound, self._acceleration)
+                clen = _lz4_compress_block(<const char*>body, <char*>dst, <int>raw, bound, self._acceleration)
             if clen > 0 and compression_pays(raw, clen, self._min_saving):
                 codec = CODEC_LZ4
                 payload_len = clen
@@ -448,7 +523,7 @@ cdef class NativeAggregator:
             out = PyBytes_FromStringAndSize(NULL, bound)
             dst = PyBytes_AS_STRING(out)
             with nogil:
-                got = _lz4_compress_fast(<const char*>body, dst, <int>n, bound, self._acceleration)
+                got = _lz4_compress_block(<const char*>body, dst, <int>n, bound, self._acceleration)
             if got <= 0:
                 raise ValueError(f"lz4 could not compress a body of {n} bytes")
             return PyBytes_FromStringAndSize(dst, got)

@@ -140,6 +140,8 @@ class NativeAggregator:
 
 def _use_lz4_direct(enabled: bool) -> bool: ...
 
+_LZ4_DIRECT_UNAVAILABLE: Optional[str]   # why liblz4 is not called directly (None: it is)
+
 # -- buffers (ring, sendbuf) -----------------------------------------------
 
 class RingBuffer:

@@ -1,6 +1,6 @@
 """Lock-free metrics: a Registry of metrics, counters, gauges and timers,
 with percentiles, a text report, alerts on real process readings, the
-Prometheus text format and a shared-memory mode spanning processes.
+Prometheus text format and a shared-memory mode spanning processes::
 
     import fastpacket as fp
     reg = fp.Registry()

@@ -1,5 +1,5 @@
 """Coalesced sends: SendBuffer queues packets (header + payload, encoded in
-native code) back to back in one buffer, flushed with one write.
+native code) back to back in one buffer, flushed with one write::
 
     sb = fp.SendBuffer(max_bytes=65536)
     seq = sb.send(MOVE, payload, player_id=7)      # seq assigned unless given

@@ -274,20 +274,15 @@ def test_bench_markdown_table():
 
 
 # ---------------------------------------------------------------------------
-# examples/
-
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples")
+# fastpacket.examples: shipped in the package, run as python -m
 
 
 @pytest.fixture
 def example(tmp_path):
-    if not os.path.isdir(EXAMPLES):
-        pytest.skip("examples/ not beside the tests")
     started = []
 
     def start(name, *args):
-        s = Served([], tmp_path, cmd=[sys.executable, os.path.join(EXAMPLES, name)] + list(args))
+        s = Served([], tmp_path, cmd=[sys.executable, "-m", f"fastpacket.examples.{name}"] + list(args))
         started.append(s)
         return s
 
@@ -297,17 +292,19 @@ def example(tmp_path):
 
 
 def test_example_echo_server_and_client(example, tmp_path):
-    with open(os.path.join(EXAMPLES, "echo_server.py")) as f:
+    import fastpacket.examples.echo_server as echo_server  # its main() runs only as __main__
+
+    with open(echo_server.__file__) as f:
         assert len(f.read().splitlines()) <= 15
-    s = example("echo_server.py", "0")
-    r = subprocess.run([sys.executable, os.path.join(EXAMPLES, "client.py"), str(s.port), "5", "0"],
+    s = example("echo_server", "0")
+    r = subprocess.run([sys.executable, "-m", "fastpacket.examples.client", str(s.port), "5", "0"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("my move") == 10 and "round trip" in r.stdout
 
 
 def test_example_relay_under_load(example, tmp_path):
-    s = example("relay.py", "0", "0")
+    s = example("relay", "0", "0")
     assert "metrics at" in s._readline(10)
     r = run_cli(["load", "--port", str(s.port), "--seconds", "0.5", "--connections", "4", "--rooms", "2", "--json"],
                 tmp_path)

@@ -1,5 +1,5 @@
 """A game-style relay: the application ``fastpacket demo`` runs and
-``fastpacket serve relay`` serves (examples/relay.py serves it too).
+``fastpacket serve relay`` serves (``python -m fastpacket.examples.relay`` too).
 
 Players join rooms; every MOVE packet a player sends is relayed,
 byte-for-byte (header and seq as sent), to every player of its room, the
@@ -35,12 +35,16 @@ from fastpacket.framing import PacketBatch
 
 __all__ = ["MOVE", "JOIN", "LEAVE", "MOVE_FORMAT", "MOVE_SIZE", "Relay"]
 
+#: Packet type of a move: relayed to every player of the sender's room.
 MOVE = 1
+#: Packet type of a join: the payload's u32 is the room.
 JOIN = 2
+#: Packet type of a leave: no payload.
 LEAVE = 3
 #: MOVE payload: x, y, z, sent_ns (little-endian), then optional padding.
 MOVE_FORMAT = struct.Struct("<iiiQ")
-MOVE_SIZE = MOVE_FORMAT.size  # 20
+#: Bytes of a MOVE payload before any padding (20).
+MOVE_SIZE = MOVE_FORMAT.size
 _ROOM = struct.Struct("<I")
 
 

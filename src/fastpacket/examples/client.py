@@ -1,7 +1,7 @@
 """A relay client: joins a room, sends a few MOVEs, prints what the room
 relays back and the round trip of its own moves.
 
-    python examples/client.py [port] [player_id] [room]
+    python -m fastpacket.examples.client [port] [player_id] [room]
 """
 
 import asyncio

@@ -1,4 +1,4 @@
-"""A fastpacket echo server: every packet goes back to its sender."""
+"""A fastpacket echo server (python -m fastpacket.examples.echo_server [port]): every packet goes back."""
 import asyncio
 import sys
 
@@ -11,4 +11,5 @@ async def main(port: int) -> None:
     await server.serve_forever()
 
 
-asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 7777))
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 7777))

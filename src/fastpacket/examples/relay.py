@@ -3,7 +3,7 @@ built-in relay app (fastpacket.apps.relay: players JOIN rooms and every MOVE
 goes to every player of the sender's room) with metrics at /metrics.
 ``fastpacket serve relay`` does the same from the command line.
 
-    python examples/relay.py [port] [metrics_port]
+    python -m fastpacket.examples.relay [port] [metrics_port]
     fastpacket load --port 7777          # in another terminal
 """
 
