@@ -269,7 +269,8 @@ private:
 };
 
 // Writes [0, total) of the pattern in random chunks, by every producer call:
-// write(), write_span() + commit(), copy_in() + commit().
+// write(), write_span() + commit(), copy_in() + commit(), and a span written
+// under a write pin (as a binding's writable view) released after its commit.
 void produce(RingBuffer& r, std::uint64_t total, unsigned seed, const std::atomic<bool>& abort, StreamResult& out) {
     std::mt19937 rng(seed);
     const std::size_t cap = r.capacity();
@@ -281,11 +282,21 @@ void produce(RingBuffer& r, std::uint64_t total, unsigned seed, const std::atomi
         std::size_t want = 1 + rng() % (cap + cap / 2);
         if (want > total - pos) want = static_cast<std::size_t>(total - pos);
         std::size_t done = 0;
-        switch (rng() % 3) {
+        switch (rng() % 4) {
             case 0:
                 fill(src.data(), pos, want);
                 done = r.write(src.data(), want);
                 break;
+            case 3: {
+                const std::uint64_t h = r.head_index();
+                if (!r.pin_write(h)) break;
+                const RingSpan span = r.write_span();
+                done = std::min(span.size, want);
+                fill(span.data, pos, done);
+                r.commit(done);
+                r.unpin_write(h);
+                break;
+            }
             case 1: {
                 const RingSpan span = r.write_span();
                 done = std::min(span.size, want);
@@ -387,6 +398,7 @@ void spsc(bool dm, std::uint64_t total, unsigned seed) {
     }
     std::atomic<bool> abort{false};
     std::atomic<std::uint64_t> over_capacity{0};
+    std::atomic<bool> done_reading{false};  // relaxed everywhere: a stop flag carries no data
     StreamResult prod, cons;
     std::thread producer([&] {
         produce(r, total, seed, abort, prod);
@@ -394,12 +406,15 @@ void spsc(bool dm, std::uint64_t total, unsigned seed) {
     });
     std::thread consumer([&] {
         consume(r, total, seed + 1, abort, cons);
+        done_reading.store(true, std::memory_order_relaxed);
         if (cons.stalled) abort.store(true, std::memory_order_relaxed);
     });
-    // size() may be asked from any thread; it never shows more than the capacity
+    // size() and free_now() may be asked from any thread while both sides
+    // run (and the producer pins); neither ever shows more than the capacity
     std::thread observer([&] {
-        while (r.tail_index() < total && !abort.load(std::memory_order_relaxed)) {
-            if (r.size() > r.capacity()) over_capacity.fetch_add(1, std::memory_order_relaxed);
+        while (!done_reading.load(std::memory_order_relaxed) && !abort.load(std::memory_order_relaxed)) {
+            if (r.size() > r.capacity() || r.free_now() > r.capacity())
+                over_capacity.fetch_add(1, std::memory_order_relaxed);
             std::this_thread::yield();
         }
     });
