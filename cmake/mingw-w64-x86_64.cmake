@@ -1,6 +1,6 @@
 # Cross-compiling the C++ core and its tests for 64-bit Windows with
-# Debian's mingw-w64 (apt-get install mingw-w64), and running the tests under
-# wine when it is installed (apt-get install wine64):
+# Debian's mingw-w64 (apt-get install g++-mingw-w64-x86-64-posix), and
+# running the tests under wine when it is installed (apt-get install wine64):
 #
 #   cmake -S . -B build/mingw -DCMAKE_TOOLCHAIN_FILE=cmake/mingw-w64-x86_64.cmake \
 #         -DFASTPACKET_BUILD_CPP_TESTS=ON
