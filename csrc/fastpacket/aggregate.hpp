@@ -1,7 +1,8 @@
 // Aggregate frames: many packets packed into one packet of type 0xFFFF whose
 // payload is an 8-byte aggregate header (codec u8, flags u8, count u16,
 // raw_size u32, little-endian) followed by a body of `count` whole packets,
-// compressed by `codec` (DESIGN.md, wire format).
+// compressed by `codec` (docs/wire-format.md, section 3, is the normative
+// text: the sender's rule, and the receiver's checks in their order).
 //
 // Plain C++17, no Python. The codecs themselves (lz4 block, zlib) are called
 // by the bindings; this header builds bodies (a gather of frames), chooses
@@ -54,7 +55,8 @@ inline AggregateHeader read_aggregate_header(const std::uint8_t* in) noexcept {
     return h;
 }
 
-/// Which check an aggregate frame failed. Each maps to the `check` name of
+/// Which check an aggregate frame failed, in the order they are made
+/// (docs/wire-format.md, section 3.3). Each maps to the `check` name of
 /// fastpacket.AggregateError in the bindings.
 enum class AggregateCheck : std::uint8_t {
     ok = 0,
@@ -276,9 +278,9 @@ inline bool frames_contiguous(const std::int64_t* offsets, const std::uint32_t* 
     return true;
 }
 
-/// The sender's rule (DESIGN.md): compress only a body of at least
-/// `threshold` bytes, and keep the result only when it is smaller than
-/// (1 - min_saving) of the body.
+/// The sender's rule (docs/wire-format.md, section 3.2): compress only a
+/// body of at least `threshold` bytes, and keep the result only when it is
+/// smaller than (1 - min_saving) of the body.
 inline bool compression_pays(std::size_t raw, std::size_t compressed, double min_saving) noexcept {
     return static_cast<double>(compressed) < (1.0 - min_saving) * static_cast<double>(raw);
 }

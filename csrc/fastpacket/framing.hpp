@@ -1,5 +1,7 @@
 // Stream framing: find complete frames in a byte stream, keep the incomplete
-// tail between feeds, index frames into columns, encode headers.
+// tail between feeds, index frames into columns, encode headers. The rules
+// (frame size checked as soon as a header arrives, packets before a bad
+// header delivered, nothing after it) are docs/wire-format.md, section 2.
 //
 // Plain C++17, no Python. No allocation in per-packet loops: the decoder's
 // pending buffer is reserved once (bounded by max_packet_size) and the

@@ -1,6 +1,7 @@
 // Header layouts: which bytes of a packet header hold which unsigned field,
 // and which field gives the frame length (Netty's LengthFieldBasedFrameDecoder
-// is the model: offset, width, adjustment).
+// is the model: offset, width, adjustment). docs/wire-format.md, section 1,
+// is the normative text these rules implement.
 //
 // Plain C++17, no Python. Every read is bounded by the header size, which the
 // caller guarantees is available before calling read()/frame_size().
@@ -16,7 +17,7 @@ namespace fastpacket {
 constexpr std::size_t kMaxHeaderBytes = 64;
 /// Most fields a layout may have (every field is at least one byte).
 constexpr std::size_t kMaxFields = kMaxHeaderBytes;
-/// Packet type reserved for aggregate frames (DESIGN.md, wire format).
+/// Packet type reserved for aggregate frames (docs/wire-format.md, section 3).
 constexpr std::uint64_t kAggregateType = 0xFFFF;
 
 struct Field {
@@ -46,8 +47,9 @@ inline std::uint64_t max_for_width(unsigned width) noexcept {
     return width >= 8 ? ~std::uint64_t{0} : ((std::uint64_t{1} << (8 * width)) - 1);
 }
 
-/// A validated header layout. Build one with Layout::make(); the Python
-/// HeaderLayout validates names and sizes before it gets here.
+/// A header layout: set the fields, then check valid() (game_layout() builds
+/// the default; the Python HeaderLayout validates names, kinds and sizes, lays
+/// the fields out back to back and checks valid() in its native half).
 struct Layout {
     Field fields[kMaxFields];
     std::uint16_t nfields = 0;

@@ -61,10 +61,33 @@ constexpr unsigned kBuckets = kGroups * kSubBuckets;   // 7424
 constexpr std::uint64_t kFlagSumSqWrapped = 1;         // Σv² passed 2^128 at least once
 constexpr std::uint64_t kFlagSumWrapped = 2;           // Σv passed 2^128 (needs 2^64 records)
 
+/// floor(log2 v) for v > 0 in plain C++: a binary search over the bit
+/// positions (the fallback where no count-leading-zeros builtin exists).
+inline unsigned floor_log2_portable(std::uint64_t v) noexcept {
+    unsigned e = 0;
+    for (unsigned shift = 32; shift != 0; shift >>= 1) {
+        if (v >> shift) {
+            v >>= shift;
+            e += shift;
+        }
+    }
+    return e;
+}
+
+/// floor(log2 v) for v > 0: one instruction with GCC and Clang (MinGW
+/// included), the portable loop with other compilers.
+inline unsigned floor_log2(std::uint64_t v) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    return 63u - static_cast<unsigned>(__builtin_clzll(v));
+#else
+    return floor_log2_portable(v);
+#endif
+}
+
 /// Histogram bucket of a value: exact below 128, log-linear above.
 inline unsigned bucket_index(std::uint64_t v) noexcept {
     if (v < kSubBuckets) return static_cast<unsigned>(v);
-    const unsigned e = 63u - static_cast<unsigned>(__builtin_clzll(v));  // >= 7
+    const unsigned e = floor_log2(v);  // >= 7
     return ((e - kSubBits + 1) << kSubBits) |
            static_cast<unsigned>((v >> (e - kSubBits)) & (kSubBuckets - 1));
 }
@@ -95,18 +118,26 @@ struct U128 {
     std::uint64_t lo = 0, hi = 0;
 };
 
-inline U128 square(std::uint64_t v) noexcept {
-#if defined(__SIZEOF_INT128__)
-    const unsigned __int128 s = static_cast<unsigned __int128>(v) * v;
-    return {static_cast<std::uint64_t>(s), static_cast<std::uint64_t>(s >> 64)};
-#else
+/// v * v as 128 bits from 32-bit halves (v = b * 2^32 + a): the fallback
+/// where the compiler has no 128-bit integer.
+inline U128 square_portable(std::uint64_t v) noexcept {
     const std::uint64_t a = v & 0xffffffffu, b = v >> 32;
     const std::uint64_t aa = a * a, ab = a * b, bb = b * b;
-    const std::uint64_t mid = (aa >> 32) + ((ab & 0xffffffffu) << 1);
+    const std::uint64_t mid = (aa >> 32) + ((ab & 0xffffffffu) << 1);  // < 2^34: no overflow
     U128 r;
     r.lo = (mid << 32) | (aa & 0xffffffffu);
     r.hi = bb + ((ab >> 32) << 1) + (mid >> 32);
     return r;
+}
+
+/// v * v as 128 bits.
+inline U128 square(std::uint64_t v) noexcept {
+#if defined(__SIZEOF_INT128__)
+    __extension__ typedef unsigned __int128 u128;  // __extension__: no -Wpedantic warning
+    const u128 s = static_cast<u128>(v) * v;
+    return {static_cast<std::uint64_t>(s), static_cast<std::uint64_t>(s >> 64)};
+#else
+    return square_portable(v);
 #endif
 }
 
@@ -260,8 +291,9 @@ struct alignas(64) MetricCore {
         }
         return {lo, hi};
     }
-    // Atomic max by compare-exchange (the seed's RecordMetric loop): the
-    // common case, v not a new extreme, is one load and no write.
+    // Atomic max by compare-exchange: the common case, v not a new extreme,
+    // is one load and no write; a failed exchange reloads `cur` and retries
+    // only while v is still larger. Relaxed: see the struct's comment.
     static void raise_to(Atomic64& a, std::uint64_t v) noexcept {
         std::uint64_t cur = a.load(std::memory_order_relaxed);
         while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed,

@@ -18,7 +18,9 @@
 //
 // Threads: the producer calls free_space/write_span/commit/write and the
 // write pins; the consumer calls readable/read_span/read_segments/consume/
-// peek/read and the read pins. size()/free_space() may be read from either.
+// peek/read and the read pins. size() and free_now() may be called from any
+// thread, a third one included; write_pins()/read_pins() from the side that
+// owns those pins.
 // Plain C++17, no Python.
 #pragma once
 
@@ -132,15 +134,18 @@ public:
     std::size_t capacity() const noexcept { return cap_; }
     bool double_mapped() const noexcept { return double_mapped_; }
 
-    /// Bytes committed and not yet consumed. Either thread may ask; the answer
-    /// may be stale by the time it is used (but never beyond capacity).
+    /// Bytes committed and not yet consumed. Any thread may ask; the answer
+    /// may be stale by the time it is used, and is never beyond capacity.
     std::size_t size() const noexcept {
-        // acquire on both: a consistent-enough snapshot for a statistic; the
-        // consumer's own tail is at most the head it last saw, so head - tail
-        // cannot go negative when the head is loaded second.
+        // acquire on the tail: the consumer stored it after loading (acquire)
+        // a head at least as large, so the head loaded second is at least the
+        // tail and head - tail cannot go negative. From the producer or the
+        // consumer thread it is also at most the capacity; a third thread may
+        // load the tail, stall, and load a head the producer reached after
+        // later consumption, hence the clamp.
         const std::uint64_t t = tail_.load(std::memory_order_acquire);
         const std::uint64_t h = head_.load(std::memory_order_acquire);
-        return static_cast<std::size_t>(h - t);
+        return h - t > cap_ ? cap_ : static_cast<std::size_t>(h - t);
     }
 
     // -- producer ----------------------------------------------------------
@@ -193,18 +198,36 @@ public:
         if (n > first) std::memcpy(base_, src + first, n - first);
     }
 
-    /// Free space as seen from any thread (no cache is touched).
+    /// Free space as seen from any thread (no cache is touched, no pin list
+    /// read: the producer publishes its lowest write pin for this).
     std::size_t free_now() const noexcept {
-        // acquire: only a statistic; pairs with publish_reclaim() like write_limit().
-        const std::uint64_t r = write_pins_.min_or(reclaim_.load(std::memory_order_acquire));
+        // The head first, with acquire: it pairs with commit()'s release, so
+        // the pin floor and reclaim index the producer had when it wrote up to
+        // this head are visible, and the two relaxed loads below return those
+        // values or later ones (read-read coherence). Both only grow (a new
+        // pin is at the head, never below the reclaim index in use), so the
+        // limit computed is at least the one the producer obeyed: limit >= h.
         const std::uint64_t h = head_.load(std::memory_order_acquire);
-        return static_cast<std::size_t>(r + cap_ - h);
+        const std::uint64_t floor = write_pin_floor_.load(std::memory_order_relaxed);
+        const std::uint64_t r = reclaim_.load(std::memory_order_relaxed);
+        const std::uint64_t limit = (floor < r ? floor : r) + cap_;
+        // Consumption after the head was loaded can make the answer exceed
+        // the capacity; no state makes it negative (the guard is defensive).
+        if (limit <= h) return 0;
+        return limit - h > cap_ ? cap_ : static_cast<std::size_t>(limit - h);
     }
 
     /// Pins a writable view starting at stream index `index` (the head when
     /// the view was made): the producer will not write a lap past it.
-    bool pin_write(std::uint64_t index) noexcept { return write_pins_.add(index); }
-    void unpin_write(std::uint64_t index) noexcept { write_pins_.remove(index); }
+    bool pin_write(std::uint64_t index) noexcept {
+        if (!write_pins_.add(index)) return false;
+        publish_write_pin_floor();
+        return true;
+    }
+    void unpin_write(std::uint64_t index) noexcept {
+        write_pins_.remove(index);
+        publish_write_pin_floor();
+    }
     std::uint64_t head_index() const noexcept { return producer_head(); }
 
     // -- consumer ----------------------------------------------------------
@@ -322,6 +345,13 @@ private:
         return base + cap_;
     }
 
+    void publish_write_pin_floor() noexcept {
+        // relaxed: only free_now() reads it, and only after an acquire load of
+        // the head; commit()'s release orders this store before any head the
+        // producer writes under the new floor.
+        write_pin_floor_.store(write_pins_.min_or(kNoWritePin), std::memory_order_relaxed);
+    }
+
     void publish_reclaim(std::uint64_t tail) noexcept {
         // release: see consume(). The value never decreases: a new pin is at
         // the current tail, which is at or above the previous reclaim index.
@@ -374,9 +404,12 @@ private:
     std::uint64_t mask_ = 0;
     bool double_mapped_ = false;
 
-    // Producer's cache line: its index, its cache of the consumer's, its pins.
+    // Producer's cache line: its index, its cache of the consumer's, its pins
+    // and their lowest index, published for free_now() (kNoWritePin: none).
+    static constexpr std::uint64_t kNoWritePin = ~std::uint64_t{0};
     alignas(kCacheLineBytes) std::atomic<std::uint64_t> head_{0};
     std::uint64_t cached_reclaim_ = 0;
+    std::atomic<std::uint64_t> write_pin_floor_{kNoWritePin};
     RingPins write_pins_;
 
     // Consumer's cache line(s): its read index, the reclaim index the

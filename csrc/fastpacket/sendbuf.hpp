@@ -1,6 +1,7 @@
 // Coalescing send buffer: packets (header + payload) appended back to back
 // into one caller-owned buffer of max_bytes, with per-buffer consecutive
-// sequence numbers, so a server sends many packets in one write.
+// sequence numbers (docs/wire-format.md, section 2.3), so a server sends many
+// packets in one write.
 //
 // The buffer memory belongs to the caller (attach()), which lets a binding
 // double-buffer: flush hands the filled buffer to the transport and attaches
