@@ -21,7 +21,7 @@ Metrics: the workers of one server record into one shared-memory Registry
 (``fp.Registry(shared=path)``, a file in a private temporary directory
 removed at exit), so ``metrics`` serves the whole server's Prometheus text
 at ``http://metrics_host:metrics_port/metrics``
-(``fastpacket.metrics.serve_metrics``).
+(prometheus_client's HTTP server, ``fastpacket.metrics.start_http_server``).
 
 Where SO_REUSEPORT is missing, ``workers > 1`` falls back to one worker with
 a logged warning.
@@ -168,10 +168,10 @@ async def _serve_until_stopped(config: ServerConfig, registry: Any, reuse_port: 
     metrics_server = None
     info: Dict[str, Any] = {"host": config.host, "port": server.port, "pid": os.getpid()}
     if metrics is not None:
-        from fastpacket.metrics import serve_metrics
+        from fastpacket.metrics import start_http_server
 
-        metrics_server = await serve_metrics(registry, *metrics)
-        info["metrics_port"] = metrics_server.sockets[0].getsockname()[1]
+        metrics_server = start_http_server(registry, metrics[1], metrics[0])
+        info["metrics_port"] = metrics_server.port
     on_ready(info)
     try:
         await stop
@@ -337,15 +337,14 @@ def run_workers(config: ServerConfig, workers: int, metrics: Optional[tuple] = N
         info: Dict[str, Any] = {"host": config.host, "port": port, "pid": os.getpid(),
                                 "workers": [i["pid"] for i in infos]}
         if metrics is not None:
-            from fastpacket.metrics import serve_metrics
+            from fastpacket.metrics import start_http_server
 
-            metrics_server = loop.run_until_complete(serve_metrics(registry, *metrics))
-            info["metrics_port"] = metrics_server.sockets[0].getsockname()[1]
+            metrics_server = start_http_server(registry, metrics[1], metrics[0])
+            info["metrics_port"] = metrics_server.port
         on_ready(info)
         loop.run_until_complete(_supervise(sup, stop))
         if metrics_server is not None:
             metrics_server.close()
-            loop.run_until_complete(metrics_server.wait_closed())
         codes = sup.stop_all()
         sup = None
         bad = [c for c in codes if c != 0]
