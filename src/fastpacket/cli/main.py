@@ -157,10 +157,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         line = f"fastpacket serve: {args.app} on {info['host']}:{info['port']}, {where}"
         if "metrics_port" in info:
             line += f", metrics at http://{args.metrics_host}:{info['metrics_port']}/metrics"
+        if "metrics_file" in info:
+            line += f", metrics file {info['metrics_file']}"
         print(line + "; Ctrl-C to stop", flush=True)
 
     try:
-        code = run(config, args.workers, metrics, on_ready)
+        code = run(config, args.workers, metrics, on_ready, metrics_file=args.metrics_file)
     except OSError as exc:
         print(f"fastpacket serve: {exc}", file=sys.stderr)
         return FAILED
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compress a burst of at least this many bytes (default 256)")
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus text at /metrics on this port")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    serve.add_argument("--metrics-file", default=None,
+                       help="shared metrics file to create (fastpacket top reads it; must not exist; removed at exit)")
     limits = serve.add_argument_group("per-connection limits")
     limits.add_argument("--max-packet-size", type=int, default=None, help=f"bytes (default {d.max_packet_size})")
     limits.add_argument("--packets-per-s", type=float, default=None, help="token-bucket rate, 0: unlimited (default 0)")
