@@ -1,5 +1,5 @@
 """The ``fastpacket`` command: argument parsing and the serve, load and
-bench commands (demo lives in fastpacket.cli.demo)."""
+bench commands (demo lives in fastpacket.cli.demo, top in fastpacket.cli.top)."""
 
 from __future__ import annotations
 
@@ -242,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--port", type=int, default=7777, help="server port (default 7777)")
     _add_load_args(load, connections=50, seconds=10.0)
     load.set_defaults(func=_cmd_load)
+
+    top = sub.add_parser("top", help="live view of a running server (its /metrics URL or metrics file)",
+                         description="Per worker: packets/s and MB/s in and out, connections, handler p50/p99, "
+                                     "CPU, RSS; closes and drops by reason. Refreshes every --interval seconds "
+                                     "until Ctrl-C; --once prints one frame and exits.")
+    top.add_argument("target", help="http://HOST:PORT/metrics, or the path of serve --metrics-file")
+    top.add_argument("--once", action="store_true", help="print one frame (rates over one interval) and exit")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between readings (default 1)")
+    top.add_argument("--namespace", default="fastpacket", help="metric name prefix (default fastpacket)")
+    from fastpacket.cli.top import cmd_top
+
+    top.set_defaults(func=cmd_top)
 
     bench = sub.add_parser("bench", help="side-by-side benchmarks against the plain-Python way")
     bench.add_argument("sections", nargs="*", help=f"sections to run (default: all of {list(SECTIONS)})")
