@@ -115,6 +115,7 @@ class Exposition:
                 item = getattr(view, info.kind)(info.name, {k: "other" for k in info.labels})
                 if info.kind == "metric":
                     item.record_many(values)
+        self.reg.exposition()  # prometheus_client is imported on first use: not part of a scrape
 
     def time_exposition(self, workers):
         self.reg.exposition()

@@ -119,6 +119,9 @@ def test_top_bad_targets(tmp_path):
     assert r.returncode == 1 and "cannot read" in r.stderr
     r = subprocess.run(CMD + ["top", "--once", str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "no fastpacket metrics file" in r.stderr
+    (tmp_path / "junk").write_bytes(b"\0" * 70000)
+    r = subprocess.run(CMD + ["top", "--once", str(tmp_path / "junk")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "not a fastpacket metrics file" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(CMD + ["top", "--once", "--interval", "0", "x"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--interval" in r.stderr
 

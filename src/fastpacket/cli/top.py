@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from fastpacket.cli.report import FAILED, OK, USAGE, format_rate
+from fastpacket.errors import FastpacketError
 
 __all__ = ["Reading", "cmd_top", "open_source", "parse_exposition", "render"]
 
@@ -243,7 +244,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         return USAGE
     try:
         title, fetch = open_source(args.target, args.namespace)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, FastpacketError) as exc:
         print(f"fastpacket top: cannot open {args.target}: {exc}", file=sys.stderr)
         return FAILED
 
