@@ -414,16 +414,65 @@ def test_metrics_with_a_registry(run):
         client.send_batch(fp.PacketBatch.build([1] * 10, [b"12345678"] * 10))
         await recv_packets(client, 10)
         snap = reg.snapshot()
-        assert snap["connections"]["value"] == 1
+        assert snap["connections"]["value"] == 1 and snap["connections_accepted_total"]["value"] == 1
         assert snap["packets_in_total"]["value"] == 10 and snap["packets_out_total"]["value"] == 10
         assert snap["bytes_in_total"]["value"] == snap["bytes_out_total"]["value"] == 200
         assert snap["batch_packets"]["sum"] == 10 and snap["flush_bytes"]["sum"] == 200
-        assert snap["handler_us"]["count"] >= 1
+        handler = snap["handler_duration_ns"]
+        # nanoseconds: even a trivial echo handler call takes more than 0
+        assert handler["unit"] == "ns" and handler["count"] >= 1 and handler["min"] > 0
         client.close()
         await wait_for_close(server)
         snap = reg.snapshot()
-        assert snap["closes_peer_closed_total"]["value"] == 1 and snap["connections"]["value"] == 0
-        assert "packets_in_total 10" in reg.exposition()
+        assert snap['closes_total{reason="peer_closed"}']["value"] == 1 and snap["connections"]["value"] == 0
+        text = reg.exposition()
+        assert "fastpacket_packets_in_total 10.0" in text
+        assert 'fastpacket_closes_total{reason="peer_closed"} 1.0' in text
+        assert "fastpacket_handler_duration_seconds_count" in text and "_us" not in text
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_close_and_drop_reasons_are_bounded_labels(run):
+    # reasons are a `reason` label from a fixed set; an application's own
+    # reason ("kicked: ...") folds into "other" (server.closes keeps the text)
+    async def main():
+        reg = fp.Registry()
+
+        def kick(session, batch):
+            session.close("kicked: cheating")
+
+        server = await aio.serve(host="127.0.0.1", port=0, registry=reg, packets_per_s=50, rate_burst=1.0,
+                                 handlers={1: echo, 9: kick})
+        client = await aio.connect("127.0.0.1", server.port)
+        client.send(7, b"no handler for 7")
+        client.send_batch(fp.PacketBatch.build([1] * 200, [b"flood"] * 200))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while server.drops.get("rate limit", 0) < 100 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert server.drops.get("unhandled type") == 1
+        other = await aio.connect("127.0.0.1", server.port)
+        other.send(9, b"")
+        assert await asyncio.wait_for(other.wait_closed(), 5) == "peer closed"
+        bad = raw_connect(server.port)
+        bad.sendall(b"\x03\x00" + bytes(20))  # size 3: protocol error
+        closes = await wait_for_close(server, 2)
+        assert closes.get("kicked: cheating") == 1 and any(r.startswith("protocol error") for r in closes)
+        bad.close()
+        client.close()
+        await wait_for_close(server, 3)
+        snap = reg.snapshot()
+        counts = {k: v["value"] for k, v in snap.items() if k.startswith(("closes_total", "drops_total"))}
+        assert counts['closes_total{reason="other"}'] == 1
+        assert counts['closes_total{reason="protocol_error"}'] == 1
+        assert counts['closes_total{reason="peer_closed"}'] == 1
+        assert counts['drops_total{reason="rate_limit"}'] == server.drops["rate limit"] >= 100
+        assert counts['drops_total{reason="unhandled_type"}'] == 1
+        labels = {k.split('"')[1] for k in counts}
+        assert labels <= fp.metrics.CLOSE_REASONS | fp.metrics.DROP_REASONS
         server.close()
         await server.wait_closed()
 

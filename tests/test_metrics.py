@@ -381,9 +381,9 @@ def test_timer_context_manager_units():
     assert isinstance(t, Timer)
     m = reg.metric("block_us")
     assert m.count == 1 and m.min >= 2000  # sleep never returns early
-    with reg.timer("block_ns"):
+    with reg.timer("nap_ns"):
         time.sleep(0.001)
-    assert reg.metric("block_ns").min >= 1_000_000
+    assert reg.metric("nap_ns").min >= 1_000_000
     with reg.timer("plain", unit="ms"):
         time.sleep(0.001)
     assert reg.metric("plain").min >= 1
@@ -478,34 +478,177 @@ def _parse(text):
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
-def test_exposition_parses_and_is_exact():
+def _buckets(fam, **labels):
+    """[(le, cumulative count)] of one histogram series, +Inf last."""
+    out = [(float(s.labels["le"]), s.value) for s in fam.samples
+           if s.name.endswith("_bucket") and all(s.labels.get(k) == v for k, v in labels.items())]
+    return sorted(out)
+
+
+def _value_bucket_floor(v):
+    from fastpacket._native import _BUCKET_LOWER, _bucket_index
+    return int(_BUCKET_LOWER[_bucket_index(int(v))])
+
+
+def test_exposition_base_units_and_fixed_buckets():
     reg = Registry()
-    values = np.random.default_rng(2).integers(0, 5_000_000, 3000)
-    values[0] = 0
-    reg.metric("packet_processing_us").record_many(values)
+    values = np.random.default_rng(2).integers(0, 5_000_000_000, 3000)  # ns, up to 5 s
+    values[:3] = (0, 100, 2_500_000)  # on bounds: 100 ns, 2.5 ms
+    reg.metric("packet_processing_ns").record_many(values)
     reg.metric("empty_ns")
+    reg.metric("flush_bytes").record_many([1024, 1025, 4096, 70000])
     reg.counter("packets_total").inc(12)
     reg.gauge("connections").set(3.5)
     fams = _parse(reg.exposition())
-    h = fams["packet_processing_us"]
+    assert set(fams) == {"fastpacket_packet_processing_seconds", "fastpacket_empty_seconds", "fastpacket_flush_bytes",
+                         "fastpacket_packets", "fastpacket_connections"}
+    h = fams["fastpacket_packet_processing_seconds"]
     assert h.type == "histogram"
     samples = {(s.name, s.labels.get("le")): s.value for s in h.samples}
-    assert samples[("packet_processing_us_count", None)] == 3000
-    assert samples[("packet_processing_us_sum", None)] == int(values.sum())
-    assert samples[("packet_processing_us_bucket", "+Inf")] == 3000
-    buckets = [(float(s.labels["le"]), s.value) for s in h.samples if s.name.endswith("_bucket")]
-    les = [le for le, _ in buckets]
-    assert les == sorted(les) and len(les) < 100
+    assert samples[("fastpacket_packet_processing_seconds_count", None)] == 3000
+    assert samples[("fastpacket_packet_processing_seconds_sum", None)] == pytest.approx(values.sum() / 1e9)
+    assert samples[("fastpacket_packet_processing_seconds_bucket", "+Inf")] == 3000
+    buckets = _buckets(h)
+    assert [le for le, _ in buckets[:-1]] == list(fp.metrics.DEFAULT_TIME_BUCKETS)
+    floors = np.array([_value_bucket_floor(v) for v in values])
     for le, cum in buckets[:-1]:
-        assert cum == np.count_nonzero(values <= le)  # exact, not approximate
-    assert fams["packet_processing_us_min"].samples[0].value == 0
-    assert fams["packet_processing_us_max"].samples[0].value == values.max()
-    assert fams["packets"].type == "counter" and fams["packets"].samples[0].value == 12
-    assert fams["connections"].type == "gauge" and fams["connections"].samples[0].value == 3.5
-    e = {s.name: s.value for s in fams["empty_ns"].samples}
-    assert e["empty_ns_count"] == 0
-    assert math.isnan(fams["empty_ns_min"].samples[0].value)
+        # the documented rule: a value counts under le when its native bucket starts at or below le
+        assert cum == np.count_nonzero(floors <= round(le * 1e9)), le
+        # ... so never more than 1/128 above le, and exact for values < 128 ns
+        assert np.count_nonzero(values <= le * 1e9) <= cum <= np.count_nonzero(values <= le * 1e9 * (1 + 1 / 128))
+    # empty: every bucket present, zero counts, no NaN anywhere
+    e = fams["fastpacket_empty_seconds"]
+    assert [le for le, _ in _buckets(e)[:-1]] == list(fp.metrics.DEFAULT_TIME_BUCKETS)
+    assert all(s.value == 0 for s in e.samples)
+    assert "NaN" not in reg.exposition() and "_min" not in reg.exposition()
+    f = dict(_buckets(fams["fastpacket_flush_bytes"]))
+    # 1025 shares its native bucket [1024, 1031] with 1024: counted under le=1024 (documented, < 0.8% off)
+    assert f[512.0] == 0 and f[1024.0] == 2 and f[2048.0] == 2 and f[4096.0] == 3 and f[65536.0] == 3
+    assert f[131072.0] == 4
+    assert fams["fastpacket_packets"].type == "counter"
+    assert fams["fastpacket_packets"].samples[0].name == "fastpacket_packets_total"
+    assert fams["fastpacket_packets"].samples[0].value == 12
+    assert fams["fastpacket_connections"].samples[0].value == 3.5
     assert Registry().exposition() == ""
+
+
+def test_le_set_is_the_same_before_and_after_recording():
+    reg = Registry()
+    m = reg.metric("handler_duration_ns")
+    before = [s.labels["le"] for s in _parse(reg.exposition())["fastpacket_handler_duration_seconds"].samples
+              if s.name.endswith("_bucket")]
+    m.record_many(np.random.default_rng(1).integers(0, 10**10, 10000))
+    after = [s.labels["le"] for s in _parse(reg.exposition())["fastpacket_handler_duration_seconds"].samples
+             if s.name.endswith("_bucket")]
+    assert before == after and len(before) == len(fp.metrics.DEFAULT_TIME_BUCKETS) + 1
+
+
+def test_prometheus_quantile_within_one_bucket_of_ours():
+    # what histogram_quantile computes from the exposition lands in the
+    # bucket (or the next) holding the registry's own percentile
+    from fastpacket.cli.top import quantile
+    rng = np.random.default_rng(4)
+    for values in (np.rint(rng.lognormal(8, 1, 50000)), rng.integers(500, 4000, 50000)):
+        reg = Registry()
+        m = reg.metric("handler_duration_ns")
+        m.record_many(values)
+        bounds = list(fp.metrics.DEFAULT_TIME_BUCKETS) + [math.inf]
+        cum = dict(_buckets(_parse(reg.exposition())["fastpacket_handler_duration_seconds"]))
+        for q in (0.5, 0.9, 0.99):
+            ours = m.percentile(q * 100) / 1e9
+            theirs = quantile(q, cum)
+            i_ours = next(i for i, b in enumerate(bounds) if ours <= b * (1 + 1 / 128))
+            i_theirs = next(i for i, b in enumerate(bounds) if theirs <= b)
+            assert abs(i_ours - i_theirs) <= 1, (q, ours, theirs)
+
+
+def test_custom_buckets_and_namespace():
+    reg = Registry(namespace="game")
+    m = reg.metric("tick_us", buckets=[0.001, 0.005, 0.02])
+    m.record_many([500, 1000, 1001, 4000, 30000])
+    assert reg.buckets("tick_us") == (0.001, 0.005, 0.02)
+    b = dict(_buckets(_parse(reg.exposition())["game_tick_seconds"]))
+    assert b == {0.001: 3, 0.005: 4, 0.02: 4, math.inf: 5}  # 1001 µs is in the native bucket [1000, 1003]
+    assert "other_tick_seconds_bucket" in reg.exposition(namespace="other")
+    assert "\ntick_seconds_count" in "\n" + reg.exposition(namespace="")
+    for bad in ([], [0.0, 1.0], [2.0, 1.0], [float("nan")], list(range(1, 70))):
+        with pytest.raises(ValueError, match="buckets of 'tick_us'"):
+            reg.set_buckets("tick_us", bad)
+    with pytest.raises(ValueError, match="not a metric"):
+        reg.set_buckets("nothing_us", [1.0])
+    for bad in ("9lives", "a-b"):
+        with pytest.raises(ValueError, match="namespace"):
+            Registry(namespace=bad)
+
+
+def test_labels_and_views():
+    reg = Registry()
+    a = reg.counter("closes_total", {"reason": "peer_closed"})
+    assert reg.counter("closes_total", {"reason": "peer_closed"}) is a
+    a.inc(2)
+    w = reg.with_labels(worker="1")
+    assert w.labels == {"worker": "1"} and reg.labels == {}
+    w.counter("closes_total", {"reason": "peer_closed"}).inc()
+    w.gauge("connections").set(4)
+    odd = 'quote " slash \\ newline \n'
+    reg.gauge("g", {"v": odd}).set(1)
+    assert sorted(reg.names()) == reg.names()
+    assert set(reg.names()) == {'closes_total{reason="peer_closed"}', 'closes_total{reason="peer_closed",worker="1"}',
+                                'connections{worker="1"}', 'g{v="quote \\" slash \\\\ newline \\n"}'}
+    fams = _parse(reg.exposition())
+    closes = {tuple(sorted(s.labels.items())): s.value for s in fams["fastpacket_closes"].samples}
+    assert closes == {(("reason", "peer_closed"),): 2, (("reason", "peer_closed"), ("worker", "1")): 1}
+    assert fams["fastpacket_g"].samples[0].labels == {"v": odd}
+    for bad in ({"le": "1"}, {"quantile": "x"}, {"__x": "y"}, {"a-b": "c"}):
+        with pytest.raises(ValueError, match="label name"):
+            reg.counter("x_total", bad)
+    with pytest.raises(TypeError, match="values are str"):
+        reg.counter("x_total", {"a": 1})
+    with pytest.raises(TypeError):
+        reg.counter("x_total", ["a"])
+
+
+def test_no_duplicate_families():
+    reg = Registry()
+    reg.gauge("connections")
+    with pytest.raises(ValueError, match="only counters end in _total"):
+        reg.gauge("open_total")
+    reg.counter("connections_accepted_total")
+    with pytest.raises(ValueError, match="clashes with counter 'connections_accepted_total'"):
+        reg.counter("connections_accepted")  # both would be fastpacket_connections_accepted_total
+    reg.metric("rtt_us")
+    with pytest.raises(ValueError, match="clashes with metric 'rtt_us'"):
+        reg.metric("rtt_ns")  # both fastpacket_rtt_seconds
+    with pytest.raises(ValueError, match="clashes"):
+        reg.gauge("rtt_seconds_count")
+    names = [f.name for f in _parse(reg.exposition()).values()]
+    assert len(names) == len(set(names))
+
+
+def test_reason_label_folds_unknown_reasons():
+    from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS, reason_label
+    assert reason_label("peer closed") == "peer_closed"
+    assert reason_label("protocol error: packet size 3 at stream offset 14") == "protocol_error"
+    assert reason_label("handler error: KeyError: 'x'") == "handler_error"
+    assert reason_label("connection lost: [Errno 104] reset") == "connection_lost"
+    assert reason_label("kicked: cheating") == "other" and reason_label(None) == "closed"
+    assert reason_label("rate limit", DROP_REASONS) == "rate_limit"
+    assert reason_label("rate limit") == "other"  # not a close reason
+    assert "worker_lost" in CLOSE_REASONS and "other" in CLOSE_REASONS and "other" in DROP_REASONS
+
+
+def test_server_metrics_table_is_exposable():
+    # every family the adapter and the runtime record, created at once, is
+    # valid, distinct and typed as documented
+    reg = Registry()
+    for info in fp.metrics.SERVER_METRICS:
+        getattr(reg, info.kind)(info.name, {k: "x" for k in info.labels})
+    fams = _parse(reg.exposition())
+    types = {"metric": "histogram", "counter": "counter", "gauge": "gauge"}
+    for info in fp.metrics.SERVER_METRICS:
+        name = fp.metrics.exposition_name(info.name, info.kind)
+        fam = fams[name[: -len("_total")] if info.kind == "counter" else name]
+        assert fam.type == types[info.kind] and fam.documentation == info.help
 
 
 def test_prometheus_collector():
@@ -516,13 +659,65 @@ def test_prometheus_collector():
     reg.gauge("load").set(0.25)
     preg = CollectorRegistry()
     preg.register(PrometheusCollector(reg))
-    fams = _parse(generate_latest(preg).decode())
-    ours = _parse(reg.exposition())
-    for name in ("rtt_us", "rtt_us_min", "rtt_us_max", "frames", "load"):
-        assert {(s.name, tuple(sorted(s.labels.items())), s.value) for s in fams[name].samples} == \
-               {(s.name, tuple(sorted(s.labels.items())), s.value) for s in ours[name].samples}, name
+    assert generate_latest(preg).decode() == reg.exposition()
+    preg = CollectorRegistry()
+    preg.register(PrometheusCollector(reg, namespace="x"))
+    assert "x_rtt_seconds_count 1000.0" in generate_latest(preg).decode()
     with pytest.raises(TypeError):
         PrometheusCollector(object())
+
+
+def test_promtool_check_metrics_is_clean():
+    import subprocess
+
+    from tests.scrape import require_tool
+    promtool = require_tool("promtool")
+    reg = Registry()
+    for info in fp.metrics.SERVER_METRICS:
+        labels = {k: "x" for k in info.labels}
+        for worker in ("0", "1"):
+            getattr(reg.with_labels(worker=worker), info.kind)(info.name, labels)
+    reg.metric("handler_duration_ns").record_many([50, 5000, 5_000_000])
+    reg.metric("packet_processing_us").record(3)
+    text = reg.exposition()
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (r.stdout, r.stderr)
+
+
+def test_http_server_serves_text_openmetrics_and_process_metrics():
+    from tests.scrape import fetch, samples
+    import gzip
+    import urllib.request
+    reg = Registry()
+    reg.counter("packets_in_total").inc(5)
+    with fp.metrics.start_http_server(reg, 0) as server:
+        assert server.port > 0 and server.url == f"http://127.0.0.1:{server.port}/metrics"
+        text = fetch(server.url)
+        assert samples(text)["fastpacket_packets_in_total"] == [({}, 5.0)]
+        assert samples(text)["process_resident_memory_bytes"][0][1] > 1 << 20 or not os.path.exists("/proc")
+        req = urllib.request.Request(server.url, headers={"Accept": "application/openmetrics-text; version=1.0.0",
+                                                          "Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+            body = gzip.decompress(resp.read()).decode() if resp.headers.get("Content-Encoding") == "gzip" \
+                else resp.read().decode()
+        assert "fastpacket_packets_in_total 5.0" in body and body.endswith("# EOF\n")
+    with pytest.raises(OSError):
+        fetch(server.url, timeout=2)
+    with pytest.raises(ValueError, match="port"):
+        fp.metrics.start_http_server(reg, -1)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process metrics read /proc (Linux)")
+def test_process_collector_labels_each_process():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from tests.scrape import samples
+    preg = CollectorRegistry()
+    preg.register(fp.metrics.ProcessCollector(lambda: {"0": os.getpid(), "gone": 2**22 + 12345}))
+    got = samples(generate_latest(preg).decode())
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+                 "process_start_time_seconds"):
+        assert [labels for labels, _ in got[name]] == [{"worker": "0"}], name
 
 
 # ---------------------------------------------------------------------------
@@ -539,6 +734,9 @@ def _worker(path: str, k: int, n: int) -> None:
     reg.metric(f"only_{k}_ns").record(k)
     for i in range(20):  # every process creates the same names at once
         reg.counter(f"c{i}_total").inc()
+    view = reg.with_labels(worker=str(k))
+    view.counter("closes_total", {"reason": "peer_closed"}).inc(k + 1)
+    view.gauge("connections").set(10 * k)
 
 
 def test_shared_three_processes_exact(tmp_path):
@@ -566,8 +764,15 @@ def test_shared_three_processes_exact(tmp_path):
     snap = reg.snapshot()
     assert all(snap[f"c{i}_total"]["value"] == 3 for i in range(20))
     assert {snap[f"only_{k}_ns"]["sum"] for k in range(3)} == {0, 1, 2}
-    assert len(reg) == 1 + 1 + 3 + 20
-    assert "packet_processing_us_count 120000" in reg.exposition()
+    assert len(reg) == 1 + 1 + 3 + 20 + 3 + 3
+    text = reg.exposition()
+    assert "fastpacket_packet_processing_seconds_count 120000.0" in text
+    # labelled series other processes created: read back from the file's slot names
+    for k in range(3):
+        assert f'fastpacket_closes_total{{reason="peer_closed",worker="{k}"}} {k + 1}.0' in text
+        assert f'fastpacket_connections{{worker="{k}"}} {10.0 * k}' in text
+    reader = Registry.open(path)  # a reader (fastpacket top) sees the same
+    assert reader.exposition() == text
 
 
 def test_shared_file_in_one_process(tmp_path):
@@ -593,6 +798,12 @@ def test_shared_file_in_one_process(tmp_path):
     assert b.metric("x_us").count == 0 and sorted(b.names()) == ["g", "n_total", "x_us", "y"]
     del a, b
     assert os.path.getsize(path) == 4096 + 4 * 60096
+
+
+def test_open_never_creates(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no fastpacket metrics file"):
+        Registry.open(tmp_path / "absent")
+    assert not (tmp_path / "absent").exists()
 
 
 def test_shared_file_rejects_other_files(tmp_path):
@@ -626,3 +837,16 @@ def test_objects_made_with_new_do_not_crash(cls):
         obj.reset()
     with pytest.raises(TypeError, match="holds no storage"):
         obj.value if cls is not Metric else obj.record(1)
+
+
+def test_readme_lists_every_server_metric():
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    if not os.path.exists(readme):
+        pytest.skip("README.md not beside the tests")
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    for info in fp.metrics.SERVER_METRICS:
+        name = fp.metrics.exposition_name(info.name, info.kind)
+        assert f"| `{name}` |" in text, name
+    for reason in fp.metrics.CLOSE_REASONS | fp.metrics.DROP_REASONS:
+        assert reason in text, reason

@@ -1,6 +1,7 @@
 """Metrics: record() per call beside a plain-Python class, prometheus_client
 and hdrhistogram; record_many by thread count (the GIL is released);
-p50 + p95 + p99 beside sorting and numpy.percentile."""
+p50 + p95 + p99 beside sorting and numpy.percentile; one /metrics
+exposition of a server's series by worker count."""
 
 import threading
 from collections import deque
@@ -8,7 +9,7 @@ from collections import deque
 import numpy as np
 
 from fastpacket.cli.bench.metrics import MAX_VALUE, PCTS, PlainMetric, _hdr_histogram, _prometheus_histogram
-from fastpacket.metrics import Metric
+from fastpacket.metrics import SERVER_METRICS, Metric, Registry
 
 CALLS = 100_000
 
@@ -95,3 +96,26 @@ class Percentiles:
 
     def time_percentiles(self, impl):
         self.fn()
+
+
+class Exposition:
+    """Registry.exposition() of every series a server records (the adapter's
+    and the supervisor's, reasons included), with 1 or 8 workers' labels and
+    values in every histogram: the cost of one scrape."""
+
+    params = [[1, 8]]
+    param_names = ["workers"]
+
+    def setup(self, workers):
+        self.reg = Registry()
+        values = np.random.default_rng(4).integers(0, 10**7, 10_000)
+        for w in range(workers):
+            view = self.reg.with_labels(worker=str(w))
+            for info in SERVER_METRICS:
+                item = getattr(view, info.kind)(info.name, {k: "other" for k in info.labels})
+                if info.kind == "metric":
+                    item.record_many(values)
+        self.reg.exposition()  # prometheus_client is imported on first use: not part of a scrape
+
+    def time_exposition(self, workers):
+        self.reg.exposition()

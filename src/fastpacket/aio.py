@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import sys
 import time
@@ -69,6 +68,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Type, cas
 from fastpacket._native import HubCore, ProtocolCore
 from fastpacket.framing import FrameDecoder, PacketBatch
 from fastpacket.layout import GAME, HeaderLayout
+from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS, reason_label
 from fastpacket.sendbuf import SendBuffer
 
 __all__ = ["serve", "connect", "Session", "PacketServer", "Options", "Handler"]
@@ -138,11 +138,6 @@ class Options:
         return self
 
 
-def _slug(reason: str) -> str:
-    head = reason.split(":", 1)[0]
-    return re.sub(r"[^a-z0-9]+", "_", head.lower()).strip("_") or "closed"
-
-
 class _Hub(HubCore):
     """State shared by the sessions of one server (or one client session):
     options, pools, the dirty list for end-of-burst flushes, metrics. The
@@ -176,15 +171,21 @@ class _Hub(HubCore):
         if reg is not None:
             self.metrics = {
                 "connections": reg.gauge("connections"),
-                "connections_total": reg.counter("connections_total"),
+                "connections_total": reg.counter("connections_accepted_total"),
                 "packets_in": reg.counter("packets_in_total"),
                 "bytes_in": reg.counter("bytes_in_total"),
                 "packets_out": reg.counter("packets_out_total"),
                 "bytes_out": reg.counter("bytes_out_total"),
                 "batch": reg.metric("batch_packets"),
                 "flush": reg.metric("flush_bytes"),
-                "handler": reg.metric("handler_us"),
+                "handler": reg.metric("handler_duration_ns"),
             }
+            # every reason's series exists from the start, at 0: a scrape
+            # sees the whole label set, and rate() has a first sample
+            for reason in CLOSE_REASONS:
+                reg.counter("closes_total", {"reason": reason})
+            for reason in DROP_REASONS:
+                reg.counter("drops_total", {"reason": reason})
         if options.idle_timeout:
             self._arm_idle_sweep()
 
@@ -210,7 +211,7 @@ class _Hub(HubCore):
     def count_drop(self, reason: str, n: int) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
         if self.options.registry is not None:
-            self.options.registry.counter(f"dropped_{_slug(reason)}_total").inc(n)
+            self.options.registry.counter("drops_total", {"reason": reason_label(reason, DROP_REASONS)}).inc(n)
 
     def opened(self, session: "Session") -> bool:
         """Registers a new connection; False when it must be refused."""
@@ -233,7 +234,7 @@ class _Hub(HubCore):
         if m is not None:
             if was_open:
                 m["connections"].dec()
-            self.options.registry.counter(f"closes_{_slug(reason)}_total").inc()
+            self.options.registry.counter("closes_total", {"reason": reason_label(reason)}).inc()
 
     def _arm_idle_sweep(self) -> None:
         period = min(max(self.options.idle_timeout / 4, 0.01), 1.0)

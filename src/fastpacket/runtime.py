@@ -18,10 +18,15 @@ SIGINT/SIGTERM sends SIGTERM to every worker, each of which stops
 listening, flushes and closes its sessions ("server shutdown") and exits 0.
 
 Metrics: the workers of one server record into one shared-memory Registry
-(``fp.Registry(shared=path)``, a file in a private temporary directory
-removed at exit), so ``metrics`` serves the whole server's Prometheus text
-at ``http://metrics_host:metrics_port/metrics``
-(``fastpacket.metrics.serve_metrics``).
+(``fp.Registry(shared=path)``: ``metrics_file``, or a file in a private
+temporary directory, removed at exit), each through a view labelled
+``worker="<index>"``, so ``metrics`` serves the whole server, per worker,
+at ``http://metrics_host:metrics_port/metrics`` (prometheus_client's HTTP
+server, ``fastpacket.metrics.start_http_server``) with every worker's
+process metrics. When a worker dies, the supervisor counts its open
+connections as closed with reason ``worker_lost``, resets its gauges and
+starts a new worker with the same index, which records into the same
+series.
 
 Where SO_REUSEPORT is missing, ``workers > 1`` falls back to one worker with
 a logged warning.
@@ -44,9 +49,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 from fastpacket.system import LOOPS, new_event_loop, raise_nofile
 
-__all__ = ["ServerConfig", "load_app", "app_kwargs", "start_server", "run", "reuse_port_available"]
+__all__ = ["ServerConfig", "load_app", "app_kwargs", "start_server", "run", "reuse_port_available",
+           "account_lost_worker"]
 
 log = logging.getLogger("fastpacket.runtime")
+
+#: Slots of the shared metrics file per worker: the adapter's families,
+#: every close and drop reason, and room for the application's own.
+SLOTS_PER_WORKER = 64
 
 
 @dataclass
@@ -168,10 +178,12 @@ async def _serve_until_stopped(config: ServerConfig, registry: Any, reuse_port: 
     metrics_server = None
     info: Dict[str, Any] = {"host": config.host, "port": server.port, "pid": os.getpid()}
     if metrics is not None:
-        from fastpacket.metrics import serve_metrics
+        from fastpacket.metrics import start_http_server
 
-        metrics_server = await serve_metrics(registry, *metrics)
-        info["metrics_port"] = metrics_server.sockets[0].getsockname()[1]
+        metrics_server = start_http_server(registry, metrics[1], metrics[0])
+        info["metrics_port"] = metrics_server.port
+    if registry is not None and registry.path is not None:
+        info["metrics_file"] = registry.path
     on_ready(info)
     try:
         await stop
@@ -194,21 +206,43 @@ def _on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Future, signals: 
 
 
 def run_single(config: ServerConfig, metrics: Optional[tuple] = None,
-               on_ready: Callable[[Dict[str, Any]], Any] = lambda info: None) -> int:
-    """Serve in this process until SIGINT/SIGTERM; 0 after a clean stop."""
+               on_ready: Callable[[Dict[str, Any]], Any] = lambda info: None,
+               metrics_file: Optional[str] = None) -> int:
+    """Serve in this process until SIGINT/SIGTERM; 0 after a clean stop.
+    With `metrics_file`, the registry is a shared file there (created here,
+    removed at exit) that ``fastpacket top`` can read."""
     from fastpacket.metrics import Registry
 
     raise_nofile()
+    registry = Registry(shared=_new_metrics_file(metrics_file)) if metrics_file else Registry()
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
     try:
         stop = loop.create_future()
         _on_signals(loop, stop, (signal.SIGINT, signal.SIGTERM))
-        loop.run_until_complete(_serve_until_stopped(config, Registry(), False, None, metrics, on_ready, stop))
+        loop.run_until_complete(_serve_until_stopped(config, registry, False, None, metrics, on_ready, stop))
         return 0
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+        if metrics_file:
+            _remove(metrics_file)
+
+
+def _new_metrics_file(path: str) -> str:
+    """`path`, checked to be free: a metrics file there belongs to another
+    server, or was left by one that crashed (FileExistsError saying so)."""
+    if os.path.exists(path):
+        raise FileExistsError(f"metrics file {path!r} exists: another server uses it, or one that crashed "
+                              f"left it (delete it then)")
+    return path
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------
@@ -236,7 +270,7 @@ def _worker_main(config: Dict[str, Any], registry_path: str, port: int, index: i
             loop.call_later(1.0, watch_parent)
 
     loop.call_later(1.0, watch_parent)
-    registry = Registry(shared=registry_path)
+    registry = Registry(shared=registry_path).with_labels(worker=str(index))
     try:
         loop.run_until_complete(_serve_until_stopped(
             cfg, registry, True, port, None, lambda info: conn.send(("ready", index, info)), stop))
@@ -269,6 +303,17 @@ class _Supervisor:
         child.close()
         self.procs[index] = p
         self.conns[index] = parent
+
+    def pids(self) -> Dict[str, int]:
+        """{worker label: pid} of the workers and of this supervisor
+        ("supervisor"), for the process metrics (called from the metrics
+        server's thread: it reads pids only, never polls a process, which
+        would race the supervisor's own waitpid)."""
+        out = {"supervisor": os.getpid()}
+        for i, p in enumerate(list(self.procs)):
+            if p is not None and p.pid is not None:
+                out[str(i)] = p.pid
+        return out
 
     def wait_ready(self, index: int, timeout: float) -> Dict[str, Any]:
         conn = self.conns[index]
@@ -306,19 +351,23 @@ class _Supervisor:
 
 def run_workers(config: ServerConfig, workers: int, metrics: Optional[tuple] = None,
                 on_ready: Callable[[Dict[str, Any]], Any] = lambda info: None,
-                start_timeout: float = 60.0) -> int:
+                start_timeout: float = 60.0, metrics_file: Optional[str] = None) -> int:
     """Serve with `workers` processes sharing the port (SO_REUSEPORT) and
-    one metrics registry, until SIGINT/SIGTERM; 0 after a clean stop."""
-    from fastpacket.metrics import Registry
+    one metrics registry (at `metrics_file`, else in a temporary directory;
+    removed at exit), until SIGINT/SIGTERM; 0 after a clean stop."""
+    from fastpacket.metrics import DEFAULT_SLOTS, Registry
 
+    if metrics_file:
+        _new_metrics_file(metrics_file)
     tmpdir = tempfile.mkdtemp(prefix="fastpacket-serve-")
-    registry_path = os.path.join(tmpdir, "metrics")
-    registry = Registry(shared=registry_path)
+    registry_path = metrics_file or os.path.join(tmpdir, "metrics")
+    registry = Registry(shared=registry_path, slots=max(DEFAULT_SLOTS, SLOTS_PER_WORKER * (workers + 1)))
     # Reserve the port (port 0: pick one) with a bound, non-listening
     # SO_REUSEPORT socket, so that every worker binds the same one.
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     reserve = socket.socket(family, socket.SOCK_STREAM)
     sup: Optional[_Supervisor] = None
+    metrics_server = None
     loop = new_event_loop()
     try:
         reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -330,22 +379,23 @@ def run_workers(config: ServerConfig, workers: int, metrics: Optional[tuple] = N
         infos = [sup.wait_ready(i, start_timeout) for i in range(workers)]
         reserve.close()
         registry.gauge("workers").set(workers)
+        for i in range(workers):  # at 0 from the start, like every series the workers create
+            registry.with_labels(worker=str(i)).counter("worker_restarts_total")
         asyncio.set_event_loop(loop)
         stop = loop.create_future()
         _on_signals(loop, stop, (signal.SIGINT, signal.SIGTERM))
-        metrics_server = None
         info: Dict[str, Any] = {"host": config.host, "port": port, "pid": os.getpid(),
-                                "workers": [i["pid"] for i in infos]}
+                                "workers": [i["pid"] for i in infos], "metrics_file": registry_path}
         if metrics is not None:
-            from fastpacket.metrics import serve_metrics
+            from fastpacket.metrics import start_http_server
 
-            metrics_server = loop.run_until_complete(serve_metrics(registry, *metrics))
-            info["metrics_port"] = metrics_server.sockets[0].getsockname()[1]
+            metrics_server = start_http_server(registry, metrics[1], metrics[0], processes=sup.pids)
+            info["metrics_port"] = metrics_server.port
         on_ready(info)
-        loop.run_until_complete(_supervise(sup, stop))
+        loop.run_until_complete(_supervise(sup, registry, stop))
         if metrics_server is not None:
             metrics_server.close()
-            loop.run_until_complete(metrics_server.wait_closed())
+            metrics_server = None
         codes = sup.stop_all()
         sup = None
         bad = [c for c in codes if c != 0]
@@ -355,14 +405,35 @@ def run_workers(config: ServerConfig, workers: int, metrics: Optional[tuple] = N
         return 0
     finally:
         reserve.close()
+        if metrics_server is not None:
+            metrics_server.close()
         if sup is not None:
             sup.stop_all()
         asyncio.set_event_loop(None)
         loop.close()
+        if metrics_file:
+            _remove(metrics_file)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-async def _supervise(sup: _Supervisor, stop: asyncio.Future, max_restarts: int = 5, window: float = 60.0) -> None:
+def account_lost_worker(registry: Any, index: int) -> int:
+    """Worker `index` died without closing its sessions: count its open
+    connections as closes with reason "worker_lost" and zero every gauge
+    labelled with it, so that the series its replacement records into
+    start from the truth. Returns the connections it lost."""
+    label = str(index)
+    view = registry.with_labels(worker=label)
+    lost = max(0, int(round(view.gauge("connections").value)))
+    if lost:
+        view.counter("closes_total", {"reason": "worker_lost"}).inc(lost)
+    for s in registry.series():
+        if s.kind == "gauge" and s.labels.get("worker") == label:
+            s.item.reset()
+    return lost
+
+
+async def _supervise(sup: _Supervisor, registry: Any, stop: asyncio.Future, max_restarts: int = 5,
+                     window: float = 60.0) -> None:
     """Restart workers that die, until `stop` (or too many restarts)."""
     while not stop.done():
         await asyncio.wait([stop], timeout=0.2)
@@ -371,6 +442,7 @@ async def _supervise(sup: _Supervisor, stop: asyncio.Future, max_restarts: int =
         for i, p in enumerate(sup.procs):
             if p.is_alive():
                 continue
+            lost = account_lost_worker(registry, i)
             now = time.monotonic()
             sup.restarts = [t for t in sup.restarts if now - t < window] + [now]
             if len(sup.restarts) > max_restarts:
@@ -378,7 +450,9 @@ async def _supervise(sup: _Supervisor, stop: asyncio.Future, max_restarts: int =
                           i, p.exitcode, max_restarts, window)
                 stop.set_result(None)
                 return
-            log.warning("worker %d (pid %d) died with exit code %s: restarting it", i, p.pid, p.exitcode)
+            log.warning("worker %d (pid %d) died with exit code %s, %d connections lost: restarting it",
+                        i, p.pid, p.exitcode, lost)
+            registry.with_labels(worker=str(i)).counter("worker_restarts_total").inc()
             sup.start(i)
             try:
                 await asyncio.get_running_loop().run_in_executor(None, sup.wait_ready, i, 60.0)
@@ -387,11 +461,13 @@ async def _supervise(sup: _Supervisor, stop: asyncio.Future, max_restarts: int =
 
 
 def run(config: ServerConfig, workers: int = 1, metrics: Optional[tuple] = None,
-        on_ready: Callable[[Dict[str, Any]], Any] = lambda info: None) -> int:
+        on_ready: Callable[[Dict[str, Any]], Any] = lambda info: None, metrics_file: Optional[str] = None) -> int:
     """Serve until SIGINT/SIGTERM: in this process for one worker, else in
     `workers` processes (one when SO_REUSEPORT is missing). `metrics` is
-    (host, port) for the /metrics endpoint, or None. ``on_ready(info)`` gets
-    host, port, pid, workers (pids) and metrics_port once serving."""
+    (host, port) for the /metrics endpoint, or None; `metrics_file` a path
+    for the shared registry (which must not exist; removed at exit).
+    ``on_ready(info)`` gets host, port, pid, workers (pids), metrics_port
+    and metrics_file once serving."""
     config.check()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -399,5 +475,5 @@ def run(config: ServerConfig, workers: int = 1, metrics: Optional[tuple] = None,
         log.warning("SO_REUSEPORT is not available on this platform: serving with 1 worker instead of %d", workers)
         workers = 1
     if workers == 1:
-        return run_single(config, metrics, on_ready)
-    return run_workers(config, workers, metrics, on_ready)
+        return run_single(config, metrics, on_ready, metrics_file)
+    return run_workers(config, workers, metrics, on_ready, metrics_file=metrics_file)

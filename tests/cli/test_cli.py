@@ -8,14 +8,11 @@ import asyncio
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -26,60 +23,14 @@ from fastpacket.cli import format_markdown, main
 from fastpacket.cli.bench import Row
 from fastpacket.cli.loadgen import move_dtype, move_load
 from fastpacket.apps.relay import MOVE, MOVE_FORMAT, Relay
+from tests.scrape import fetch, samples, total
+from tests.served import CMD, Served
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
-CMD = [sys.executable, "-m", "fastpacket"]
 
 
 def run_cli(args, tmp_path, timeout=60):
     return subprocess.run(CMD + args, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
-
-
-class Served:
-    """``fastpacket serve`` in a subprocess, its port and metrics port read
-    from its ready line."""
-
-    def __init__(self, args, tmp_path, timeout=60.0, cmd=None):
-        self.proc = subprocess.Popen(cmd or CMD + ["serve", "--port", "0"] + args, cwd=tmp_path,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.buf = b""
-        self.line = self._readline(timeout)
-        m = re.search(r"on 127\.0\.0\.1:(\d+)", self.line)
-        assert m, f"no ready line: {self.line!r} {self.proc.stderr.read().decode() if self.proc.poll() is not None else ''}"
-        self.port = int(m.group(1))
-        m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", self.line)
-        self.metrics_port = int(m.group(1)) if m else None
-
-    def _readline(self, timeout):
-        """The next line of stdout ("" after `timeout` seconds without one)."""
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.decode()
-
-    def stop(self, sig=signal.SIGINT, timeout=30.0):
-        self.proc.send_signal(sig)
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-            pytest.fail(f"serve did not stop within {timeout} s after {sig!r}: {err.decode()}")
-        return self.proc.returncode, (self.buf + out).decode(), err.decode()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
 
 
 @pytest.fixture
@@ -192,23 +143,36 @@ def test_serve_two_workers_share_metrics_and_stop_on_sigint(served):
         return clients
 
     asyncio.run(asyncio.wait_for(exchange(), 30))
+    url = f"http://127.0.0.1:{s.metrics_port}/metrics"
     text = ""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # the closes land in the shared registry a moment later
-        text = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).read().decode()
-        if "closes_peer_closed_total 8" in text:
+        text = fetch(url)
+        if total(text, "fastpacket_closes_total", reason="peer_closed") == 8:
             break
         time.sleep(0.05)
-    assert "packets_in_total 200" in text and "packets_out_total 200" in text, text
-    assert "connections_total 8" in text and "workers 2" in text
-    assert "closes_peer_closed_total 8" in text and re.search(r"^connections 0(\.0)?$", text, re.M)
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/nothing", timeout=5)
-    assert e.value.code == 404
-    e.value.close()
+    assert total(text, "fastpacket_packets_in_total") == 200, text
+    assert total(text, "fastpacket_packets_out_total") == 200
+    assert total(text, "fastpacket_connections_accepted_total") == 8 and total(text, "fastpacket_workers") == 2
+    assert total(text, "fastpacket_closes_total", reason="peer_closed") == 8
+    assert total(text, "fastpacket_connections") == 0
+    # per-worker series, and every worker's process metrics
+    workers = {labels["worker"] for labels, _ in samples(text)["fastpacket_connections"]}
+    assert workers == {"0", "1"}
+    cpu = {labels["worker"] for labels, _ in samples(text)["process_cpu_seconds_total"]}
+    assert cpu == {"0", "1", "supervisor"}
     code, out, err = s.stop(signal.SIGINT)
     assert code == 0, err
     assert "stopped" in out
+
+
+def test_serve_refuses_a_metrics_file_that_exists(tmp_path):
+    taken = tmp_path / "taken.metrics"
+    taken.write_bytes(b"")
+    for workers in ("1", "2"):
+        r = run_cli(["serve", "--port", "0", "--workers", workers, "--metrics-file", str(taken)], tmp_path)
+        assert r.returncode == 1 and "exists: another server uses it" in r.stderr, r.stderr
+    assert taken.read_bytes() == b""  # left alone
 
 
 def test_serve_rejects_bad_limits(tmp_path):

@@ -1,5 +1,5 @@
 """The ``fastpacket`` command: argument parsing and the serve, load and
-bench commands (demo lives in fastpacket.cli.demo)."""
+bench commands (demo lives in fastpacket.cli.demo, top in fastpacket.cli.top)."""
 
 from __future__ import annotations
 
@@ -157,10 +157,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         line = f"fastpacket serve: {args.app} on {info['host']}:{info['port']}, {where}"
         if "metrics_port" in info:
             line += f", metrics at http://{args.metrics_host}:{info['metrics_port']}/metrics"
+        if "metrics_file" in info:
+            line += f", metrics file {info['metrics_file']}"
         print(line + "; Ctrl-C to stop", flush=True)
 
     try:
-        code = run(config, args.workers, metrics, on_ready)
+        code = run(config, args.workers, metrics, on_ready, metrics_file=args.metrics_file)
     except OSError as exc:
         print(f"fastpacket serve: {exc}", file=sys.stderr)
         return FAILED
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compress a burst of at least this many bytes (default 256)")
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus text at /metrics on this port")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    serve.add_argument("--metrics-file", default=None,
+                       help="shared metrics file to create (fastpacket top reads it; must not exist; removed at exit)")
     limits = serve.add_argument_group("per-connection limits")
     limits.add_argument("--max-packet-size", type=int, default=None, help=f"bytes (default {d.max_packet_size})")
     limits.add_argument("--packets-per-s", type=float, default=None, help="token-bucket rate, 0: unlimited (default 0)")
@@ -238,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--port", type=int, default=7777, help="server port (default 7777)")
     _add_load_args(load, connections=50, seconds=10.0)
     load.set_defaults(func=_cmd_load)
+
+    top = sub.add_parser("top", help="live view of a running server (its /metrics URL or metrics file)",
+                         description="Per worker: packets/s and MB/s in and out, connections, handler p50/p99, "
+                                     "CPU, RSS; closes and drops by reason. Refreshes every --interval seconds "
+                                     "until Ctrl-C; --once prints one frame and exits.")
+    top.add_argument("target", help="http://HOST:PORT/metrics, or the path of serve --metrics-file")
+    top.add_argument("--once", action="store_true", help="print one frame (rates over one interval) and exit")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between readings (default 1)")
+    top.add_argument("--namespace", default="fastpacket", help="metric name prefix (default fastpacket)")
+    from fastpacket.cli.top import cmd_top
+
+    top.set_defaults(func=cmd_top)
 
     bench = sub.add_parser("bench", help="side-by-side benchmarks against the plain-Python way")
     bench.add_argument("sections", nargs="*", help=f"sections to run (default: all of {list(SECTIONS)})")

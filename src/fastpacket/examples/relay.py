@@ -12,7 +12,7 @@ import sys
 
 import fastpacket as fp
 from fastpacket.apps.relay import Relay
-from fastpacket.metrics import serve_metrics
+from fastpacket.metrics import start_http_server
 
 
 async def main(port, metrics_port):
@@ -22,8 +22,8 @@ async def main(port, metrics_port):
                                 handlers=relay.handlers, on_close=relay.on_close)
     print(f"relay on 127.0.0.1:{server.port}", flush=True)
     if metrics_port is not None:
-        metrics = await serve_metrics(registry, "127.0.0.1", metrics_port)
-        print(f"metrics at http://127.0.0.1:{metrics.sockets[0].getsockname()[1]}/metrics", flush=True)
+        metrics = start_http_server(registry, metrics_port)  # prometheus_client's server, in a thread
+        print(f"metrics at {metrics.url}", flush=True)
     async with server:
         await server.serve_forever()
 

@@ -10,8 +10,8 @@
 (c) p50 + p95 + p99 of 1,000 recorded values: sorting the values (the
     baseline), numpy.percentile, hdrhistogram, fastpacket percentiles().
 
-prometheus_client and hdrhistogram are optional: their rows are skipped,
-with a note in the case name, when they are not installed.
+hdrhistogram is optional: its rows are skipped, with a note in the case
+name, when it is not installed (prometheus_client is a dependency).
 """
 
 from __future__ import annotations
