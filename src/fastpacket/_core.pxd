@@ -86,7 +86,7 @@ cdef extern from "fastpacket/framing.hpp" namespace "fastpacket" nogil:
         uint64_t stream_offset()
         bool failed()
         void reset()
-        FeedPlan plan(const uint8_t* data, size_t n) except +
+        FeedPlan plan(const uint8_t* data, size_t n)
         void emit(const uint8_t* data, size_t n, const FeedPlan& p, uint8_t* out,
                   IndexColumns cols) except +
         @staticmethod
