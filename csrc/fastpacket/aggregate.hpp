@@ -1,7 +1,7 @@
 // Aggregate frames: many packets packed into one packet of type 0xFFFF whose
 // payload is an 8-byte aggregate header (codec u8, flags u8, count u16,
 // raw_size u32, little-endian) followed by a body of `count` whole packets,
-// compressed by `codec` (DESIGN.md, wire format).
+// compressed by `codec` (docs/wire-format.md).
 //
 // Plain C++17, no Python. The codecs themselves (lz4 block, zlib) are called
 // by the bindings; this header builds bodies (a gather of frames), chooses
@@ -25,6 +25,17 @@ constexpr std::size_t kAggregateHeaderBytes = 8;
 constexpr std::size_t kMaxAggregateCount = 0xFFFF;
 /// Largest raw body the raw_size field (u32) can announce, in bytes.
 constexpr std::uint64_t kMaxAggregateRawSize = 0xFFFFFFFFull;
+/// Largest max_raw_size a codec path handles, in bytes: LZ4_MAX_INPUT_SIZE,
+/// the largest block liblz4 compresses or decompresses (its sizes are ints);
+/// zlib handles more. A receiver refuses any raw_size above its max_raw_size
+/// before decompressing, so this bounds every body it allocates.
+constexpr std::uint64_t kRawSizeLimit = 0x7E000000ull;
+/// Default max_raw_size, in bytes (1 MiB).
+constexpr std::uint64_t kDefaultMaxRawSize = std::uint64_t{1} << 20;
+/// The sender compresses bodies of at least this many bytes by default ...
+constexpr std::size_t kDefaultCompressionThreshold = 1024;
+/// ... and keeps the result when it saves at least this fraction.
+constexpr double kDefaultMinSaving = 0.10;
 
 enum class Codec : std::uint8_t { none = 0, lz4 = 1, zlib = 2 };
 /// Codecs this version can decode; higher values are rejected.
@@ -276,7 +287,7 @@ inline bool frames_contiguous(const std::int64_t* offsets, const std::uint32_t* 
     return true;
 }
 
-/// The sender's rule (DESIGN.md): compress only a body of at least
+/// The sender's rule (docs/wire-format.md): compress only a body of at least
 /// `threshold` bytes, and keep the result only when it is smaller than
 /// (1 - min_saving) of the body.
 inline bool compression_pays(std::size_t raw, std::size_t compressed, double min_saving) noexcept {

@@ -16,6 +16,10 @@
 
 namespace fastpacket {
 
+/// Default max_packet_size, in bytes: the largest frame GAME's u16 size
+/// field can announce.
+constexpr std::size_t kDefaultMaxPacketSize = 0xFFFF;
+
 enum class FrameError : std::uint8_t {
     none = 0,
     too_small = 1,  // announced frame size below the header size

@@ -16,7 +16,7 @@ namespace fastpacket {
 constexpr std::size_t kMaxHeaderBytes = 64;
 /// Most fields a layout may have (every field is at least one byte).
 constexpr std::size_t kMaxFields = kMaxHeaderBytes;
-/// Packet type reserved for aggregate frames (DESIGN.md, wire format).
+/// Packet type reserved for aggregate frames (docs/wire-format.md).
 constexpr std::uint64_t kAggregateType = 0xFFFF;
 
 struct Field {
@@ -46,8 +46,9 @@ inline std::uint64_t max_for_width(unsigned width) noexcept {
     return width >= 8 ? ~std::uint64_t{0} : ((std::uint64_t{1} << (8 * width)) - 1);
 }
 
-/// A validated header layout. Build one with Layout::make(); the Python
-/// HeaderLayout validates names and sizes before it gets here.
+/// A header layout: fill in the fields and roles, then check valid() before
+/// use (game_layout() builds GAME). The bindings' HeaderLayout validates
+/// names, kinds and sizes before it fills one in.
 struct Layout {
     Field fields[kMaxFields];
     std::uint16_t nfields = 0;

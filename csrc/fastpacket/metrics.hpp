@@ -260,7 +260,7 @@ struct alignas(64) MetricCore {
         }
         return {lo, hi};
     }
-    // Atomic max by compare-exchange (the seed's RecordMetric loop): the
+    // Atomic max by compare-exchange (the classic lock-free max loop): the
     // common case, v not a new extreme, is one load and no write.
     static void raise_to(Atomic64& a, std::uint64_t v) noexcept {
         std::uint64_t cur = a.load(std::memory_order_relaxed);
