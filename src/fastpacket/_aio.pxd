@@ -5,6 +5,7 @@
 cdef class SessionBase
 
 
+@cython.final
 cdef class Hub:
     cdef readonly object loop
     cdef readonly object options        # the checked fastpacket.aio.Options

@@ -222,7 +222,7 @@ class PacketServer(asyncio.AbstractServer):
     @property
     def options(self) -> Options:
         """The server's checked options (shared by its sessions; do not change them)."""
-        return self._hub.options  # type: ignore[no-any-return]
+        return self._hub.options
 
     @property
     def sessions(self) -> Set[Session]:
@@ -265,11 +265,11 @@ class PacketServer(asyncio.AbstractServer):
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop the server runs on."""
-        return self._server.get_loop()  # type: ignore[no-any-return]
+        return self._server.get_loop()
 
     def is_serving(self) -> bool:
         """True while the server accepts connections."""
-        return self._server.is_serving()  # type: ignore[no-any-return]
+        return self._server.is_serving()
 
     async def start_serving(self) -> None:
         """Start accepting connections (serve() already did)."""
@@ -282,7 +282,7 @@ class PacketServer(asyncio.AbstractServer):
     @property
     def port(self) -> int:
         """The TCP port of the first listening socket."""
-        return self._server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
+        return self._server.sockets[0].getsockname()[1]
 
 
 async def serve(handler: Optional[Handler] = None, host: str = "127.0.0.1", port: int = 0, *,
