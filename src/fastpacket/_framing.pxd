@@ -26,8 +26,6 @@ cdef class Packet:
     cdef PacketBatch _batch
     cdef Py_ssize_t _index
 
-    cdef object _role(self, int field)
-
 
 @cython.final
 cdef class _PacketIterator:

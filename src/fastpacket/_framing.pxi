@@ -220,6 +220,15 @@ def encode(uint64_t type, payload, *, uint64_t seq=0, uint64_t player_id=0, layo
         PyBuffer_Release(&view)
 
 
+cdef inline object _packet_field(Packet p, int field):
+    """Header field `field` of packet p, or None for a layout without it
+    (-1). Inline: it is every Packet property's whole work."""
+    if field < 0:
+        return None
+    cdef PacketBatch b = p._batch
+    return b._layout.c.read(b._cols.headers + p._index * b._layout.c.header_size, field)
+
+
 @cython.freelist(256)
 @cython.final
 @cython.no_gc  # holds only its batch: it can be in no reference cycle, so the GC need not track it
@@ -239,26 +248,20 @@ cdef class Packet:
         raise TypeError("Packet objects come from a PacketBatch; build packets with "
                         "fastpacket.encode() or PacketBatch.build()")
 
-    cdef object _role(self, int field):
-        if field < 0:
-            return None
-        cdef PacketBatch b = self._batch
-        return b._layout.c.read(b._cols.headers + self._index * b._layout.c.header_size, field)
-
     @property
     def type(self):
         """The packet type (the layout's type field), or None."""
-        return self._role(self._batch._layout.c.type_index)
+        return _packet_field(self, self._batch._layout.c.type_index)
 
     @property
     def seq(self):
         """The sequence number (the layout's seq field), or None."""
-        return self._role(self._batch._layout.c.seq_index)
+        return _packet_field(self, self._batch._layout.c.seq_index)
 
     @property
     def player_id(self):
         """The player id (the layout's player_id field), or None."""
-        return self._role(self._batch._layout.c.player_id_index)
+        return _packet_field(self, self._batch._layout.c.player_id_index)
 
     @property
     def size(self):
@@ -283,7 +286,7 @@ cdef class Packet:
         cdef int i = b._layout.field_names.index(name) if name in b._layout.field_names else -1
         if i < 0:
             raise KeyError(f"layout {b._layout.name} has no field {name!r}")
-        return self._role(i)
+        return _packet_field(self, i)
 
     def to_bytes(self):
         """The packet as it was on the wire (header and payload)."""
