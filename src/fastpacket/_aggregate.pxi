@@ -224,7 +224,7 @@ cdef class Aggregator:
 
     def __cinit__(self, codec="lz4", threshold=kDefaultCompressionThreshold, min_saving=kDefaultMinSaving,
                   max_raw_size=kDefaultMaxRawSize, *, level=_ZLIB_DEFAULT_LEVEL, acceleration=1,
-                  max_frame_size=None, layout=GAME):
+                  max_frame_size=None, layout=None):
         if isinstance(codec, str):
             if codec not in CODECS:
                 raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
@@ -244,9 +244,7 @@ cdef class Aggregator:
             raise ValueError(f"level must be a zlib level 0..{_ZLIB_MAX_LEVEL}, got {level!r}")
         if not isinstance(acceleration, int) or acceleration < 1:
             raise ValueError(f"acceleration must be an int >= 1, got {acceleration!r}")
-        if not isinstance(layout, HeaderLayout):
-            raise TypeError(f"layout must be a fastpacket.HeaderLayout, not {type(layout).__name__!r}")
-        cdef HeaderLayout nl = <HeaderLayout>layout
+        cdef HeaderLayout nl = _layout_arg(layout)
         min_frame = nl.c.header_size + kAggregateHeaderBytes
         if max_frame_size is not None and (not isinstance(max_frame_size, int) or max_frame_size < min_frame):
             raise ValueError(f"max_frame_size must be an int >= {min_frame} (header + aggregate header), "

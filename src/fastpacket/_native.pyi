@@ -172,7 +172,7 @@ class Aggregator:
         level: int = 6,
         acceleration: int = 1,
         max_frame_size: Optional[int] = None,
-        layout: HeaderLayout = ...,
+        layout: Optional[HeaderLayout] = None,
     ) -> None: ...
     @property
     def codec(self) -> str: ...
