@@ -42,7 +42,10 @@ option                        default                what happens
 ``packets_per_s``,            0 (unlimited)          token bucket (``rate_burst`` seconds of
 ``bytes_per_s``                                      capacity): ``rate_policy`` "drop" drops the
                                                      excess packets, "close" closes
-                                                     ("rate limit exceeded")
+                                                     ("rate limit exceeded"). The bucket must
+                                                     hold one packet: ``rate_burst *
+                                                     packets_per_s >= 1`` and ``rate_burst *
+                                                     bytes_per_s >= max_packet_size``
 ``idle_timeout``              None                   no packet for that long: "idle timeout"
 ``max_connections``           None                   further connections: "too many connections"
 ``max_pending_bytes``         1 MiB                  output queued for a peer (send buffer +
@@ -50,6 +53,11 @@ option                        default                what happens
 ``write_timeout``             10 s                   output paused (peer not reading) that long:
                                                      "slow consumer"
 ============================  =====================  ==========================================
+
+With an ``aggregator``, ``max_packet_size`` must be at most
+``aggregator.frame_capacity()`` (65515 for GAME): a larger packet, echoed or
+relayed, could not be sent. ``Options.check()`` refuses these impossible
+combinations with a ValueError naming the option.
 
 While a peer's output is paused the server also stops reading from it. A
 handler exception is logged, closes that session ("handler error: ...") and
@@ -65,7 +73,6 @@ error: ..."). Works on asyncio's default loop and on uvloop.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Optional, Set
 
@@ -76,8 +83,6 @@ from fastpacket.layout import GAME, HeaderLayout
 from fastpacket.sendbuf import DEFAULT_FILL_RATIO, DEFAULT_MAX_BYTES
 
 __all__ = ["serve", "connect", "Session", "PacketServer", "Options", "Handler"]
-
-log = logging.getLogger("fastpacket.aio")
 
 #: A handler: called as handler(session, batch) once per read burst.
 Handler = Callable[["Session", PacketBatch], Any]
