@@ -6,8 +6,8 @@
 
 from cpython.bytes cimport PyBytes_GET_SIZE, _PyBytes_Resize
 from cpython.ref cimport Py_DECREF
+from libc.math cimport isfinite
 
-import math as _math
 import zlib as _zlib
 import lz4.block as _lz4_block
 import lz4.block._block as _lz4_block_ext
@@ -235,7 +235,7 @@ cdef class Aggregator:
             raise ValueError(f"codec must be one of {sorted(CODECS)} or 0..2, got {codec!r}")
         if not isinstance(threshold, int) or threshold < 0:
             raise ValueError(f"threshold must be a non-negative int (bytes), got {threshold!r}")
-        if not isinstance(min_saving, (int, float)) or not _math.isfinite(min_saving) or not 0 <= min_saving < 1:
+        if not isinstance(min_saving, (int, float)) or not isfinite(min_saving) or not 0 <= min_saving < 1:
             raise ValueError(f"min_saving must be in [0, 1), got {min_saving!r}")
         if not isinstance(max_raw_size, int) or not 0 <= max_raw_size <= kRawSizeLimit:
             raise ValueError(f"max_raw_size must be an int in [0, {kRawSizeLimit}] (what every codec "
