@@ -1,5 +1,6 @@
 """A small pure-Python model of the fastpacket wire format, written from
-DESIGN.md and independently of the native code, for differential tests.
+the spec (docs/wire-format.md) and independently of the native code, for
+differential tests.
 
 A layout here is a plain description: fields [(name, kind)], the length
 field, whether the length counts the header, the byte order. Packets are

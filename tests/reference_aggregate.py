@@ -1,5 +1,5 @@
-"""A pure-Python reference model of aggregate frames (DESIGN.md, wire
-format), written from the spec and independent of fastpacket: an encoder
+"""A pure-Python reference model of aggregate frames (docs/wire-format.md),
+written from the spec and independent of fastpacket: an encoder
 that applies the sender's rule, an encoder that writes any (even wrong)
 header, and a decoder that makes the receiver's checks in the same order
 as fastpacket and names the failed one.

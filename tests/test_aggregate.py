@@ -603,3 +603,15 @@ def test_feed_from_ring_unwraps_aggregates(double_map):
         got.extend((p.type, p.seq) for p in dec.feed_from(ring))
     assert got == [(1, 0)] + [(5, i) for i in range(30)] + [(2, 0)]
     assert len(ring) == 0
+
+
+def test_max_raw_size_is_capped_at_what_every_codec_handles():
+    # liblz4 takes an int: a raw_size above LZ4_MAX_INPUT_SIZE (0x7E000000)
+    # would reach LZ4_decompress_safe as a negative capacity on the direct
+    # path and fail in lz4.block on the other; refuse it up front.
+    limit = 0x7E000000
+    for bad in (limit + 1, 2**31, 2**32 - 1):
+        with pytest.raises(ValueError, match=f"max_raw_size must be an int in \\[0, {limit}\\]"):
+            fp.Aggregator(max_raw_size=bad)
+    assert fp.Aggregator(max_raw_size=limit).max_raw_size == limit
+    assert fp.aggregate.MAX_RAW_SIZE == limit

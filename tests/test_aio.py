@@ -8,6 +8,7 @@ import gc
 import resource
 import socket
 import struct
+import weakref
 
 import numpy as np
 import pytest
@@ -275,7 +276,7 @@ def test_rate_limit_drop_and_close(run):
         server.close()
         await server.wait_closed()
 
-        server = await aio.serve(echo, "127.0.0.1", 0, bytes_per_s=1000, rate_policy="close")
+        server = await aio.serve(echo, "127.0.0.1", 0, bytes_per_s=1000, max_packet_size=1000, rate_policy="close")
         client = await aio.connect("127.0.0.1", server.port)
         client.send_batch(fp.PacketBatch.build([1] * 100, [bytes(100)] * 100))
         assert await client.wait_closed() == "peer closed"
@@ -322,7 +323,7 @@ def test_peer_that_never_reads_is_cut_off(run):
                     break
                 sent += 1
             if session.transport is not None:  # never more queued for the peer than the limit
-                assert session.transport.get_write_buffer_size() + session._sendbuf.nbytes <= 256 << 10
+                assert session.transport.get_write_buffer_size() + session.queued_bytes <= 256 << 10
             await asyncio.sleep(0.001)
         assert session.close_reason == "slow consumer"
         assert await wait_for_close(server) == {"slow consumer": 1}
@@ -387,8 +388,11 @@ def test_on_wire_aggregation_both_ends(run):
         agg_server = fp.Aggregator("lz4", threshold=256)
         agg_client = fp.Aggregator("lz4", threshold=256)
         sessions = []
-        server = await aio.serve(echo, "127.0.0.1", 0, aggregator=agg_server, on_connect=sessions.append)
-        client = await aio.connect("127.0.0.1", server.port, aggregator=agg_client)
+        # every packet echoed must fit one aggregate frame: max_packet_size at most its capacity
+        server = await aio.serve(echo, "127.0.0.1", 0, aggregator=agg_server, on_connect=sessions.append,
+                                 max_packet_size=agg_server.frame_capacity())
+        client = await aio.connect("127.0.0.1", server.port, aggregator=agg_client,
+                                   max_packet_size=agg_client.frame_capacity())
         payload = b"position:0000,0000,0000;" * 3
         client.send_batch(fp.PacketBatch.build([3] * 200, [payload] * 200, seqs=range(200)))
         got = await recv_packets(client, 200)
@@ -514,7 +518,7 @@ def test_client_handlers_and_prompt_sends(run):
                 done.set_result(None)
 
         client = await aio.connect("127.0.0.1", server.port, handlers={7: on_pong}, handler=on_pong)
-        assert client._hub.options.max_delay == 0  # a client's requests are not held back
+        assert client.options.max_delay == 0  # a client's requests are not held back
         client.send(7, b"ping")
         client.send(8, b"ping")
         await asyncio.wait_for(done, 5)
@@ -522,5 +526,181 @@ def test_client_handlers_and_prompt_sends(run):
         client.close()
         server.close()
         await server.wait_closed()
+
+    run(main())
+
+
+# -- regressions: refused connections, session identity, the send path ----------
+
+
+def test_no_on_connect_or_on_close_for_a_refused_connection(run):
+    async def main():
+        connected, closed = [], []
+        server = await aio.serve(echo, "127.0.0.1", 0, max_connections=1, on_connect=connected.append,
+                                 on_close=closed.append)
+        a = await aio.connect("127.0.0.1", server.port)
+        b = await aio.connect("127.0.0.1", server.port)
+        assert await asyncio.wait_for(b.wait_closed(), 5) == "peer closed"
+        assert await wait_for_close(server) == {"too many connections": 1}
+        a.send(1, b"still served")
+        (p,) = await recv_packets(a, 1)
+        assert bytes(p.payload) == b"still served"
+        assert len(connected) == 1 and not closed and server.sessions == set(connected)
+        a.close()
+        await wait_for_close(server, 2)
+        assert closed == connected
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_closed_session_is_never_another_connection(run):
+    # A weak reference (or a WeakSet of sessions) to a closed session must
+    # not come back pointing at a newer connection.
+    async def main():
+        refs = []
+        server = await aio.serve(echo, "127.0.0.1", 0, on_connect=lambda s: refs.append(weakref.ref(s)))
+        loop = asyncio.get_running_loop()
+        for i in range(3):
+            c = await aio.connect("127.0.0.1", server.port)
+            c.send(1, b"x")
+            await recv_packets(c, 1)
+            c.close()
+            await wait_for_close(server, i + 1)
+        deadline = loop.time() + 5
+        while len(refs) < 3 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        alive = [r() for r in refs if r() is not None]
+        assert len({id(s) for s in alive}) == len(alive)  # three connections, three sessions
+        for s in alive:
+            assert s.closed and s.close_reason == "peer closed"
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def _record_loop_errors(loop):
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    return errors
+
+
+# A GAME packet that an aggregate frame cannot carry: 65,532 bytes > 65,515.
+BIG_PAYLOAD = bytes(65520)
+
+
+def test_an_unpackable_reply_closes_only_its_session(run, caplog):
+    # Flushed at the end of the read burst (fill_ratio=1: no early flush),
+    # the reply cannot be packed: the session closes with the reason, the
+    # packet is counted, nothing reaches the event loop's error handler.
+    async def main():
+        errors = _record_loop_errors(asyncio.get_running_loop())
+        sessions = []
+
+        def handler(session, batch):
+            for p in batch:
+                session.send(p.type, BIG_PAYLOAD if p.type == 13 else p.payload)
+
+        server = await aio.serve(handler, "127.0.0.1", 0, aggregator=fp.Aggregator(), fill_ratio=1.0,
+                                 max_packet_size=60000, on_connect=sessions.append)
+        bad = await aio.connect("127.0.0.1", server.port, aggregator=fp.Aggregator(), max_packet_size=60000)
+        good = await aio.connect("127.0.0.1", server.port, aggregator=fp.Aggregator(), max_packet_size=60000)
+        bad.send(13, b"")
+        assert await bad.recv(5) is None
+        (reason,) = await wait_for_close(server)
+        assert reason.startswith("send error: ValueError: packet 0 (65532 bytes) cannot fit any aggregate frame")
+        assert server.drops == {"send error": 1}
+        bad_session = next(s for s in sessions if s.closed)
+        assert bad_session.dropped_out == 1 and bad_session.packets_out == 0
+        good.send(1, b"still serving")
+        (p,) = await recv_packets(good, 1)
+        assert bytes(p.payload) == b"still serving"
+        assert errors == []
+        good.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert "send error" in caplog.text
+
+
+def test_a_failing_flush_does_not_strand_other_sessions(run):
+    # Sends made outside a read burst wait on the hub's dirty list; the
+    # first session's flush fails, the one after it must still go out.
+    async def main():
+        errors = _record_loop_errors(asyncio.get_running_loop())
+        sessions = []
+        server = await aio.serve(echo, "127.0.0.1", 0, aggregator=fp.Aggregator(), fill_ratio=1.0,
+                                 max_packet_size=60000, max_delay=0.01, on_connect=sessions.append)
+        clients = [await aio.connect("127.0.0.1", server.port, aggregator=fp.Aggregator(), max_packet_size=60000) for _ in range(2)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(sessions) < 2 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        first, second = sessions
+        assert first.send(1, BIG_PAYLOAD) is not None  # queued; fails when flushed
+        assert second.send(2, b"for the second") is not None
+        assert second.send(3, b"and another") is not None
+        got = await recv_packets(clients[1], 2)
+        assert [bytes(p.payload) for p in got] == [b"for the second", b"and another"]
+        assert await clients[0].recv(5) is None
+        assert first.close_reason.startswith("send error: ValueError")
+        assert first.dropped_out == 1 and server.drops == {"send error": 1}
+        assert errors == []
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_send_that_flushes_an_unpackable_packet_returns_none(run):
+    # Past the fill threshold send() flushes at once: the packet is dropped
+    # and counted, the session closes, send() says so by returning None.
+    async def main():
+        errors = _record_loop_errors(asyncio.get_running_loop())
+        sessions = []
+        server = await aio.serve(echo, "127.0.0.1", 0, aggregator=fp.Aggregator(), max_packet_size=60000,
+                                 on_connect=sessions.append)
+        client = await aio.connect("127.0.0.1", server.port, aggregator=fp.Aggregator(), max_packet_size=60000)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not sessions and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        (session,) = sessions
+        assert session.send(1, BIG_PAYLOAD) is None
+        assert session.closed and session.close_reason.startswith("send error: ValueError")
+        assert session.dropped_out == 1
+        assert session.send(1, b"after the close") is None and session.dropped_out == 2
+        assert await client.recv(5) is None
+        assert errors == []
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_options_refuse_combinations_that_cannot_work(run):
+    async def main():
+        with pytest.raises(ValueError, match="max_packet_size.*65535.*aggregate frame.*65515"):
+            await aio.serve(echo, "127.0.0.1", 0, aggregator=fp.Aggregator())
+        with pytest.raises(ValueError, match="max_packet_size.*2000.*1000"):
+            await aio.serve(echo, "127.0.0.1", 0, aggregator=fp.Aggregator(max_raw_size=1000),
+                            max_packet_size=2000, recv_buffer=4096, send_buffer=4096)
+        with pytest.raises(ValueError, match="rate_burst"):
+            await aio.serve(echo, "127.0.0.1", 0, packets_per_s=100, rate_burst=0)
+        with pytest.raises(ValueError, match="rate_burst.*packets_per_s"):
+            await aio.serve(echo, "127.0.0.1", 0, packets_per_s=10, rate_burst=0.05)
+        with pytest.raises(ValueError, match="rate_burst.*bytes_per_s.*max_packet_size"):
+            await aio.serve(echo, "127.0.0.1", 0, bytes_per_s=1000)
+        # the edges that do work
+        for kwargs in (dict(aggregator=fp.Aggregator(), max_packet_size=65515),
+                       dict(packets_per_s=10, rate_burst=0.1),
+                       dict(bytes_per_s=1000, max_packet_size=1000),
+                       dict(rate_burst=0)):
+            server = await aio.serve(echo, "127.0.0.1", 0, **kwargs)
+            server.close()
+            await server.wait_closed()
 
     run(main())

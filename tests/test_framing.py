@@ -4,6 +4,8 @@ chunkings, three layouts, every input buffer type, malformed streams."""
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import random
 
 import numpy as np
@@ -272,3 +274,53 @@ def test_zero_copy_bytes_input_is_safe():
     del data
     gc.collect()
     assert [bytes(p.payload) for p in batch] == [b"abc", b"de"]
+
+
+# -- allocation failure ---------------------------------------------------------
+
+_ALLOC_FAILURE_SCRIPT = r"""
+import resource, sys
+import fastpacket as fp
+
+head = fp.encode(1, b"the packet left pending")
+body = fp.encode(2, bytes(20)) * 2_000_000          # 64 MB of whole packets
+tail = fp.encode(3, b"incomplete")[:7]
+chunk = head[5:] + body + tail
+
+dec = fp.FrameDecoder()
+assert len(dec.feed(head[:5])) == 0 and dec.pending == 5
+
+with open("/proc/self/status") as f:
+    vm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+# room for the interpreter's small allocations, not for the batch's 112 MB
+resource.setrlimit(resource.RLIMIT_AS, ((vm_kib << 10) + (16 << 20), hard))
+try:
+    dec.feed(chunk)
+except MemoryError:
+    pass
+else:
+    sys.exit("the feed did not run out of memory: the test proves nothing")
+finally:
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+# the failed feed took nothing: the decoder is where it was before it
+print("pending", dec.pending, "offset", dec.stream_offset, flush=True)
+assert dec.pending == 5 and dec.stream_offset == 0 and not dec.failed
+batch = dec.feed(chunk)                                   # the same bytes again
+assert len(batch) == 2_000_001, len(batch)
+assert batch[0].type == 1 and bytes(batch[0].payload) == b"the packet left pending"
+assert batch[1].type == 2 and batch[len(batch) - 1].type == 2
+assert dec.pending == 7
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_memory_error_mid_feed_leaves_the_decoder_in_step():
+    # A feed that cannot allocate its batch must not have consumed any input:
+    # the caller may feed the same bytes again (plan is pure, emit commits).
+    proc = subprocess.run([sys.executable, "-c", _ALLOC_FAILURE_SCRIPT], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("ok")

@@ -305,3 +305,21 @@ def test_an_empty_flush_view_may_be_released():
     sb = fp.SendBuffer()
     sb.flush().release()
     assert len(sb.flush()) == 0
+
+
+def test_send_batch_refuses_a_layout_with_the_same_dtype_but_other_framing():
+    # Same fields, same dtype: only whether the length counts the header
+    # differs. Relaying such a batch byte-for-byte would make the receiver
+    # frame it differently (two packets read as one), so it is refused.
+    fields = [("len", "u16"), ("type", "u16")]
+    counts_header = fp.HeaderLayout(fields, "len", length_includes_header=True, name="WITH")
+    payload_only = fp.HeaderLayout(fields, "len", length_includes_header=False, name="WITHOUT")
+    assert counts_header.dtype == payload_only.dtype
+    batch = fp.PacketBatch.build([1, 2], [b"abcd", b"efgh"], layout=payload_only)
+    sb = fp.SendBuffer(layout=counts_header)
+    with pytest.raises(ValueError, match="WITHOUT.*WITH"):
+        sb.send_batch(batch)
+    assert len(sb) == 0
+    # an equal layout built separately is the same framing: accepted
+    same = fp.HeaderLayout(fields, "len", length_includes_header=False)
+    fp.SendBuffer(layout=same).send_batch(batch)

@@ -26,6 +26,17 @@ constexpr std::size_t kAggregateHeaderBytes = 8;
 constexpr std::size_t kMaxAggregateCount = 0xFFFF;
 /// Largest raw body the raw_size field (u32) can announce, in bytes.
 constexpr std::uint64_t kMaxAggregateRawSize = 0xFFFFFFFFull;
+/// Largest max_raw_size a codec path handles, in bytes: LZ4_MAX_INPUT_SIZE,
+/// the largest block liblz4 compresses or decompresses (its sizes are ints);
+/// zlib handles more. A receiver refuses any raw_size above its max_raw_size
+/// before decompressing, so this bounds every body it allocates.
+constexpr std::uint64_t kRawSizeLimit = 0x7E000000ull;
+/// Default max_raw_size, in bytes (1 MiB).
+constexpr std::uint64_t kDefaultMaxRawSize = std::uint64_t{1} << 20;
+/// The sender compresses bodies of at least this many bytes by default ...
+constexpr std::size_t kDefaultCompressionThreshold = 1024;
+/// ... and keeps the result when it saves at least this fraction.
+constexpr double kDefaultMinSaving = 0.10;
 
 enum class Codec : std::uint8_t { none = 0, lz4 = 1, zlib = 2 };
 /// Codecs this version can decode; higher values are rejected.

@@ -18,6 +18,10 @@
 
 namespace fastpacket {
 
+/// Default max_packet_size, in bytes: the largest frame GAME's u16 size
+/// field can announce.
+constexpr std::size_t kDefaultMaxPacketSize = 0xFFFF;
+
 enum class FrameError : std::uint8_t {
     none = 0,
     too_small = 1,  // announced frame size below the header size
@@ -208,12 +212,18 @@ inline EncodeError encode_header(const Layout& l, std::uint8_t* out, const Heade
 }
 
 /// Incremental stream decoder. A feed is two calls: plan() finds the frames
-/// (completing the one left pending by the previous feed), the caller
-/// allocates exactly what the plan says, then emit() copies and indexes.
+/// (completing the one left pending by the previous feed) without changing
+/// the decoder, the caller allocates exactly what the plan says, then emit()
+/// copies, indexes and commits.
 ///
 ///   FeedPlan p = dec.plan(in, n);
 ///   out = alloc(p.data_bytes); idx = alloc(index_bytes(p.count, hs));
 ///   dec.emit(in, n, p, out, cols);   // also keeps the new incomplete tail
+///
+/// An allocation that fails between the two calls leaves the decoder exactly
+/// as it was: the same input may be fed again. emit() makes its only
+/// allocation (growing the pending buffer) before it changes anything, so it
+/// too either commits the whole plan or throws with nothing changed.
 ///
 /// After an error the frames before the bad header are still planned and
 /// emitted; the decoder then refuses input (FrameError::failed) until reset().
@@ -223,8 +233,8 @@ public:
         : layout_(layout), max_(static_cast<std::int64_t>(max_packet_size)) {}
 
     struct FeedPlan {
-        bool head_complete = false;  // pending_ now holds one complete frame
-        std::size_t scan_begin = 0;  // input offset where whole frames start
+        bool head_complete = false;  // the pending frame completes with in[0, scan_begin)
+        std::size_t scan_begin = 0;  // input bytes that go to the pending frame; whole frames start here
         std::size_t scan_end = 0;    // input offset past the last whole frame
         std::size_t count = 0;       // complete frames in this feed
         std::size_t data_bytes = 0;  // bytes emit() writes to `out`
@@ -243,7 +253,8 @@ public:
         failed_ = false;
     }
 
-    FeedPlan plan(const std::uint8_t* in, std::size_t n) {
+    /// Plans the feed of in[0, n): pure, the decoder is unchanged.
+    FeedPlan plan(const std::uint8_t* in, std::size_t n) const noexcept {
         FeedPlan p;
         if (failed_) {
             p.error.kind = FrameError::failed;
@@ -251,54 +262,79 @@ public:
             return p;
         }
         const std::size_t hs = layout_.header_size;
-        const std::uint64_t input_base = stream_offset_ + pending_.size();  // stream offset of in[0]
+        const std::size_t have = pending_.size();
+        const std::uint64_t input_base = stream_offset_ + have;  // stream offset of in[0]
         std::size_t used = 0;
-        if (!pending_.empty()) {
+        if (have != 0) {
             // Complete the frame left over from the previous feed, first its
             // header, then (once its size is checked) its body. Every early
-            // return marks the input it took as consumed (scan_begin/end).
-            if (pending_.size() < hs) used = append_pending(in, n, hs - pending_.size());
-            p.scan_begin = p.scan_end = used;
-            if (pending_.size() < hs) return p;  // still no whole header
-            const std::int64_t frame = layout_.frame_size(pending_.data());
+            // return marks the input it took for the pending frame as
+            // consumed (scan_begin == scan_end).
+            std::uint8_t header[kMaxHeaderBytes];
+            const std::size_t from_pending = have < hs ? have : hs;
+            std::memcpy(header, pending_.data(), from_pending);
+            if (from_pending < hs) {
+                used = take(n, hs - from_pending);
+                std::memcpy(header + from_pending, in, used);
+                if (from_pending + used < hs) {  // still no whole header
+                    p.scan_begin = p.scan_end = used;
+                    return p;
+                }
+            }
+            const std::int64_t frame = layout_.frame_size(header);
             if (!size_ok(frame)) {
-                fail(p.error, stream_offset_, frame, pending_.data());
+                p.scan_begin = p.scan_end = used;
+                describe(p.error, stream_offset_, frame, header);
                 return p;
             }
             const auto want = static_cast<std::size_t>(frame);
-            if (pending_.size() < want) used += append_pending(in + used, n - used, want - pending_.size());
+            used += take(n - used, want - have - used);
             p.scan_begin = p.scan_end = used;
-            if (pending_.size() < want) return p;
+            if (have + used < want) return p;
             p.head_complete = true;
             p.count = 1;
+            p.data_bytes = want;
         }
         p.scan_begin = used;
         const ScanResult r = scan_frames(layout_, in + used, n - used, max_);
         p.scan_end = used + r.end;
         p.count += r.count;
-        p.data_bytes = (p.head_complete ? pending_.size() : 0) + r.end;
+        p.data_bytes += r.end;
         if (r.error) {
             const std::uint8_t* bad = in + p.scan_end;
-            fail(p.error, input_base + p.scan_end, layout_.frame_size(bad), bad);
+            describe(p.error, input_base + p.scan_end, layout_.frame_size(bad), bad);
         }
         return p;
     }
 
-    /// Copies the plan's frames to `out` (p.data_bytes; may be null when the
-    /// caller keeps the input itself as the data, see zero_copy()), indexes
-    /// them into `cols` with offsets relative to `out`, and keeps the
-    /// input's incomplete tail.
+    /// Commits a plan made by plan(in, ...) on this decoder as it is now:
+    /// copies the plan's frames to `out` (p.data_bytes; may be null only when
+    /// the caller keeps the input itself as the data, see zero_copy()),
+    /// indexes them into `cols` with offsets relative to `out`, and keeps
+    /// in[scan_end, n) as the new incomplete tail (n >= p.scan_end).
     void emit(const std::uint8_t* in, std::size_t n, const FeedPlan& p, std::uint8_t* out,
               IndexColumns cols) {
+        if (p.error.kind == FrameError::failed) return;
+        const bool keep_tail = p.error.kind == FrameError::none && p.scan_end < n;
+        // The only allocation, before any change: at most one frame's worth
+        // (a header, or a checked header plus less than its frame size).
+        const std::size_t held = p.head_complete ? 0 : pending_.size() + p.scan_begin;
+        const std::size_t need = held + (keep_tail ? n - p.scan_end : 0);
+        if (need > pending_.capacity()) pending_.reserve(need);
+
         std::size_t head = 0;
         if (p.head_complete) {
-            head = pending_.size();
-            if (out != nullptr) std::memcpy(out, pending_.data(), head);
-            index_frames(layout_, pending_.data(), 1, 0, cols);
+            const std::size_t have = pending_.size();
+            head = have + p.scan_begin;
+            std::memcpy(out, pending_.data(), have);
+            std::memcpy(out + have, in, p.scan_begin);
+            index_frames(layout_, out, 1, 0, cols);
             cols.offsets += 1;
             cols.sizes += 1;
             cols.headers += layout_.header_size;
             pending_.clear();
+        } else if (p.scan_begin != 0) {
+            pending_.insert(pending_.end(), in, in + p.scan_begin);  // still incomplete (or a bad header)
         }
         const std::size_t body = p.scan_end - p.scan_begin;
         const std::size_t scanned = p.count - (p.head_complete ? 1 : 0);
@@ -309,12 +345,11 @@ public:
             index_frames(layout_, in + p.scan_begin, scanned, static_cast<std::int64_t>(p.scan_begin), cols);
         }
         stream_offset_ += head + body;
-        if (p.error.kind != FrameError::none) return;  // the rest of the stream is unusable
-        if (p.scan_end < n) {
-            // At most one frame's worth: a header, or a checked header plus
-            // less than its frame size (bounded by max_packet_size).
-            pending_.insert(pending_.end(), in + p.scan_end, in + n);
+        if (p.error.kind != FrameError::none) {
+            failed_ = true;  // the rest of the stream is unusable
+            return;
         }
+        if (keep_tail) pending_.insert(pending_.end(), in + p.scan_end, in + n);
     }
 
     /// True when the plan's frames are exactly input[0, scan_end): the caller
@@ -322,22 +357,19 @@ public:
     static bool zero_copy(const FeedPlan& p) noexcept { return !p.head_complete && p.scan_begin == 0; }
 
 private:
-    std::size_t append_pending(const std::uint8_t* in, std::size_t n, std::size_t want) {
-        const std::size_t take = want < n ? want : n;
-        pending_.insert(pending_.end(), in, in + take);
-        return take;
+    static std::size_t take(std::size_t available, std::size_t want) noexcept {
+        return want < available ? want : available;
     }
 
     bool size_ok(std::int64_t frame) const noexcept {
         return frame >= static_cast<std::int64_t>(layout_.header_size) && frame <= max_;
     }
 
-    void fail(ErrorInfo& e, std::uint64_t offset, std::int64_t frame, const std::uint8_t* header) {
+    void describe(ErrorInfo& e, std::uint64_t offset, std::int64_t frame, const std::uint8_t* header) const noexcept {
         e.kind = frame < static_cast<std::int64_t>(layout_.header_size) ? FrameError::too_small : FrameError::too_large;
         e.stream_offset = offset;
         e.frame_size = frame;
         e.length_value = layout_.read(header, layout_.length_index);
-        failed_ = true;
     }
 
     Layout layout_;

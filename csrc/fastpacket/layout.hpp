@@ -47,9 +47,9 @@ inline std::uint64_t max_for_width(unsigned width) noexcept {
     return width >= 8 ? ~std::uint64_t{0} : ((std::uint64_t{1} << (8 * width)) - 1);
 }
 
-/// A header layout: set the fields, then check valid() (game_layout() builds
-/// the default; the Python HeaderLayout validates names, kinds and sizes, lays
-/// the fields out back to back and checks valid() in its native half).
+/// A header layout: fill in the fields and roles, then check valid() before
+/// use (game_layout() builds GAME). The bindings' HeaderLayout validates
+/// names, kinds and sizes before it fills one in.
 struct Layout {
     Field fields[kMaxFields];
     std::uint16_t nfields = 0;

@@ -22,21 +22,9 @@ public:
     bool enabled() const noexcept { return packet_rate_ > 0 || byte_rate_ > 0; }
 
     /// Refills for the time since the last call (`now` in seconds, any
-    /// monotonic origin), then takes `packets` and `bytes` if both buckets
-    /// hold enough; returns false and takes nothing otherwise.
-    bool try_take(double now, double packets, double bytes) noexcept {
-        refill(now);
-        const bool ok = (packet_rate_ <= 0 || packets_ >= packets) && (byte_rate_ <= 0 || bytes_ >= bytes);
-        if (ok) {
-            if (packet_rate_ > 0) packets_ -= packets;
-            if (byte_rate_ > 0) bytes_ -= bytes;
-        }
-        return ok;
-    }
-
-    /// Refills, then admits the longest prefix of `n` packets of the given
-    /// sizes that both buckets can pay for, takes its tokens and returns
-    /// its length (n when the connection is within its rate).
+    /// monotonic origin), then admits the longest prefix of `n` packets of
+    /// the given sizes that both buckets can pay for, takes its tokens and
+    /// returns its length (n when the connection is within its rate).
     std::size_t admit(double now, const std::uint32_t* sizes, std::size_t n) noexcept {
         refill(now);
         std::size_t k = 0;
@@ -50,9 +38,6 @@ public:
         if (byte_rate_ > 0) bytes_ -= bytes;
         return k;
     }
-
-    double packets_available() const noexcept { return packets_; }
-    double bytes_available() const noexcept { return bytes_; }
 
 private:
     void refill(double now) noexcept {

@@ -21,6 +21,13 @@
 
 namespace fastpacket {
 
+/// Default capacity of one buffer (one flush), in bytes.
+constexpr std::size_t kDefaultSendBufferBytes = 65536;
+/// should_flush() defaults: flush at this many queued packets ...
+constexpr std::size_t kDefaultFlushMinPackets = 10;
+/// ... or when this fraction of max_bytes is queued.
+constexpr double kDefaultFlushFillRatio = 0.8;
+
 enum class SendStatus : std::uint8_t {
     ok = 0,
     full = 1,          // does not fit now: flush, then retry

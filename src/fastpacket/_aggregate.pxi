@@ -4,66 +4,9 @@
 # bodies; this side calls the codecs (lz4.block and zlib, which release the
 # GIL around their C call) and maps every failure to AggregateError.
 
-from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_GET_SIZE, _PyBytes_Resize
 from cpython.ref cimport Py_DECREF
-
-cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:
-    const size_t kAggregateHeaderBytes
-    const size_t kMaxAggregateCount
-    const uint64_t kMaxAggregateRawSize
-
-    cdef struct AggregateHeader:
-        uint8_t codec
-        uint8_t flags
-        uint16_t count
-        uint32_t raw_size
-
-    cdef enum class AggregateCheck(uint8_t):
-        ok
-        frame
-        not_aggregate
-        flags
-        codec
-        max_raw_size
-        count
-        raw_size
-        packet_size
-        nested
-
-    cdef struct AggregateFault:
-        AggregateCheck check
-        uint64_t offset
-        int64_t value
-        int64_t limit
-        uint64_t index
-
-    cdef struct AggregateFrame:
-        AggregateHeader header
-        size_t body_offset
-        size_t body_size
-
-    void write_aggregate_header(uint8_t* out, const AggregateHeader& h)
-    AggregateFault parse_aggregate_frame(const Layout& l, const uint8_t* frame, size_t n,
-                                         uint64_t max_raw_size, AggregateFrame* out)
-    AggregateFault check_aggregate_body(const Layout& l, const uint8_t* body, size_t n, size_t count,
-                                        int64_t base_offset, IndexColumns* cols)
-    void gather_frames(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
-                       size_t count, uint8_t* out)
-    bool frames_contiguous(const int64_t* offsets, const uint32_t* sizes, size_t begin, size_t end)
-    bool compression_pays(size_t raw, size_t compressed, double min_saving)
-    size_t split_runs(const uint32_t* sizes, size_t count, uint64_t max_body, size_t* ends,
-                      size_t* too_big)
-
-    cdef cppclass StatsSnapshot "fastpacket::AggregateStats::Snapshot":
-        uint64_t compressed, raw, bytes_in, bytes_out, unpacked, rejected
-
-    cdef cppclass AggregateStats:
-        void count_packed(bool with_codec, uint64_t nin, uint64_t nout)
-        void count_unpacked()
-        void count_rejected()
-        StatsSnapshot snapshot()
-
+from libc.math cimport isfinite
 
 import zlib as _zlib
 import lz4 as _lz4
@@ -220,6 +163,26 @@ cdef enum:
 
 _CODEC_NAMES = ("none", "lz4", "zlib")
 
+#: Codec names and their numbers on the wire.
+CODECS = {name: number for number, name in enumerate(_CODEC_NAMES)}
+#: Packet type of aggregate frames.
+AGGREGATE_TYPE = kAggregateType
+#: Bytes of the aggregate header (codec, flags, count, raw_size).
+AGGREGATE_HEADER_SIZE = kAggregateHeaderBytes
+#: Default bound on a frame's raw body, in bytes (1 MiB).
+DEFAULT_MAX_RAW_SIZE = kDefaultMaxRawSize
+#: Largest max_raw_size, in bytes: what every codec path handles (liblz4's
+#: LZ4_MAX_INPUT_SIZE, 0x7E000000).
+MAX_RAW_SIZE = kRawSizeLimit
+#: Bodies smaller than this many bytes are sent raw by default.
+DEFAULT_THRESHOLD = kDefaultCompressionThreshold
+#: A compressed body is kept by default when it saves at least this fraction.
+DEFAULT_MIN_SAVING = kDefaultMinSaving
+#: Most packets one aggregate frame holds (its count field is a u16).
+MAX_AGGREGATE_COUNT = kMaxAggregateCount
+_ZLIB_MAX_LEVEL = 9
+_ZLIB_DEFAULT_LEVEL = 6
+
 cdef dict _CHECK_NAMES = {
     <int>AggregateCheck.frame: "frame",
     <int>AggregateCheck.not_aggregate: "type",
@@ -238,10 +201,6 @@ cdef dict _CHECK_NAMES = {
 cdef class _ByteWindow:
     """A read-only buffer over bytes that `_owner` keeps alive: hands a slice
     of a frame or batch to a codec without a memoryview and a slice object."""
-
-    cdef object _owner
-    cdef const uint8_t* _ptr
-    cdef Py_ssize_t _len
 
     def __getbuffer__(self, Py_buffer* view, int flags):
         PyBuffer_FillInfo(view, self, <void*>self._ptr, self._len, 1, flags)
@@ -307,31 +266,65 @@ cdef inline object _codec_error(str check, str msg, int64_t stream_offset, int64
                           value=value, limit=limit)
 
 
-cdef class NativeAggregator:
-    """Native half of fastpacket.aggregate.Aggregator (argument checks and
-    docs live there). Immutable after _configure(), so pack/unpack may run
-    in several threads at once; the counters are atomics."""
+cdef class Aggregator:
+    """Aggregator(codec="lz4", threshold=1024, min_saving=0.10, max_raw_size=1 << 20, *, level=6, acceleration=1, max_frame_size=None, layout=GAME)
 
-    cdef AggregateStats* _stats
-    cdef int _codec
-    cdef int _level
-    cdef dict _lz4_kwargs
-    cdef int _acceleration
-    cdef size_t _threshold
-    cdef double _min_saving
-    cdef uint64_t _max_raw_size
-    cdef int64_t _max_frame_size    # 0: the layout's length field is the only limit
-    cdef NativeLayout _layout       # the layout unpack() reads frames in
+    Packs a PacketBatch into aggregate frames and unpacks them, checking
+    every field of untrusted frames (docs/wire-format.md).
 
-    def __cinit__(self):
+    Args:
+        codec: ``"none"``, ``"lz4"`` or ``"zlib"`` (or 0, 1, 2).
+        threshold: bodies smaller than this many bytes are sent raw (codec 0).
+        min_saving: a compressed body is kept only when it is smaller than
+            ``(1 - min_saving) * body``; otherwise the frame goes raw.
+        max_raw_size: largest raw body pack() makes and unpack() accepts,
+            in bytes, at most MAX_RAW_SIZE (0x7E000000: what every codec
+            path handles); unpack() refuses a larger raw_size before
+            decompressing anything.
+        level: zlib compression level, 0..9 (default 6).
+        acceleration: lz4 acceleration, >= 1 (1 is lz4's default; higher is
+            faster and compresses less).
+        max_frame_size: cap on a whole frame in bytes, header included, for
+            peers whose decoder has a lower max_packet_size; default: what the
+            layout's length field can hold (65535 for GAME).
+        layout: the layout unpack() reads frames in (default GAME); pack()
+            writes frames in the batch's own layout.
+
+    ``stats`` counts frames compressed and left raw, bytes in and out, and
+    frames unpacked and rejected, correctly when several threads pack or
+    unpack at once (atomic counters). Immutable once made, so pack and
+    unpack may run in several threads at once.
+    """
+
+    def __cinit__(self, codec="lz4", threshold=kDefaultCompressionThreshold, min_saving=kDefaultMinSaving,
+                  max_raw_size=kDefaultMaxRawSize, *, level=_ZLIB_DEFAULT_LEVEL, acceleration=1,
+                  max_frame_size=None, layout=None):
+        if isinstance(codec, str):
+            if codec not in CODECS:
+                raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+            number = CODECS[codec]
+        elif isinstance(codec, int) and not isinstance(codec, bool) and codec in CODECS.values():
+            number = codec
+        else:
+            raise ValueError(f"codec must be one of {sorted(CODECS)} or 0..2, got {codec!r}")
+        if not isinstance(threshold, int) or threshold < 0:
+            raise ValueError(f"threshold must be a non-negative int (bytes), got {threshold!r}")
+        if not isinstance(min_saving, (int, float)) or not isfinite(min_saving) or not 0 <= min_saving < 1:
+            raise ValueError(f"min_saving must be in [0, 1), got {min_saving!r}")
+        if not isinstance(max_raw_size, int) or not 0 <= max_raw_size <= kRawSizeLimit:
+            raise ValueError(f"max_raw_size must be an int in [0, {kRawSizeLimit}] (what every codec "
+                             f"handles), got {max_raw_size!r}")
+        if not isinstance(level, int) or not 0 <= level <= _ZLIB_MAX_LEVEL:
+            raise ValueError(f"level must be a zlib level 0..{_ZLIB_MAX_LEVEL}, got {level!r}")
+        if not isinstance(acceleration, int) or acceleration < 1:
+            raise ValueError(f"acceleration must be an int >= 1, got {acceleration!r}")
+        cdef HeaderLayout nl = _layout_arg(layout)
+        min_frame = nl.c.header_size + kAggregateHeaderBytes
+        if max_frame_size is not None and (not isinstance(max_frame_size, int) or max_frame_size < min_frame):
+            raise ValueError(f"max_frame_size must be an int >= {min_frame} (header + aggregate header), "
+                             f"got {max_frame_size!r}")
         self._stats = new AggregateStats()
-
-    def __dealloc__(self):
-        del self._stats
-
-    def _configure(self, int codec, int level, int acceleration, Py_ssize_t threshold,
-                   double min_saving, uint64_t max_raw_size, int64_t max_frame_size, layout):
-        self._codec = codec
+        self._codec = number
         self._level = level
         self._acceleration = acceleration
         # mode "fast": lz4.block's "default" ignores acceleration (always 1)
@@ -339,8 +332,15 @@ cdef class NativeAggregator:
         self._threshold = threshold
         self._min_saving = min_saving
         self._max_raw_size = max_raw_size
-        self._max_frame_size = max_frame_size
-        self._layout = _layout_arg(layout)
+        self._max_frame_size = max_frame_size or 0
+        self._layout = nl
+
+    def __dealloc__(self):
+        del self._stats
+
+    def __repr__(self):
+        return (f"Aggregator(codec={self.codec!r}, threshold={self.threshold}, min_saving={self.min_saving}, "
+                f"max_raw_size={self.max_raw_size})")
 
     @property
     def codec(self):
@@ -372,13 +372,13 @@ cdef class NativeAggregator:
         """Counters: frames "compressed" and left "raw", "bytes_in" (packets
         packed) and "bytes_out" (frames produced), frames "unpacked" and
         "rejected". Safe to read while other threads pack."""
-        cdef StatsSnapshot s = self._stats.snapshot()
+        cdef AggregateStats.Snapshot s = self._stats.snapshot()
         return {"compressed": s.compressed, "raw": s.raw, "bytes_in": s.bytes_in,
                 "bytes_out": s.bytes_out, "unpacked": s.unpacked, "rejected": s.rejected}
 
     # -- packing -------------------------------------------------------------
 
-    cdef int64_t _frame_limit(self, NativeLayout nl):
+    cdef int64_t _frame_limit(self, HeaderLayout nl):
         """Largest frame (header included) the layout's length field can
         announce, capped by max_frame_size."""
         cdef Layout* c = &nl.c
@@ -389,13 +389,13 @@ cdef class NativeAggregator:
             limit = self._max_frame_size
         return limit
 
-    cdef int _check_layout(self, NativeLayout nl) except -1:
+    cdef int _check_layout(self, HeaderLayout nl) except -1:
         if nl.c.type_index < 0 or nl.c.field_max(nl.c.type_index) < kAggregateType:
             raise ValueError(f"layout {nl.name} cannot carry aggregate frames: it needs a type field "
                              f"that holds {kAggregateType:#x}")
         return 0
 
-    cdef uint64_t _body_limit(self, NativeLayout nl):
+    cdef uint64_t _body_limit(self, HeaderLayout nl):
         """Largest raw body one frame carries even uncompressed (pack_many's split)."""
         cdef int64_t room = self._frame_limit(nl) - nl.c.header_size - <int64_t>kAggregateHeaderBytes
         if room < 0:
@@ -404,7 +404,7 @@ cdef class NativeAggregator:
 
     cdef bytes _pack_run(self, PacketBatch b, Py_ssize_t begin, Py_ssize_t end, uint64_t seq,
                          uint64_t player_id):
-        cdef NativeLayout nl = b._layout
+        cdef HeaderLayout nl = b._layout
         cdef size_t hs = nl.c.header_size
         cdef size_t count = end - begin, i, raw = 0, payload_len, cap
         cdef size_t head = hs + kAggregateHeaderBytes
@@ -558,7 +558,23 @@ cdef class NativeAggregator:
         """
         if not isinstance(batch, PacketBatch):
             raise TypeError(f"pack_many needs a PacketBatch, not {type(batch).__name__!r}")
-        cdef PacketBatch b = <PacketBatch>batch
+        return self._pack_many(<PacketBatch>batch, seq, player_id)
+
+    def frame_capacity(self, layout=None):
+        """frame_capacity(layout=None) -> int
+
+        The most bytes of packets (headers included) one aggregate frame in
+        `layout` (default: this aggregator's) carries even uncompressed:
+        the frame-size limit less the packet and aggregate headers, capped
+        by max_raw_size. pack_many() refuses a single larger packet, so a
+        peer sending through this aggregator needs max_packet_size at most
+        this (65515 for GAME and the defaults).
+        """
+        cdef HeaderLayout nl = self._layout if layout is None else _layout_arg(layout)
+        self._check_layout(nl)
+        return self._body_limit(nl)
+
+    cdef list _pack_many(self, PacketBatch b, uint64_t seq, uint64_t player_id):
         self._check_layout(b._layout)
         cdef uint64_t max_body = self._body_limit(b._layout)
         cdef size_t too_big = 0, runs, r
@@ -580,7 +596,7 @@ cdef class NativeAggregator:
 
     # -- unpacking -----------------------------------------------------------
 
-    cdef bytes _open(self, NativeLayout nl, bytes owner, const uint8_t* frame, size_t n,
+    cdef bytes _open(self, HeaderLayout nl, bytes owner, const uint8_t* frame, size_t n,
                      int64_t where, const uint8_t** body_out, size_t* count_out, size_t* nbytes_out,
                      PacketBatch into):
         """Checks one whole aggregate frame frame[0, n) (memory kept alive by
@@ -706,7 +722,7 @@ cdef class NativeAggregator:
         the check (see fastpacket.aggregate); raw_size is checked against
         max_raw_size before anything is decompressed.
         """
-        cdef NativeLayout nl = self._layout if layout is None else _layout_arg(layout)
+        cdef HeaderLayout nl = self._layout if layout is None else _layout_arg(layout)
         cdef Py_buffer view
         cdef const uint8_t* body
         cdef size_t count, nbytes
@@ -720,13 +736,13 @@ cdef class NativeAggregator:
             PyBuffer_Release(&view)
 
 
-cdef object _aggregator_arg(object aggregator):
-    if aggregator is not None and not isinstance(aggregator, NativeAggregator):
+cdef Aggregator _aggregator_arg(object aggregator):
+    if aggregator is not None and not isinstance(aggregator, Aggregator):
         raise TypeError(f"aggregator must be a fastpacket.Aggregator or None, not {type(aggregator).__name__!r}")
-    return aggregator
+    return <Aggregator>aggregator
 
 
-cdef PacketBatch _concat_segments(NativeLayout nl, list segments, size_t nbytes, size_t count):
+cdef PacketBatch _concat_segments(HeaderLayout nl, list segments, size_t nbytes, size_t count):
     """One batch of the segments' packets in order; each segment is
     (owner, address, nbytes, count) of validated packets back to back."""
     data = PyBytes_FromStringAndSize(NULL, nbytes)
@@ -739,11 +755,11 @@ cdef PacketBatch _concat_segments(NativeLayout nl, list segments, size_t nbytes,
     return _batch_over(nl, data, count)
 
 
-cdef PacketBatch _unwrap_aggregates(NativeAggregator agg, PacketBatch b, uint64_t stream_base):
+cdef PacketBatch _unwrap_aggregates(Aggregator agg, PacketBatch b, uint64_t stream_base):
     """The batch with each aggregate frame replaced by its packets, in stream
     order. A bad aggregate raises AggregateError carrying, as exc.batch, the
     packets before it (earlier aggregates unwrapped)."""
-    cdef NativeLayout nl = b._layout
+    cdef HeaderLayout nl = b._layout
     cdef Layout* c = &nl.c
     cdef size_t hs = c.header_size
     cdef Py_ssize_t i, n = b._count, run_start = 0, naggs = 0

@@ -1,201 +1,392 @@
-# asyncio adapter hot path: the receive burst (get_buffer -> buffer_updated
-# -> decode -> handler -> coalesced flush) and the send calls. The asyncio
-# callbacks that are not hot (connection_made/lost, pause/resume_writing)
-# live in the Python subclass fastpacket.aio.Session, which also derives
-# from asyncio.BufferedProtocol so asyncio's isinstance checks see it
-# (picows's pattern).
+# asyncio adapter: the receive burst (get_buffer -> buffer_updated -> decode
+# -> handler -> coalesced flush), the send calls, and the protocol callbacks
+# asyncio makes. SessionBase is completed by the Python class
+# fastpacket.aio.Session, which also derives from asyncio.BufferedProtocol
+# so asyncio's isinstance checks see it (picows's pattern); nothing here
+# calls into that subclass. Hub holds what the sessions of one server (or
+# one client session) share. fastpacket.aio documents the behaviour.
 
-cdef extern from "fastpacket/limits.hpp" namespace "fastpacket" nogil:
-    cdef cppclass TokenBucket:
-        TokenBucket()
-        TokenBucket(double packets_per_s, double bytes_per_s, double burst_s)
-        bint enabled()
-        size_t admit(double now, const uint32_t* sizes, size_t n)
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    cdef struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec* ts)
-    int CLOCK_MONOTONIC
-
+import asyncio as _asyncio
 import logging as _logging
+import re as _re
+import socket as _socket
 
 _aio_log = _logging.getLogger("fastpacket.aio")
 
+# Receive rings a hub keeps for lending (idle connections hold none).
+cdef enum:
+    RING_POOL_SIZE = 1024
+# Cap on a transport's high-water mark, in bytes: past it asyncio pauses
+# writing (pause_writing), well before max_pending_bytes cuts the peer off.
+cdef enum:
+    WRITE_HIGH_WATER_MAX_BYTES = 256 << 10
+# The idle sweep runs IDLE_SWEEPS_PER_TIMEOUT times per idle_timeout (a
+# quiet peer is closed within 1.25 timeouts), every IDLE_SWEEP_MIN_S to
+# IDLE_SWEEP_MAX_S seconds.
+cdef enum:
+    IDLE_SWEEPS_PER_TIMEOUT = 4
+cdef double IDLE_SWEEP_MIN_S = 0.01
+cdef double IDLE_SWEEP_MAX_S = 1.0
 
-cdef inline uint64_t _clock_ns() noexcept nogil:
-    # the same clock as time.monotonic() and asyncio's loop.time()
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+cdef uint64_t _NS_PER_S = 1000000000
 
 
-cdef inline double _monotonic() noexcept nogil:
-    return _clock_ns() * 1e-9
+cdef inline double _seconds(uint64_t ns) noexcept nogil:
+    return <double>ns * 1e-9
 
 
-cdef class ProtocolCore
+cdef str _slug(str reason):
+    """The label value of a close or drop reason: its text before ':' in
+    snake case ("protocol error: size 3 ..." -> "protocol_error"); the same
+    rule as fastpacket.metrics.reason_label."""
+    head = reason.split(":", 1)[0]
+    return _re.sub(r"[^a-z0-9]+", "_", head.lower()).strip("_") or "closed"
 
 
-cdef class HubCore:
-    """Native half of fastpacket.aio._Hub: the state every session of a
-    server touches on the hot path (pools, the dirty list, the burst flag)."""
+cdef object _reason_counter(dict counters, str reason):
+    """The counter of `reason`'s bounded label (its slug, else "other")."""
+    counter = counters.get(_slug(reason))
+    return counter if counter is not None else counters["other"]
 
-    cdef public object loop
-    cdef public object options
-    cdef public object handler
-    cdef public dict handlers
-    cdef public double fill_ratio
-    cdef public bint in_burst
-    cdef public list dirty
-    cdef public list rings
-    cdef public Py_ssize_t ring_capacity
-    cdef public Py_ssize_t pool_size
-    cdef public object metrics          # dict of registry metrics, or None
-    cdef public object aggregator
-    cdef public object flush_handle
-    cdef public Py_ssize_t max_pending_bytes
-    cdef public bint flush_soon         # flush_handle runs at the end of this loop iteration
+
+cdef str _error_text(BaseException exc):
+    return f"{type(exc).__name__}: {exc}"
+
+
+cdef class Hub:
+    """Hub(loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None)
+
+    What the sessions of one server (or one client session) share: the
+    checked options, the handlers, the pools, the list of sessions with
+    output waiting for the end of the loop iteration, and the accounting
+    (``sessions``, ``closes``, ``drops``). Made by fastpacket.aio.serve()
+    and connect(); `metrics` is a dict of registry metrics by role, or None.
+    """
+
+    @cython.embedsignature(False)  # Cython 3.3 misplaces the `*` of an __init__; the docstring has it
+    def __init__(self, loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None):
+        self.loop = loop
+        self.options = options
+        self.sessions = set()
+        self.closes = {}
+        self.drops = {}
+        self._handler = handler
+        self._handlers = dict(handlers) if handlers else None
+        self._on_connect = on_connect
+        self._on_close = on_close
+        self._metrics = metrics
+        self._layout = _layout_arg(options.layout)
+        self._aggregator = _aggregator_arg(options.aggregator)
+        self._max_packet_size = options.max_packet_size
+        self._send_buffer = options.send_buffer
+        self._ring_capacity = options.recv_buffer
+        self._max_pending_bytes = options.max_pending_bytes
+        self._max_connections = -1 if options.max_connections is None else options.max_connections
+        self._fill_ratio = options.fill_ratio
+        self._max_delay = options.max_delay
+        self._write_timeout = options.write_timeout
+        self._packets_per_s = options.packets_per_s
+        self._bytes_per_s = options.bytes_per_s
+        self._rate_burst = options.rate_burst
+        self._rate_close = options.rate_policy == "close"
+        self._idle_timeout_ns = <uint64_t>(options.idle_timeout * _NS_PER_S) if options.idle_timeout else 0
+        self._in_burst = False
+        self._dirty = []
+        self._rings = []
+        self._flush_handle = None
+        self._flush_soon = False
+        self._idle_handle = None
+        if self._idle_timeout_ns:
+            self._arm_idle_sweep()
+
+    # -- pools ----------------------------------------------------------------
 
     cdef RingBuffer _lend_ring(self):
-        if self.rings:
-            return <RingBuffer>self.rings.pop()
-        return RingBuffer(self.ring_capacity)
+        if self._rings:
+            return <RingBuffer>self._rings.pop()
+        return RingBuffer(self._ring_capacity)
 
-    cdef _return_ring(self, RingBuffer ring):
+    cdef int _return_ring(self, RingBuffer ring) except -1:
         # only empty rings come back (buffer_updated checks); a ring that
         # still holds bytes stays with its session and is dropped with it
-        if len(self.rings) < self.pool_size:
-            self.rings.append(ring)
+        if len(self._rings) < RING_POOL_SIZE:
+            self._rings.append(ring)
+        return 0
 
-    cdef _call_handler(self, object fn, ProtocolCore session, PacketBatch batch):
+    # -- the burst and its flushes --------------------------------------------
+
+    cdef int _call_handler(self, object fn, SessionBase session, PacketBatch batch) except -1:
         cdef uint64_t t0
-        self.in_burst = True
+        self._in_burst = True
         try:
-            if self.metrics is None:
+            if self._metrics is None:
                 fn(session, batch)
             else:
-                t0 = _clock_ns()
+                t0 = monotonic_ns()
                 fn(session, batch)
-                self.metrics["handler"].record(_clock_ns() - t0)  # ns: sub-µs calls are not 0
-                self.metrics["batch"].record(batch._count)
+                self._metrics["handler"].record(monotonic_ns() - t0)  # ns: sub-µs calls are not 0
+                self._metrics["batch"].record(batch._count)
         finally:
-            self.in_burst = False
+            self._in_burst = False
+        return 0
 
-    cdef _flush_dirty(self):
-        cdef ProtocolCore s
-        if self.flush_handle is not None:
-            self.flush_handle.cancel()
-            self.flush_handle = None
-        self.flush_soon = False
-        dirty = self.dirty
-        self.dirty = []
-        for s in dirty:
-            if s._dirty:
-                s._flush()
+    cdef int _flush_dirty(self) except -1:
+        cdef SessionBase s
+        cdef Py_ssize_t i = 0
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._flush_soon = False
+        dirty = self._dirty
+        self._dirty = []
+        try:
+            for i in range(len(dirty)):
+                s = <SessionBase>dirty[i]
+                if s._dirty:
+                    s._flush()  # a session's own send errors close it and stay inside _flush()
+        except BaseException:
+            # Nothing is stranded: the sessions not yet flushed go back on
+            # the list, flushed at the end of this loop iteration.
+            self._dirty.extend(dirty[i + 1:])
+            if self._dirty:
+                self._schedule_flush(True)
+            raise
+        return 0
 
     def flush_dirty(self):
         """Flush every session with queued output (end of loop iteration or timer)."""
         self._flush_dirty()
 
-    cdef _schedule_flush(self, bint soon):
+    cdef int _schedule_flush(self, bint soon) except -1:
         """Flush the dirty sessions at the end of this loop iteration (soon),
         or max_delay from now, whichever is asked for first."""
-        delay = self.options.max_delay
-        if soon or delay <= 0:
-            if not self.flush_soon:
-                if self.flush_handle is not None:
-                    self.flush_handle.cancel()
-                self.flush_soon = True
-                self.flush_handle = self.loop.call_soon(self.flush_dirty)
-        elif self.flush_handle is None:
-            self.flush_handle = self.loop.call_later(delay, self.flush_dirty)
+        if soon or self._max_delay <= 0:
+            if not self._flush_soon:
+                if self._flush_handle is not None:
+                    self._flush_handle.cancel()
+                self._flush_soon = True
+                self._flush_handle = self.loop.call_soon(self.flush_dirty)
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_later(self._max_delay, self.flush_dirty)
+        return 0
 
-    cdef Py_ssize_t _write(self, ProtocolCore session, object view, Py_ssize_t nbytes,
+    cdef Py_ssize_t _write(self, SessionBase session, object view, Py_ssize_t nbytes,
                            Py_ssize_t count) except -1:
-        """Writes `count` flushed packets; returns the bytes put on the wire."""
+        """Writes `count` flushed packets; returns the bytes put on the wire.
+        Packing every frame before writing any keeps a failure all-or-nothing."""
         cdef Py_ssize_t wire = nbytes
-        if self.aggregator is not None:
+        transport = session.transport
+        if self._aggregator is not None:
             # the flushed bytes are `count` whole packets back to back
-            batch = _batch_over(<NativeLayout>session._sendbuf._layout, bytes(view), count)
+            frames = self._aggregator._pack_many(_batch_over(session._sendbuf._layout, bytes(view), count), 0, 0)
             wire = 0
-            for frame in self.aggregator.pack_many(batch):
-                session.transport.write(frame)
-                wire += len(frame)
+            for frame in frames:
+                transport.write(frame)
+                wire += len(<bytes>frame)
         else:
-            session.transport.write(view)
-        if session.transport.get_write_buffer_size() > self.max_pending_bytes:
-            self.slow_consumer(session)  # the peer reads slower than we write: bounded memory
-        if self.metrics is not None:
-            self.metrics["flush"].record(nbytes)
-            self.metrics["packets_out"].inc(count)
-            self.metrics["bytes_out"].inc(wire)
+            transport.write(view)
+        if transport.get_write_buffer_size() > self._max_pending_bytes:
+            self._slow_consumer(session)  # the peer reads slower than we write: bounded memory
+        if self._metrics is not None:
+            self._metrics["flush"].record(nbytes)
+            self._metrics["packets_out"].inc(count)
+            self._metrics["bytes_out"].inc(wire)
         return wire
 
+    # -- accounting and policies ----------------------------------------------
 
-cdef class ProtocolCore:
-    """Native half of fastpacket.aio.Session (see there for the docs)."""
+    cdef bint _open(self, SessionBase session) except -1:
+        """Registers a new connection; False when it must be refused."""
+        if self._max_connections >= 0 and len(self.sessions) >= self._max_connections:
+            return False
+        self.sessions.add(session)
+        if self._metrics is not None:
+            # inc/dec, not set(len): the workers of one server share the gauge
+            self._metrics["connections"].inc()
+            self._metrics["connections_total"].inc()
+        return True
 
-    cdef public object transport
-    cdef public HubCore _hub            # options, pools, sessions, dirty list
-    cdef public object _handler         # handler(session, batch) or None
-    cdef public dict _handlers          # {type: handler} or None
-    cdef public FrameDecoder _decoder
-    cdef public RingBuffer _ring        # lent while data is pending, else None
-    cdef public SendBuffer _sendbuf
-    cdef public object _close_reason
-    cdef public bint _closing
-    cdef public bint _writing_paused
-    cdef public bint _in_burst
-    cdef public bint _dirty
-    cdef public double _last_activity
-    cdef public uint64_t packets_in, bytes_in, packets_out, bytes_out, batches_in, flushes, dropped_in
-    cdef public uint64_t dropped_out
-    cdef TokenBucket _bucket
-    cdef public bint _rate_close
-    cdef public object _inbox            # asyncio.Queue of batches for clients without a handler
+    cdef int _count_close(self, SessionBase session, str reason, bint was_open) except -1:
+        self.closes[reason] = self.closes.get(reason, 0) + 1
+        if not was_open:
+            return 0
+        self.sessions.discard(session)
+        if self._metrics is not None:
+            self._metrics["connections"].dec()
+            _reason_counter(self._metrics["closes"], reason).inc()
+        return 0
 
-    def _configure_core(self, HubCore hub, handler, handlers, FrameDecoder decoder, SendBuffer sendbuf,
-                        double packets_per_s, double bytes_per_s, double burst_s, str rate_policy):
+    cdef int _count_drop(self, str reason, Py_ssize_t n) except -1:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+        if self._metrics is not None:
+            _reason_counter(self._metrics["drops"], reason).inc(n)
+        return 0
+
+    cdef int _slow_consumer(self, SessionBase session) except -1:
+        """The policy for a peer that does not keep up: cut it off, dropping its queued output."""
+        self._count_drop("slow consumer", 1)
+        session._abort("slow consumer")
+        return 0
+
+    # -- idle sweep and shutdown ----------------------------------------------
+
+    cdef int _arm_idle_sweep(self) except -1:
+        cdef double period = _seconds(self._idle_timeout_ns) / IDLE_SWEEPS_PER_TIMEOUT
+        period = min(max(period, IDLE_SWEEP_MIN_S), IDLE_SWEEP_MAX_S)
+        self._idle_handle = self.loop.call_later(period, self._sweep_idle)
+        return 0
+
+    def _sweep_idle(self):
+        """Closes the sessions that received nothing for idle_timeout (timer callback)."""
+        cdef SessionBase s
+        cdef uint64_t now = monotonic_ns()
+        cdef uint64_t deadline = now - self._idle_timeout_ns if now > self._idle_timeout_ns else 0
+        for session in list(self.sessions):
+            s = <SessionBase>session
+            if s._last_activity_ns < deadline:
+                s._close("idle timeout")
+        self._arm_idle_sweep()
+
+    def shutdown(self, str reason):
+        """Stop the idle sweep, flush every session's output and close them with `reason`."""
+        cdef SessionBase s
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        self._flush_dirty()
+        for session in list(self.sessions):
+            s = <SessionBase>session
+            s._close(reason)
+
+
+cdef class SessionBase:
+    """Native part of fastpacket.aio.Session (see there for the docs)."""
+
+    def __init__(self, Hub hub not None):
         self._hub = hub
-        self._handler = handler
-        self._handlers = handlers
-        self._decoder = decoder
-        self._sendbuf = sendbuf
-        self._ring = None
-        self._close_reason = None
-        self._closing = False
-        self._writing_paused = False
-        self._in_burst = False
-        self._dirty = False
-        self._last_activity = _monotonic()
-        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
-        self.batches_in = self.flushes = self.dropped_in = self.dropped_out = 0
-        self._bucket = TokenBucket(packets_per_s, bytes_per_s, burst_s)
-        self._rate_close = rate_policy == "close"
+        self._handler = hub._handler
+        self._handlers = hub._handlers
+        self._decoder = FrameDecoder(hub._layout, hub._max_packet_size, hub._aggregator)
+        self._sendbuf = SendBuffer(hub._send_buffer, hub._layout)
+        self._bucket = TokenBucket(hub._packets_per_s, hub._bytes_per_s, hub._rate_burst)
+        self._rate_close = hub._rate_close
+        self._last_activity_ns = monotonic_ns()
+        self._closed = hub.loop.create_future()
+        # a client connected without a handler reads with recv()
+        self._inbox = _asyncio.Queue() if self._handler is None and self._handlers is None else None
 
-    # -- receive -----------------------------------------------------------
+    # -- asyncio callbacks ----------------------------------------------------
+
+    def connection_made(self, transport):
+        """asyncio callback: a new connection (TCP_NODELAY, write limits,
+        max_connections, then on_connect)."""
+        cdef Hub hub = self._hub
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (_socket.AF_INET, _socket.AF_INET6):
+            try:
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)  # we coalesce ourselves
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(
+            high=max(hub._send_buffer, min(hub._max_pending_bytes // 2, WRITE_HIGH_WATER_MAX_BYTES)))
+        if not hub._open(self):
+            self._close_reason = "too many connections"
+            self._closing = True
+            hub._count_drop("too many connections", 1)
+            transport.close()
+            return
+        self._opened = True
+        if hub._on_connect is not None:
+            try:
+                hub._on_connect(self)
+            except Exception as exc:
+                _aio_log.exception("on_connect failed for %r", self)
+                self._close(f"on_connect error: {_error_text(exc)}")
+
+    def connection_lost(self, exc):
+        """asyncio callback: the connection is gone; records the close reason,
+        frees the ring, then on_close (only for an accepted connection)."""
+        cdef Hub hub = self._hub
+        if self._close_reason is None:
+            self._close_reason = f"connection lost: {exc}" if exc else "peer closed"
+        self._closing = True
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._ring = None  # not pooled: asyncio may still hold a view of it
+        hub._count_close(self, self._close_reason, self._opened)
+        if self._inbox is not None:
+            self._inbox.put_nowait(None)
+        if not self._closed.done():
+            self._closed.set_result(self._close_reason)
+        self.transport = None
+        if self._opened and hub._on_close is not None:
+            try:
+                hub._on_close(self)
+            except Exception:
+                _aio_log.exception("on_close failed for %r", self)
+
+    def eof_received(self):
+        """asyncio callback: the peer closed its side; the session closes ("peer closed")."""
+        if self._close_reason is None:
+            self._close_reason = "peer closed"
+        return False  # close the transport
+
+    def pause_writing(self):
+        """asyncio callback: the peer is not reading; stop reading from it and start write_timeout."""
+        self._writing_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()  # no new work from a peer we cannot answer
+        self._write_timer = self._hub.loop.call_later(self._hub._write_timeout, self._write_timed_out)
+
+    def resume_writing(self):
+        """asyncio callback: the peer reads again; resume reading and flush what was held."""
+        self._writing_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+            self._flush()
+
+    def _write_timed_out(self):
+        self._write_timer = None
+        if self._writing_paused:
+            self._hub._slow_consumer(self)
+
+    # -- receive -------------------------------------------------------------
 
     def get_buffer(self, Py_ssize_t size_hint):
+        """asyncio callback: the receive ring's free space (size_hint ignored)."""
         if self._ring is None:
             self._ring = self._hub._lend_ring()
         return self._ring.writable()
 
     def buffer_updated(self, Py_ssize_t nbytes):
+        """asyncio callback: `nbytes` arrived; decode, dispatch, flush.
+        Never raises into the event loop: whatever goes wrong closes this
+        session with the reason."""
+        cdef RingBuffer ring = self._ring
+        if ring is None or nbytes < 0 or <size_t>nbytes > ring._c.free_space():
+            raise ValueError(f"buffer_updated({nbytes}): more than the buffer lent")  # asyncio's bug, not ours
+        try:
+            self._received(ring, nbytes)
+        except Exception as exc:
+            _aio_log.exception("receive failed for %r", self)
+            self._abort(f"internal error: {_error_text(exc)}")
+
+    cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1:
         cdef object error = None
         cdef PacketBatch batch
         cdef size_t admitted
-        cdef double now = _monotonic()
-        cdef RingBuffer ring = self._ring
-        if nbytes < 0 or <size_t>nbytes > ring._c.free_space():
-            raise ValueError(f"buffer_updated({nbytes}): more than the buffer lent")
+        cdef Hub hub = self._hub
+        cdef uint64_t now = monotonic_ns()
         ring._c.commit(nbytes)
         self.bytes_in += nbytes
-        self._last_activity = now
-        if self._hub.metrics is not None:
-            self._hub.metrics["bytes_in"].inc(nbytes)
+        self._last_activity_ns = now
+        if hub._metrics is not None:
+            hub._metrics["bytes_in"].inc(nbytes)
         try:
             batch = _feed_from_ring(self._decoder, ring)
         except ProtocolError as exc:
@@ -203,34 +394,35 @@ cdef class ProtocolCore:
             batch = exc.batch
         if batch is not None and batch._count:
             if self._bucket.enabled():
-                admitted = self._bucket.admit(now, batch._cols.sizes, batch._count)
+                admitted = self._bucket.admit(_seconds(now), batch._cols.sizes, batch._count)
                 if admitted < <size_t>batch._count:
                     self.dropped_in += batch._count - admitted
-                    self._hub.count_drop("rate limit", batch._count - admitted)
+                    hub._count_drop("rate limit", batch._count - admitted)
                     if self._rate_close:
-                        self.close("rate limit exceeded")
-                        return
+                        self._close("rate limit exceeded")
+                        return 0
                     batch = batch[:admitted]
             if batch._count:
                 self.packets_in += batch._count
                 self.batches_in += 1
-                if self._hub.metrics is not None:
-                    self._hub.metrics["packets_in"].inc(batch._count)
+                if hub._metrics is not None:
+                    hub._metrics["packets_in"].inc(batch._count)
                 self._dispatch(batch)
         # end of the read burst: this session's replies go out now (no added
         # latency); output it produced for other sessions (broadcasts) goes
         # out once at the end of this loop iteration, coalesced with what
         # other bursts of the same iteration add for them
         self._flush()
-        if self._hub.dirty:
-            self._hub._schedule_flush(True)
+        if hub._dirty:
+            hub._schedule_flush(True)
         if error is not None:
-            self.close(f"protocol error: {error}")
+            self._close(f"protocol error: {error}")
         elif self._ring is not None and ring._c.readable() == 0 and not self._closing:
-            self._hub._return_ring(ring)  # idle connections hold no receive buffer
+            hub._return_ring(ring)  # idle connections hold no receive buffer
             self._ring = None
+        return 0
 
-    cdef _dispatch(self, PacketBatch batch):
+    cdef int _dispatch(self, PacketBatch batch) except -1:
         self._in_burst = True
         try:
             if self._handlers is None:
@@ -242,28 +434,36 @@ cdef class ProtocolCore:
                 for ptype, group in batch.by_type().items():
                     fn = self._handlers.get(ptype, self._handler)
                     if fn is None:
-                        self._hub.count_drop("unhandled type", len(group))
+                        self._hub._count_drop("unhandled type", len(group))
                         continue
                     self._hub._call_handler(fn, self, group)
                     if self._closing:
                         break
         except Exception as exc:
             _aio_log.exception("handler failed for %r", self)
-            self.close(f"handler error: {type(exc).__name__}: {exc}")
+            self._close(f"handler error: {_error_text(exc)}")
         finally:
             self._in_burst = False
+        return 0
 
-    # -- send --------------------------------------------------------------
+    # -- send ------------------------------------------------------------------
 
     def send(self, type, payload, *, player_id=0, seq=None):
         """send(type, payload, *, player_id=0, seq=None) -> int | None
 
-        Queue one packet; returns the seq used, or None when the session is
-        closed or the packet was dropped by the slow-consumer policy.
-        Flushed at the end of the current read burst, when the send buffer
-        passes its fill threshold, or after max_delay for sends made outside
-        a read burst.
+        Queue one packet; returns the seq used, or None when the packet was
+        dropped: the session is closed, the slow-consumer policy cut the
+        peer off, or the flush it caused failed (which closes the session
+        with the error as its reason). Dropped packets are counted in
+        ``dropped_out``. Flushed at the end of the current read burst, when
+        the send buffer passes its fill threshold, or after max_delay for
+        sends made outside a read burst. Bad arguments (a value that does
+        not fit its header field, a payload larger than send_buffer) raise
+        ValueError/TypeError as SendBuffer.send does.
         """
+        return self._send(type, payload, player_id, seq)
+
+    cdef object _send(self, object type, object payload, object player_id, object seq):
         if self._closing:
             self.dropped_out += 1
             return None
@@ -275,10 +475,13 @@ cdef class ProtocolCore:
                 return None
             s = self._sendbuf.send(type, payload, player_id=player_id, seq=seq)
         self._after_send()
+        if self._closing:
+            return None  # its own flush failed or cut the peer off: dropped and counted there
         return s
 
     def send_batch(self, batch):
-        """Relay a PacketBatch byte-for-byte (headers, seq included, as they are)."""
+        """send_batch(batch): relay a PacketBatch byte-for-byte (headers, seq
+        included, as they are); dropped (and counted) like send()."""
         if self._closing:
             self.dropped_out += len(batch)
             return
@@ -291,65 +494,173 @@ cdef class ProtocolCore:
             self._sendbuf.send_batch(batch)
         self._after_send()
 
+    def broadcast(self, type, payload, sessions=None, *, player_id=0, include_self=False):
+        """broadcast(type, payload, sessions=None, *, player_id=0, include_self=False) -> int
+
+        Send one packet to many sessions (default: every session of this
+        server but this one); returns how many got it queued."""
+        return _broadcast(self._hub.sessions if sessions is None else sessions, type, payload, player_id,
+                          None if include_self else self)
+
     cdef bint _make_room(self) except -1:
         """The send buffer is full: flush it if the peer is writable, else
         apply the slow-consumer policy. True when there is room now."""
         if not self._writing_paused and self.transport is not None:
             self._flush()
-            return True
-        self._hub.slow_consumer(self)
+            return not self._closing
+        self._hub._slow_consumer(self)
         return False
 
-    cdef _after_send(self):
-        if self._sendbuf._c.should_flush(<size_t>-1, self._hub.fill_ratio):
+    cdef int _after_send(self) except -1:
+        if self._sendbuf._c.should_flush(<size_t>-1, self._hub._fill_ratio):
             self._flush()  # past the fill threshold: write now, whatever the burst
         elif self._in_burst:
             pass  # this session's own read burst: buffer_updated flushes it at its end
         elif not self._dirty:
             self._dirty = True
-            self._hub.dirty.append(self)
-            if not self._hub.in_burst:
+            self._hub._dirty.append(self)
+            if not self._hub._in_burst:
                 self._hub._schedule_flush(False)  # a send outside any read burst
+        return 0
 
     def flush(self):
         """Write what is queued now (normally automatic)."""
         self._flush()
 
-    cdef _flush(self):
+    cdef int _flush(self) except -1:
+        """Writes what is queued. A failure to pack or write this session's
+        output (an error, not a bug of the caller's arguments: those raise
+        at send()) closes this session with the error as its reason and
+        counts the packets as dropped; it never propagates, so no caller
+        (the read burst, the hub's end-of-iteration flush) is interrupted."""
         self._dirty = False
         cdef size_t n = self._sendbuf._c.count()
         if self._writing_paused or self.transport is None or n == 0:
-            return
+            return 0
         cdef size_t nbytes = self._sendbuf._c.size()
-        view = self._sendbuf.flush()
+        view = self._sendbuf._flush_view()
+        try:
+            wire = self._hub._write(self, view, nbytes, n)
+        except Exception as exc:
+            self._send_failed(exc, n)
+            return 0
         self.packets_out += n
         self.flushes += 1
-        self.bytes_out += self._hub._write(self, view, nbytes, n)
+        self.bytes_out += wire
+        return 0
 
-    # -- close -------------------------------------------------------------
+    cdef int _send_failed(self, BaseException exc, size_t n) except -1:
+        _aio_log.error("send error on %r, closing it: %s", self, _error_text(exc), exc_info=exc)
+        self.dropped_out += n
+        self._hub._count_drop("send error", n)
+        if self._close_reason is None:
+            self._close_reason = f"send error: {_error_text(exc)}"
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()  # what was written before goes out; nothing more is queued
+        return 0
+
+    # -- close -----------------------------------------------------------------
 
     def abort(self, reason=None):
         """Close at once with `reason`, dropping whatever is queued for the peer."""
+        self._abort(reason)
+
+    cdef int _abort(self, object reason) except -1:
         if self._closing:
-            return
+            return 0
         self._closing = True
         if self._close_reason is None:
             self._close_reason = reason or "aborted"
         if self.transport is not None:
             self.transport.abort()
+        return 0
 
     def close(self, reason=None):
         """Flush what is queued (if the peer is writable) and close with `reason`."""
+        self._close(reason)
+
+    cdef int _close(self, object reason) except -1:
         if self._closing:
-            return
+            return 0
         self._closing = True
         if self._close_reason is None:
             self._close_reason = reason or "closed"
         if self.transport is not None:
             if self._writing_paused:
                 self.transport.abort()  # a peer that does not read gets nothing more
-                return
+                return 0
             self._closing = False       # let the final flush through
             self._flush()
             self._closing = True
-            self.transport.close()
+            if self.transport is not None:
+                self.transport.close()
+        return 0
+
+    # -- state -------------------------------------------------------------------
+
+    @property
+    def options(self):
+        """The checked fastpacket.aio.Options this session runs with."""
+        return self._hub.options
+
+    @property
+    def close_reason(self):
+        """Why the session ended (None while it is open)."""
+        return self._close_reason if self._closing or self.transport is None else None
+
+    @property
+    def closed(self):
+        """True once close() was called or the connection was lost."""
+        return bool(self._closing)
+
+    @property
+    def peername(self):
+        """The peer's address, or None once closed."""
+        return self.transport.get_extra_info("peername") if self.transport is not None else None
+
+    @property
+    def queued_bytes(self):
+        """Bytes queued in this session's send buffer, not yet written."""
+        return self._sendbuf._c.size()
+
+    @property
+    def metrics(self):
+        """This session's counters."""
+        return {
+            "packets_in": self.packets_in, "bytes_in": self.bytes_in, "batches_in": self.batches_in,
+            "packets_out": self.packets_out, "bytes_out": self.bytes_out, "flushes": self.flushes,
+            "dropped_in": self.dropped_in, "dropped_out": self.dropped_out,
+        }
+
+    async def recv(self, timeout=None):
+        """recv(timeout=None) -> PacketBatch | None
+
+        The next received batch, for a client connected without a handler;
+        None once the connection is closed."""
+        if self._inbox is None:
+            raise RuntimeError("recv() is for sessions connected without a handler")
+        return await _asyncio.wait_for(self._inbox.get(), timeout)
+
+    def __repr__(self):
+        state = f"closed: {self._close_reason}" if self._closing else "open"
+        return (f"<{type(self).__name__} {self.peername} {state} in={self.packets_in} "
+                f"out={self.packets_out}>")
+
+    async def wait_closed(self):
+        """wait_closed() -> str: wait until the connection is closed; returns the close reason."""
+        return await _asyncio.shield(self._closed)
+
+
+def _broadcast(targets, ptype, payload, player_id, SessionBase skip):
+    """Sends one packet to every session of `targets` but `skip`; how many
+    got it queued (fastpacket.aio's Session.broadcast and PacketServer.broadcast)."""
+    cdef Py_ssize_t n = 0
+    for s in targets:
+        if s is skip:
+            continue
+        if not isinstance(s, SessionBase):
+            raise TypeError(f"broadcast targets are sessions, not {type(s).__name__!r}")
+        if (<SessionBase>s)._send(ptype, payload, player_id, None) is not None:
+            n += 1
+    return n

@@ -1,16 +1,6 @@
 # Buffer-protocol helpers shared by every area (msgpack-python's hygiene:
 # any C-contiguous buffer, released on every path by the caller).
 
-cdef extern from "numpy/arrayobject.h":
-    object PyArray_NewFromDescr(cnp.PyTypeObject* subtype, cnp.PyArray_Descr* descr, int nd,
-                                cnp.npy_intp* dims, cnp.npy_intp* strides, void* data,
-                                int flags, PyObject* obj)
-
-cdef extern from "Python.h":
-    object PyMemoryView_FromObject(object obj)
-    int PyBuffer_FillInfo(Py_buffer* view, object obj, void* buf, Py_ssize_t len, int readonly,
-                          int flags) except -1
-
 # A non-null address for empty arrays, so numpy never allocates for them.
 cdef uint64_t _EMPTY_STORAGE = 0
 

@@ -1,69 +1,184 @@
 # Framing: header layouts, packets, packet batches, the stream decoder.
 
-_WIDTHS = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
+#: Field kinds a header may use, and their widths in bytes.
+FIELD_KINDS = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
+#: Largest header a layout may describe, in bytes.
+MAX_HEADER_SIZE = kMaxHeaderBytes
+#: Default max_packet_size: the largest size GAME's u16 size field can hold.
+DEFAULT_MAX_PACKET_SIZE = kDefaultMaxPacketSize
+
+_STRUCT_CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q"}
+_ROLES = ("type", "seq", "player_id")
+#: length_adjustment's bound (either sign): far beyond any real protocol,
+#: and frame sizes computed with it stay far from int64 overflow.
+_MAX_LENGTH_ADJUSTMENT = 1 << 32
 
 
-cdef class NativeLayout:
-    """Native half of fastpacket.layout.HeaderLayout (argument checks and
-    docs live there); holds the C++ Layout and the numpy dtypes."""
+cdef class HeaderLayout:
+    """HeaderLayout(fields, length_field, length_includes_header=True, byteorder="little", *, length_adjustment=0, type_field=None, seq_field=None, player_id_field=None, name=None)
 
-    cdef Layout c
-    cdef readonly tuple field_names
-    cdef readonly object dtype
-    cdef tuple _field_dtypes
+    The unsigned fields of a packet header and which one holds the frame
+    length (docs/wire-format.md). Immutable, hashable, comparable by value
+    and picklable.
 
-    def _configure(self, list fields, str length_field, bint length_includes_header,
-                   int64_t length_adjustment, bint big_endian, dict roles):
-        cdef int i
-        cdef uint16_t offset = 0
+    Args:
+        fields: ``[(name, kind), ...]`` in wire order; kind is one of
+            ``"u8" "u16" "u32" "u64"``. Names are unique identifiers.
+        length_field: the name of the field that holds the frame length.
+        length_includes_header: True when the length counts the header too
+            (GAME), False when it counts the payload only.
+        byteorder: ``"little"`` or ``"big"`` for every field.
+        length_adjustment: added to the length field's value (Netty's
+            lengthAdjustment), for protocols whose length counts something
+            else; usually 0.
+        type_field, seq_field, player_id_field: the fields with those roles;
+            default: the field of that name if there is one.
+        name: a label for messages and repr.
+
+    Raises:
+        ValueError: no fields, a bad kind, duplicate or non-identifier names,
+            a missing length field, a header over 64 bytes, a bad role name.
+
+    Attributes: ``size`` (header bytes), ``dtype`` (numpy structured dtype
+    of one header), ``struct_format``, ``fields``, ``field_names``,
+    ``length_field``, ``length_includes_header``, ``byteorder``,
+    ``length_adjustment``, ``roles``, ``name``.
+    """
+
+    def __cinit__(self, fields, length_field, length_includes_header=True, byteorder="little", *,
+                  length_adjustment=0, type_field=None, seq_field=None, player_id_field=None, name=None):
+        fields = tuple(tuple(f) for f in fields)
+        if not fields:
+            raise ValueError("a header layout needs at least one field")
         names = []
+        for f in fields:
+            if len(f) != 2:
+                raise ValueError(f"each field is (name, kind), got {f!r}")
+            fname, kind = f
+            if not isinstance(fname, str) or not fname.isidentifier():
+                raise ValueError(f"field names must be identifiers, got {fname!r}")
+            if kind not in FIELD_KINDS:
+                raise ValueError(f"field {fname!r}: kind must be one of {sorted(FIELD_KINDS)}, got {kind!r}")
+            if fname in names:
+                raise ValueError(f"duplicate field name {fname!r}")
+            names.append(fname)
+        size = sum(FIELD_KINDS[k] for _, k in fields)
+        if size > kMaxHeaderBytes:
+            raise ValueError(f"a header is at most {kMaxHeaderBytes} bytes, these fields take {size}")
+        if length_field not in names:
+            raise ValueError(f"length_field {length_field!r} is not one of the fields {names}")
+        if byteorder not in ("little", "big"):
+            raise ValueError(f"byteorder must be 'little' or 'big', got {byteorder!r}")
+        if not isinstance(length_adjustment, int) or abs(length_adjustment) > _MAX_LENGTH_ADJUSTMENT:
+            raise ValueError(f"length_adjustment must be an int within ±2**32, got {length_adjustment!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__!r}")
+        roles = {}
+        for role, given in zip(_ROLES, (type_field, seq_field, player_id_field)):
+            if given is not None and given not in names:
+                raise ValueError(f"{role}_field {given!r} is not one of the fields {names}")
+            chosen = given if given is not None else (role if role in names else None)
+            if chosen == length_field:
+                raise ValueError(f"the length field {length_field!r} cannot also be the {role} field")
+            roles[role] = chosen
+
+        cdef bint big = byteorder == "big"
+        cdef uint16_t offset = 0
+        cdef int i
+        cdef uint8_t width
+        order = ">" if big else "<"
         formats = []
-        order = ">" if big_endian else "<"
         self.c.nfields = len(fields)
-        for i, (name, kind) in enumerate(fields):
-            width = _WIDTHS[kind]
+        for i, (_, kind) in enumerate(fields):
+            width = FIELD_KINDS[kind]
             self.c.fields[i].offset = offset
             self.c.fields[i].width = width
             offset += width
-            names.append(name)
             formats.append(np.dtype(f"{order}u{width}"))
         self.c.header_size = offset
-        self.c.big_endian = big_endian
+        self.c.big_endian = big
         self.c.length_index = names.index(length_field)
-        self.c.length_includes_header = length_includes_header
+        self.c.length_includes_header = bool(length_includes_header)
         self.c.length_adjustment = length_adjustment
-        self.c.type_index = names.index(roles["type"]) if roles.get("type") else -1
-        self.c.seq_index = names.index(roles["seq"]) if roles.get("seq") else -1
-        self.c.player_id_index = names.index(roles["player_id"]) if roles.get("player_id") else -1
+        self.c.type_index = names.index(roles["type"]) if roles["type"] else -1
+        self.c.seq_index = names.index(roles["seq"]) if roles["seq"] else -1
+        self.c.player_id_index = names.index(roles["player_id"]) if roles["player_id"] else -1
         if not self.c.valid():
-            raise ValueError("invalid header layout")  # HeaderLayout checks first
+            raise ValueError("invalid header layout")  # the checks above come first
+        self.fields = fields
         self.field_names = tuple(names)
+        self.length_field = length_field
+        self.length_includes_header = self.c.length_includes_header
+        self.byteorder = byteorder
+        self.length_adjustment = length_adjustment
+        self.name = name or "HeaderLayout(" + ",".join(f"{n}:{k}" for n, k in fields) + ")"
+        self.struct_format = order + "".join(_STRUCT_CODES[k] for _, k in fields)
+        self._roles = roles
         self._field_dtypes = tuple(formats)
         self.dtype = np.dtype({"names": names, "formats": formats})
+        self._key = (fields, length_field, self.length_includes_header, byteorder, length_adjustment,
+                     tuple(sorted((k, v or "") for k, v in roles.items())))
 
     @property
     def size(self):
         """Header size in bytes."""
         return self.c.header_size
 
+    @property
+    def roles(self):
+        """{"type": field, "seq": field, "player_id": field}, None where the
+        layout has no field of that role."""
+        return dict(self._roles)
 
-cdef inline NativeLayout _layout_arg(object layout):
+    def __eq__(self, other):
+        if not isinstance(other, HeaderLayout):
+            return NotImplemented
+        return self._key == (<HeaderLayout>other)._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __repr__(self):
+        return (f"HeaderLayout(fields={list(self.fields)!r}, length_field={self.length_field!r}, "
+                f"length_includes_header={self.length_includes_header}, byteorder={self.byteorder!r}"
+                + (f", length_adjustment={self.length_adjustment}" if self.length_adjustment else "")
+                + (f", name={self.name!r}" if not self.name.startswith("HeaderLayout(") else "")
+                + ")")
+
+    def __reduce__(self):  # layouts pickle by value (worker processes)
+        return (_rebuild_layout, (self.fields, self.length_field, self.length_includes_header, self.byteorder,
+                                  self.length_adjustment, self.roles, self.name))
+
+
+def _rebuild_layout(fields, length_field, includes, byteorder, adjustment, roles, name):
+    """Unpickles a HeaderLayout."""
+    return HeaderLayout(fields, length_field, includes, byteorder, length_adjustment=adjustment,
+                        type_field=roles.get("type"), seq_field=roles.get("seq"),
+                        player_id_field=roles.get("player_id"), name=name)
+
+
+#: The default layout ``<HHII``: size (u16, whole packet), type (u16),
+#: seq (u32), player_id (u32); 12 bytes.
+GAME = HeaderLayout(
+    [("size", "u16"), ("type", "u16"), ("seq", "u32"), ("player_id", "u32")],
+    length_field="size",
+    length_includes_header=True,
+    byteorder="little",
+    name="GAME",
+)
+
+cdef HeaderLayout _DEFAULT_LAYOUT = GAME
+
+
+cdef HeaderLayout _layout_arg(object layout):
     if layout is None:
         return _DEFAULT_LAYOUT
-    if not isinstance(layout, NativeLayout):
+    if not isinstance(layout, HeaderLayout):
         raise TypeError(f"layout must be a fastpacket.HeaderLayout, not {type(layout).__name__!r}")
-    return <NativeLayout>layout
+    return <HeaderLayout>layout
 
 
-cdef NativeLayout _DEFAULT_LAYOUT = None
-
-
-def _set_default_layout(NativeLayout layout):
-    global _DEFAULT_LAYOUT
-    _DEFAULT_LAYOUT = layout
-
-
-cdef str _encode_error_text(EncodeError err, NativeLayout layout, uint64_t type_, uint64_t seq,
+cdef str _encode_error_text(EncodeError err, HeaderLayout layout, uint64_t type_, uint64_t seq,
                             uint64_t player_id, size_t payload_len):
     cdef Layout* c = &layout.c
     if err == EncodeError.too_large:
@@ -86,7 +201,7 @@ def encode(uint64_t type, payload, *, uint64_t seq=0, uint64_t player_id=0, layo
     player_id) followed by `payload` (any contiguous bytes-like object).
     Raises ValueError when a value does not fit its field.
     """
-    cdef NativeLayout nl = _layout_arg(layout)
+    cdef HeaderLayout nl = _layout_arg(layout)
     cdef Py_buffer view
     cdef EncodeError err
     cdef HeaderValues values
@@ -105,6 +220,15 @@ def encode(uint64_t type, payload, *, uint64_t seq=0, uint64_t player_id=0, layo
         PyBuffer_Release(&view)
 
 
+cdef inline object _packet_field(Packet p, int field):
+    """Header field `field` of packet p, or None for a layout without it
+    (-1). Inline: it is every Packet property's whole work."""
+    if field < 0:
+        return None
+    cdef PacketBatch b = p._batch
+    return b._layout.c.read(b._cols.headers + p._index * b._layout.c.header_size, field)
+
+
 @cython.freelist(256)
 @cython.final
 @cython.no_gc  # holds only its batch: it can be in no reference cycle, so the GC need not track it
@@ -117,9 +241,6 @@ cdef class Packet:
     it. Create packets with fp.encode() or PacketBatch.build().
     """
 
-    cdef PacketBatch _batch
-    cdef Py_ssize_t _index
-
     def __cinit__(self):
         self._index = 0
 
@@ -127,26 +248,20 @@ cdef class Packet:
         raise TypeError("Packet objects come from a PacketBatch; build packets with "
                         "fastpacket.encode() or PacketBatch.build()")
 
-    cdef inline object _role(self, int field):
-        if field < 0:
-            return None
-        cdef PacketBatch b = self._batch
-        return b._layout.c.read(b._cols.headers + self._index * b._layout.c.header_size, field)
-
     @property
     def type(self):
         """The packet type (the layout's type field), or None."""
-        return self._role(self._batch._layout.c.type_index)
+        return _packet_field(self, self._batch._layout.c.type_index)
 
     @property
     def seq(self):
         """The sequence number (the layout's seq field), or None."""
-        return self._role(self._batch._layout.c.seq_index)
+        return _packet_field(self, self._batch._layout.c.seq_index)
 
     @property
     def player_id(self):
         """The player id (the layout's player_id field), or None."""
-        return self._role(self._batch._layout.c.player_id_index)
+        return _packet_field(self, self._batch._layout.c.player_id_index)
 
     @property
     def size(self):
@@ -171,7 +286,7 @@ cdef class Packet:
         cdef int i = b._layout.field_names.index(name) if name in b._layout.field_names else -1
         if i < 0:
             raise KeyError(f"layout {b._layout.name} has no field {name!r}")
-        return self._role(i)
+        return _packet_field(self, i)
 
     def to_bytes(self):
         """The packet as it was on the wire (header and payload)."""
@@ -196,9 +311,6 @@ cdef class Packet:
 @cython.final
 @cython.no_gc  # holds only its batch
 cdef class _PacketIterator:
-    cdef PacketBatch _batch
-    cdef Py_ssize_t _next
-
     def __iter__(self):
         return self
 
@@ -212,7 +324,7 @@ cdef class _PacketIterator:
 
 @cython.freelist(64)
 @cython.final
-@cython.no_gc  # holds its layout and a bytes object: only a batch stored on its own layout makes a cycle
+@cython.no_gc  # holds a HeaderLayout (immutable, no __dict__) and a bytes object: it can be in no cycle
 cdef class PacketBatch:
     """Packets decoded from (or built into) one buffer that the batch keeps
     alive.
@@ -226,17 +338,6 @@ cdef class PacketBatch:
     again, reset or dropped. ``memoryview(batch)`` is a read-only view of
     the buffer the packets lie in.
     """
-
-    cdef NativeLayout _layout
-    cdef bytes _data            # owns the packet bytes
-    cdef const uint8_t* _base   # PyBytes_AS_STRING(_data)
-    cdef Py_ssize_t _count
-    # The range __getbuffer__ exports: one payload while _payload() builds a
-    # memoryview (synchronously, under the GIL), else all the batch's bytes.
-    cdef const uint8_t* _export_ptr
-    cdef Py_ssize_t _export_len
-    cdef void* _block           # the index columns (malloc'd, owned)
-    cdef IndexColumns _cols
 
     def __cinit__(self):
         self._block = NULL
@@ -269,7 +370,7 @@ cdef class PacketBatch:
         self._cols = index_view(self._block, count, self._layout.c.header_size)
         return 0
 
-    cdef inline void _set_data(self, bytes data):
+    cdef void _set_data(self, bytes data):
         self._data = data
         self._base = <const uint8_t*>PyBytes_AS_STRING(data)
 
@@ -475,7 +576,7 @@ cdef object _u64_column(object values, Py_ssize_t n, str name):
     return np.ascontiguousarray(arr, dtype=np.uint64)
 
 
-cdef PacketBatch _build_batch(NativeLayout nl, object types, object payloads, object seqs,
+cdef PacketBatch _build_batch(HeaderLayout nl, object types, object payloads, object seqs,
                               object player_ids):
     payloads = list(payloads)
     cdef Py_ssize_t n = len(payloads), i
@@ -511,7 +612,7 @@ cdef PacketBatch _build_batch(NativeLayout nl, object types, object payloads, ob
     return _batch_over(nl, data, n)
 
 
-cdef PacketBatch _batch_over(NativeLayout nl, bytes data, Py_ssize_t count):
+cdef PacketBatch _batch_over(HeaderLayout nl, bytes data, Py_ssize_t count):
     """A batch over `count` frames known to lie back to back in `data`."""
     cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
     b._layout = nl
@@ -547,19 +648,14 @@ cdef class FrameDecoder:
     as ordinary packets.
     """
 
-    cdef CFrameDecoder* _dec
-    cdef NativeLayout _layout
-    cdef object _aggregator        # NativeAggregator unwrapping aggregate frames, or None
-    cdef bint _aggregate_failed    # a bad aggregate frame: the stream is untrustworthy until reset()
-
-    def __cinit__(self, layout=None, Py_ssize_t max_packet_size=65535, aggregator=None):
-        cdef NativeLayout nl = _layout_arg(layout)
+    def __cinit__(self, layout=None, Py_ssize_t max_packet_size=kDefaultMaxPacketSize, aggregator=None):
+        cdef HeaderLayout nl = _layout_arg(layout)
         if max_packet_size < nl.c.header_size:
             raise ValueError(f"max_packet_size must be at least the header size "
                              f"({nl.c.header_size}), got {max_packet_size}")
         self._layout = nl
         self._aggregator = _aggregator_arg(aggregator)
-        self._dec = new CFrameDecoder(nl.c, max_packet_size)
+        self._dec = new CppFrameDecoder(nl.c, max_packet_size)
 
     def __dealloc__(self):
         del self._dec
@@ -638,7 +734,7 @@ cdef class FrameDecoder:
         number of input bytes the decoder took; *error the bad header, if any.
         An immutable `bytes` input holding exactly whole frames is kept as the
         batch's data instead of being copied."""
-        cdef FeedPlan plan
+        cdef CppFrameDecoder.FeedPlan plan
         cdef uint8_t* out = NULL
         cdef size_t emit_n
         if n >= NOGIL_MIN_BYTES:
@@ -655,7 +751,7 @@ cdef class FrameDecoder:
         b._alloc_index(plan.count)
         if plan.count == 0:
             b._set_data(_EMPTY_BYTES)
-        elif immutable is not None and CFrameDecoder.zero_copy(plan):
+        elif immutable is not None and CppFrameDecoder.zero_copy(plan):
             b._set_data(immutable)  # frames are input[0, scan_end): keep the input itself
         else:
             b._set_data(PyBytes_FromStringAndSize(NULL, plan.data_bytes))
@@ -692,7 +788,7 @@ cdef class FrameDecoder:
     cdef PacketBatch _unwrap(self, PacketBatch b, size_t data_bytes):
         # the batch's bytes end where the decoder's stream offset now is
         try:
-            return _unwrap_aggregates(<NativeAggregator>self._aggregator, b,
+            return _unwrap_aggregates(self._aggregator, b,
                                       self._dec.stream_offset() - data_bytes)
         except AggregateError:
             self._aggregate_failed = True

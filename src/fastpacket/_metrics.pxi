@@ -20,104 +20,6 @@ cdef extern from "Python.h":
     unsigned long long _pylong_as_u64 "PyLong_AsUnsignedLongLong"(object) noexcept
 
 
-cdef extern from "fastpacket/metrics.hpp" namespace "fastpacket::metrics" nogil:
-    const unsigned kMetricBuckets "fastpacket::metrics::kBuckets"
-    const uint64_t kFlagSumSqWrapped
-    const size_t kMaxNameBytes
-    const size_t kMetricCoreBytes "sizeof(fastpacket::metrics::MetricCore)"
-
-    cdef struct U128:
-        uint64_t lo
-        uint64_t hi
-
-    cdef cppclass MetricCore:
-        void record(uint64_t v)
-        uint64_t count()
-        U128 sum()
-        U128 sumsq()
-        uint64_t min_value()
-        uint64_t max_value()
-        uint64_t flag_bits()
-        uint64_t percentiles(const double* ps, size_t k, uint64_t* out)
-        void copy_buckets(uint64_t* out)
-        void reset()
-
-    cdef cppclass CounterCore:
-        void add(uint64_t n)
-        uint64_t get()
-        void reset()
-
-    cdef cppclass GaugeCore:
-        void set(double d)
-        void add(double d)
-        double get()
-        void reset()
-
-    T* create_zeroed[T]() except +
-    void destroy_zeroed[T](T* p)
-
-    unsigned bucket_index(uint64_t v)
-    uint64_t bucket_lower(unsigned index)
-    uint64_t bucket_upper(unsigned index)
-    uint64_t bucket_middle(unsigned index)
-    uint64_t monotonic_ns()
-
-    cdef enum class ManyError(uint8_t):
-        none
-        negative
-        not_finite
-        too_large
-
-    cdef struct ManyResult:
-        ManyError error
-        size_t index
-        double value
-
-    ManyResult record_many[T](MetricCore& m, const T* v, size_t n)
-
-    cdef enum class MetricKind "fastpacket::metrics::Kind"(uint32_t):
-        metric
-        counter
-        gauge
-
-    cdef enum class SlotState(uint32_t):
-        free
-        claiming
-        ready
-
-    cdef enum class TableError(uint8_t):
-        none
-        too_small
-        bad_magic
-        bad_version
-        bad_size
-
-    cdef enum class SlotStatus(uint8_t):
-        found
-        created
-        full
-        kind_mismatch
-        busy
-        bad_name
-
-    cdef struct SlotHeader:
-        uint32_t kind
-        uint32_t name_len
-        char name[112]
-
-    size_t file_bytes_for(uint32_t slots)
-
-    cdef cppclass SharedTable:
-        @staticmethod
-        void init(uint8_t* base, uint32_t slots)
-        TableError attach(uint8_t* base, size_t length)
-        uint32_t slot_count()
-        SlotHeader* header(uint32_t i)
-        void* data(uint32_t i)
-        SlotState state(uint32_t i)
-        SlotStatus lookup(const char* name, size_t length, MetricKind kind, uint32_t* slot)
-
-
 # record_many releases the GIL from this many values on; below it the
 # release/re-acquire costs more than the recording.
 cdef enum:
@@ -143,11 +45,6 @@ def _bucket_bounds():
 def _bucket_index(uint64_t value):
     """Histogram bucket of a value (for tests and exposition)."""
     return bucket_index(value)
-
-
-def _monotonic_ns():
-    """The clock timers use (std::chrono::steady_clock), in nanoseconds."""
-    return monotonic_ns()
 
 
 METRIC_BYTES = kMetricCoreBytes
@@ -213,12 +110,6 @@ cdef class Metric:
     Create metrics with Registry.metric(name); Metric(name) makes a
     standalone one in process-private memory.
     """
-
-    cdef MetricCore* c
-    cdef bint _owns
-    cdef object _keepalive  # the MetricsFile whose mapping holds c
-    cdef readonly str name
-    cdef readonly object unit
 
     def __cinit__(self):
         self.c = NULL
@@ -307,7 +198,7 @@ cdef class Metric:
             return record_many[int64_t](self.c[0], <const int64_t*>data, n)
         return record_many[double](self.c[0], <const double*>data, n)
 
-    cdef inline void _record_elapsed(self, uint64_t start_ns, uint64_t ns_per_unit) noexcept:
+    cdef void _record_elapsed(self, uint64_t start_ns, uint64_t ns_per_unit) noexcept:
         cdef uint64_t elapsed = monotonic_ns() - start_ns
         self.c.record((elapsed + ns_per_unit // 2) // ns_per_unit)
 
@@ -439,11 +330,6 @@ _BUCKET_LOWER, _BUCKET_UPPER, _BUCKET_MIDDLE = _bucket_bounds()
 cdef class Counter:
     """A lock-free counter: a u64 that only goes up (wraps at 2**64)."""
 
-    cdef CounterCore* c
-    cdef bint _owns
-    cdef object _keepalive
-    cdef readonly str name
-
     def __cinit__(self):
         self.c = NULL
         self._owns = False
@@ -495,11 +381,6 @@ cdef class Counter:
 cdef class Gauge:
     """A lock-free gauge: one float, set() by the last writer, inc()/dec()
     by compare-exchange so concurrent adds all count."""
-
-    cdef GaugeCore* c
-    cdef bint _owns
-    cdef object _keepalive
-    cdef readonly str name
 
     def __cinit__(self):
         self.c = NULL
@@ -558,10 +439,6 @@ cdef class Timer:
     The time is recorded even when the block raises. One Timer object times
     one ``with`` block at a time; the decorator is safe from many threads."""
 
-    cdef readonly Metric metric
-    cdef uint64_t _ns_per_unit
-    cdef uint64_t _start
-
     def __init__(self, Metric metric not None, uint64_t ns_per_unit):
         if ns_per_unit == 0:
             raise ValueError("ns_per_unit must be >= 1")
@@ -607,15 +484,11 @@ _KINDS = {"metric": MetricKind.metric, "counter": MetricKind.counter, "gauge": M
 
 @cython.final
 cdef class MetricsFile:
-    """The slot table of a shared metrics file, over a writable mapping
+    """MetricsFile(mapping, str path)
+
+    The slot table of a shared metrics file, over a writable mapping
     (an mmap.mmap) that it keeps exported, hence open, while it lives.
     fastpacket.metrics.Registry(shared=path) creates and maps the file."""
-
-    cdef Py_buffer _view
-    cdef bint _has_view
-    cdef SharedTable t
-    cdef readonly object mapping
-    cdef readonly str path
 
     def __cinit__(self, mapping, str path):
         self._has_view = False

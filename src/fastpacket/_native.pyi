@@ -1,33 +1,75 @@
 # Type stubs for fastpacket._native (the Cython extension). Public names are
-# re-exported by fastpacket.layout, fastpacket.batch, fastpacket.framing, ...
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union, overload
+# re-exported by fastpacket.layout, fastpacket.framing, fastpacket.ring,
+# fastpacket.sendbuf, fastpacket.aggregate, fastpacket.metrics and
+# fastpacket.aio, which document them; the docstrings are on the classes.
+import asyncio
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar, Union,
+                    overload)
 
 import numpy as np
 import numpy.typing as npt
 
-from fastpacket.layout import HeaderLayout
-
 BytesLike = Union[bytes, bytearray, memoryview, "np.ndarray[Any, Any]"]
 IntColumn = Union[Sequence[int], "npt.NDArray[np.integer[Any]]"]
 
-class NativeLayout:
+# -- layout and framing (fastpacket.layout, fastpacket.framing) -----------------
+
+FIELD_KINDS: Dict[str, int]
+MAX_HEADER_SIZE: int
+DEFAULT_MAX_PACKET_SIZE: int
+
+class HeaderLayout:
+    def __init__(
+        self,
+        fields: Iterable[Tuple[str, str]],
+        length_field: str,
+        length_includes_header: bool = True,
+        byteorder: str = "little",
+        *,
+        length_adjustment: int = 0,
+        type_field: Optional[str] = None,
+        seq_field: Optional[str] = None,
+        player_id_field: Optional[str] = None,
+        name: Optional[str] = None,
+    ) -> None: ...
     @property
-    def size(self) -> int: ...
+    def name(self) -> str: ...
+    @property
+    def fields(self) -> Tuple[Tuple[str, str], ...]: ...
     @property
     def field_names(self) -> Tuple[str, ...]: ...
     @property
+    def length_field(self) -> str: ...
+    @property
+    def length_includes_header(self) -> bool: ...
+    @property
+    def byteorder(self) -> str: ...
+    @property
+    def length_adjustment(self) -> int: ...
+    @property
+    def struct_format(self) -> str: ...
+    @property
     def dtype(self) -> np.dtype[np.void]: ...
-    def _configure(
-        self,
-        fields: list,
-        length_field: str,
-        length_includes_header: bool,
-        length_adjustment: int,
-        big_endian: bool,
-        roles: dict,
-    ) -> None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def roles(self) -> Dict[str, Optional[str]]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __reduce__(self) -> Tuple[Any, ...]: ...
 
-def _set_default_layout(layout: NativeLayout) -> None: ...
+def _rebuild_layout(
+    fields: Sequence[Tuple[str, str]],
+    length_field: str,
+    includes: bool,
+    byteorder: str,
+    adjustment: int,
+    roles: Dict[str, Optional[str]],
+    name: str,
+) -> HeaderLayout: ...
+
+GAME: HeaderLayout
+
 def encode(
     type: int, payload: BytesLike, *, seq: int = 0, player_id: int = 0, layout: Optional[HeaderLayout] = None
 ) -> bytes: ...
@@ -90,10 +132,10 @@ class FrameDecoder:
         self,
         layout: Optional[HeaderLayout] = None,
         max_packet_size: int = 65535,
-        aggregator: Optional[NativeAggregator] = None,
+        aggregator: Optional[Aggregator] = None,
     ) -> None: ...
     @property
-    def aggregator(self) -> Optional[NativeAggregator]: ...
+    def aggregator(self) -> Optional[Aggregator]: ...
     @property
     def layout(self) -> HeaderLayout: ...
     @property
@@ -110,17 +152,27 @@ class FrameDecoder:
 
 # -- aggregate (fastpacket.aggregate) ------------------------------------------
 
-class NativeAggregator:
-    def _configure(
+CODECS: Dict[str, int]
+AGGREGATE_TYPE: int
+AGGREGATE_HEADER_SIZE: int
+DEFAULT_MAX_RAW_SIZE: int
+MAX_RAW_SIZE: int
+DEFAULT_THRESHOLD: int
+DEFAULT_MIN_SAVING: float
+MAX_AGGREGATE_COUNT: int
+
+class Aggregator:
+    def __init__(
         self,
-        codec: int,
-        level: int,
-        acceleration: int,
-        threshold: int,
-        min_saving: float,
-        max_raw_size: int,
-        max_frame_size: int,
-        layout: HeaderLayout,
+        codec: Union[str, int] = "lz4",
+        threshold: int = 1024,
+        min_saving: float = 0.10,
+        max_raw_size: int = 1 << 20,
+        *,
+        level: int = 6,
+        acceleration: int = 1,
+        max_frame_size: Optional[int] = None,
+        layout: Optional[HeaderLayout] = None,
     ) -> None: ...
     @property
     def codec(self) -> str: ...
@@ -135,14 +187,18 @@ class NativeAggregator:
     @property
     def stats(self) -> Dict[str, int]: ...
     def pack(self, batch: PacketBatch, *, seq: int = 0, player_id: int = 0) -> bytes: ...
-    def pack_many(self, batch: PacketBatch, *, seq: int = 0, player_id: int = 0) -> list[bytes]: ...
+    def pack_many(self, batch: PacketBatch, *, seq: int = 0, player_id: int = 0) -> List[bytes]: ...
+    def frame_capacity(self, layout: Optional[HeaderLayout] = None) -> int: ...
     def unpack(self, frame: BytesLike, *, layout: Optional[HeaderLayout] = None) -> PacketBatch: ...
 
 def _use_lz4_direct(enabled: bool) -> bool: ...
 
 _LZ4_DIRECT_UNAVAILABLE: Optional[str]   # why liblz4 is not called directly (None: it is)
 
-# -- buffers (ring, sendbuf) -----------------------------------------------
+# -- buffers (fastpacket.ring, fastpacket.sendbuf) -----------------------------
+
+RING_NOGIL_MIN_BYTES: int
+MAX_LIVE_VIEWS: int
 
 class RingBuffer:
     def __init__(self, capacity: int, double_map: Optional[bool] = None) -> None: ...
@@ -160,6 +216,12 @@ class RingBuffer:
     def consume(self, n: int) -> None: ...
     def peek(self, n: int = -1) -> bytes: ...
     def read(self, n: int = -1) -> bytes: ...
+    @property
+    def _pins(self) -> Tuple[int, int]: ...
+
+DEFAULT_MAX_BYTES: int
+DEFAULT_MIN_PACKETS: int
+DEFAULT_FILL_RATIO: float
 
 class SendBuffer:
     def __init__(self, max_bytes: int = 65536, layout: Optional[HeaderLayout] = None) -> None: ...
@@ -183,9 +245,7 @@ class SendBuffer:
     def flush(self) -> memoryview: ...
     def clear(self) -> None: ...
 
-# --- metrics (fastpacket.metrics re-exports these) ---------------------------
-from typing import Callable, List, TypeVar
-
+# -- metrics (fastpacket.metrics) ---------------------------------------------
 _F = TypeVar("_F", bound=Callable[..., Any])
 MetricValue = Union[int, float, np.integer[Any], np.floating[Any]]
 
@@ -197,7 +257,6 @@ _BUCKET_MIDDLE: npt.NDArray[np.uint64]
 
 def _bucket_bounds() -> Tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]: ...
 def _bucket_index(value: int) -> int: ...
-def _monotonic_ns() -> int: ...
 
 class Metric:
     name: str
@@ -263,68 +322,92 @@ class MetricsFile:
 
 # -- asyncio adapter (fastpacket.aio) -------------------------------------------
 
-class HubCore:
-    """Native half of fastpacket.aio's per-server state."""
+class Hub:
+    """What the sessions of one server (or one client session) share."""
 
-    loop: Any
-    options: Any
-    handler: Any
-    handlers: Optional[Dict[int, Any]]
-    fill_ratio: float
-    in_burst: bool
-    dirty: list
-    rings: list
-    ring_capacity: int
-    pool_size: int
-    metrics: Optional[Dict[str, Any]]
-    aggregator: Any
-    flush_handle: Any
-    flush_soon: bool
-    max_pending_bytes: int
-    def flush_dirty(self) -> None: ...
-
-class ProtocolCore:
-    """Native half of fastpacket.aio.Session."""
-
-    transport: Any
-    _hub: Any
-    _handler: Any
-    _handlers: Optional[Dict[int, Any]]
-    _decoder: FrameDecoder
-    _ring: Optional[RingBuffer]
-    _sendbuf: SendBuffer
-    _close_reason: Optional[str]
-    _closing: bool
-    _writing_paused: bool
-    _in_burst: bool
-    _dirty: bool
-    _last_activity: float
-    _rate_close: bool
-    _inbox: Any
-    def _configure_core(
+    def __init__(
         self,
-        hub: HubCore,
-        handler: Any,
-        handlers: Optional[Dict[int, Any]],
-        decoder: FrameDecoder,
-        sendbuf: SendBuffer,
-        packets_per_s: float,
-        bytes_per_s: float,
-        burst_s: float,
-        rate_policy: str,
+        loop: asyncio.AbstractEventLoop,
+        options: Any,
+        handler: Optional[Callable[..., Any]],
+        handlers: Optional[Dict[int, Callable[..., Any]]],
+        *,
+        on_connect: Optional[Callable[[Any], Any]] = None,
+        on_close: Optional[Callable[[Any], Any]] = None,
+        metrics: Optional[Dict[str, Any]] = None,
     ) -> None: ...
-    packets_in: int
-    bytes_in: int
-    packets_out: int
-    bytes_out: int
-    batches_in: int
-    flushes: int
-    dropped_in: int
-    dropped_out: int
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def options(self) -> Any: ...
+    @property
+    def sessions(self) -> Set[Any]: ...
+    @property
+    def closes(self) -> Dict[str, int]: ...
+    @property
+    def drops(self) -> Dict[str, int]: ...
+    def flush_dirty(self) -> None: ...
+    def shutdown(self, reason: str) -> None: ...
+    def _sweep_idle(self) -> None: ...
+
+class SessionBase:
+    """Native part of fastpacket.aio.Session."""
+
+    def __init__(self, hub: Hub) -> None: ...
+    @property
+    def transport(self) -> Any: ...
+    @property
+    def packets_in(self) -> int: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def batches_in(self) -> int: ...
+    @property
+    def packets_out(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def flushes(self) -> int: ...
+    @property
+    def dropped_in(self) -> int: ...
+    @property
+    def dropped_out(self) -> int: ...
+    def connection_made(self, transport: Any) -> None: ...
+    def connection_lost(self, exc: Optional[BaseException]) -> None: ...
+    def eof_received(self) -> bool: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+    def _write_timed_out(self) -> None: ...
     def get_buffer(self, size_hint: int) -> memoryview: ...
     def buffer_updated(self, nbytes: int) -> None: ...
     def send(self, type: int, payload: BytesLike, *, player_id: int = 0, seq: Optional[int] = None) -> Optional[int]: ...
     def send_batch(self, batch: PacketBatch) -> None: ...
+    def broadcast(
+        self,
+        type: int,
+        payload: BytesLike,
+        sessions: Optional[Iterable[Any]] = None,
+        *,
+        player_id: int = 0,
+        include_self: bool = False,
+    ) -> int: ...
     def flush(self) -> None: ...
-    def close(self, reason: Optional[str] = None) -> None: ...
     def abort(self, reason: Optional[str] = None) -> None: ...
+    def close(self, reason: Optional[str] = None) -> None: ...
+    @property
+    def options(self) -> Any: ...
+    @property
+    def close_reason(self) -> Optional[str]: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def peername(self) -> Any: ...
+    @property
+    def queued_bytes(self) -> int: ...
+    @property
+    def metrics(self) -> Dict[str, int]: ...
+    async def recv(self, timeout: Optional[float] = None) -> Optional[PacketBatch]: ...
+    async def wait_closed(self) -> Optional[str]: ...
+
+def _broadcast(targets: Iterable[Any], ptype: int, payload: BytesLike, player_id: int,
+               skip: Optional[SessionBase]) -> int: ...

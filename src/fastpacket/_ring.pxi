@@ -2,47 +2,8 @@
 # receive path (csrc/fastpacket/ring.hpp), its zero-copy views, and the
 # FrameDecoder.feed_from(ring) decode that scans the ring in place.
 
-from cpython.buffer cimport PyBuffer_FillInfo, PyBUF_WRITABLE
-
-cdef extern from "fastpacket/ring.hpp" namespace "fastpacket" nogil:
-    const size_t kMaxRingPins
-    const uint64_t kMaxRingCapacity
-
-    cdef struct RingSpan:
-        uint8_t* data
-        size_t size
-
-    cdef cppclass CRingBuffer "fastpacket::RingBuffer":
-        CRingBuffer()
-        bool init(uint64_t capacity, bool double_map)
-        size_t capacity()
-        bool double_mapped()
-        size_t size()
-        size_t free_space()
-        size_t free_now()
-        RingSpan write_span()
-        void commit(size_t n)
-        void store(uint64_t index, const uint8_t* src, size_t n)
-        bool pin_write(uint64_t index)
-        void unpin_write(uint64_t index)
-        uint64_t head_index()
-        size_t readable()
-        RingSpan read_span()
-        void read_segments(RingSpan* first, RingSpan* second)
-        void load(uint64_t index, uint8_t* dst, size_t n)
-        void consume(size_t n)
-        bool pin_read(uint64_t index)
-        void unpin_read(uint64_t index)
-        uint64_t tail_index()
-        size_t read_pins()
-        size_t write_pins()
-
-# Ring copies of at least this many bytes run with the GIL released, so a
-# producer and a consumer thread copy at the same time. Lower than
-# NOGIL_MIN_BYTES: here the other side of the ring is usually a thread
-# waiting for exactly this GIL.
-cdef enum:
-    RING_NOGIL_MIN_BYTES = 4096
+#: Views of one side of a ring that may be alive at once.
+MAX_LIVE_VIEWS = kMaxRingPins
 
 
 @cython.final
@@ -50,16 +11,10 @@ cdef class _RingView:
     """Exports one span of a RingBuffer to a memoryview. Each export pins the
     span's first byte in the ring until it is released (see RingBuffer)."""
 
-    cdef RingBuffer _ring
-    cdef uint8_t* _ptr
-    cdef Py_ssize_t _len
-    cdef uint64_t _index
-    cdef bint _writable
-
     def __getbuffer__(self, Py_buffer* buf, int flags):
         if (flags & PyBUF_WRITABLE) and not self._writable:
             raise BufferError("RingBuffer.readable() views are read-only")
-        cdef CRingBuffer* c = self._ring._c
+        cdef CppRingBuffer* c = self._ring._c
         cdef bint ok = c.pin_write(self._index) if self._writable else c.pin_read(self._index)
         if not ok:
             raise BufferError(f"more than {kMaxRingPins} views of one side of this RingBuffer are alive; "
@@ -98,15 +53,13 @@ cdef class RingBuffer:
     the producer (the consumer may already be reading them).
     """
 
-    cdef CRingBuffer* _c
-
     def __cinit__(self, Py_ssize_t capacity, double_map=None):
         if capacity <= 0:
             raise ValueError(f"capacity must be a positive number of bytes, got {capacity}")
         if <uint64_t>capacity > kMaxRingCapacity:
             raise ValueError(f"capacity must be at most {kMaxRingCapacity} bytes, got {capacity}")
         cdef bint want_map = double_map is None or double_map
-        self._c = new CRingBuffer()
+        self._c = new CppRingBuffer()
         if not self._c.init(capacity, want_map):
             raise MemoryError(f"cannot allocate a ring of {capacity} bytes")
         if double_map and not self._c.double_mapped():
@@ -234,7 +187,7 @@ cdef class RingBuffer:
         return (self._c.read_pins(), self._c.write_pins())
 
 
-cdef PacketBatch _concat_batches(NativeLayout nl, PacketBatch a, PacketBatch b):
+cdef PacketBatch _concat_batches(HeaderLayout nl, PacketBatch a, PacketBatch b):
     if b._count == 0:
         return a
     if a._count == 0:

@@ -11,38 +11,13 @@ cdef extern from "Python.h":
     unsigned long long _as_u64_unchecked "PyLong_AsUnsignedLongLong"(PyObject* v)
     bint _is_exact_int "PyLong_CheckExact"(PyObject* v)
 from cpython.sequence cimport PySequence_Fast_ITEMS
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND
 
-cdef extern from "fastpacket/sendbuf.hpp" namespace "fastpacket" nogil:
-    cdef enum class SendStatus(uint8_t):
-        ok
-        full
-        never_fits
-        encode_error
-
-    cdef cppclass CSendBuffer "fastpacket::SendBuffer":
-        CSendBuffer(const Layout& layout, size_t max_bytes)
-        void attach(uint8_t* buffer)
-        size_t max_bytes()
-        size_t size()
-        size_t count()
-        size_t free_bytes()
-        uint64_t next_seq()
-        void set_next_seq(uint64_t seq)
-        uint64_t seq_max()
-        SendStatus send(uint64_t type, const uint8_t* payload, size_t n, uint64_t player_id,
-                        bool explicit_seq, uint64_t seq, uint64_t* seq_used, EncodeError* err)
-        SendStatus broadcast[Id](uint64_t type, const uint8_t* payload, size_t n, const Id* ids,
-                                 size_t count, uint64_t* first_seq, size_t* bad_index, EncodeError* err)
-        SendStatus append_frames(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
-                                 size_t count)
-        bool should_flush(size_t min_packets, double fill_ratio)
-
-from libc.stdint cimport int8_t, int16_t, int32_t
-
-#: Largest SendBuffer, in bytes: one flush is one transport.write.
-cdef enum:
-    SENDBUF_MAX_BYTES = 1 << 30
+#: Default capacity of one flush, in bytes.
+DEFAULT_MAX_BYTES = kDefaultSendBufferBytes
+#: should_flush() defaults: flush at this many packets ...
+DEFAULT_MIN_PACKETS = kDefaultFlushMinPackets
+#: ... or when this fraction of max_bytes is queued.
+DEFAULT_FILL_RATIO = kDefaultFlushFillRatio
 
 
 @cython.final
@@ -50,10 +25,6 @@ cdef class _SendChunk:
     """One buffer of a SendBuffer (malloc'd, max_bytes long). Exported by
     flush() as a read-only view of its first `_len` bytes; the SendBuffer
     reuses it for new sends only when no export is alive."""
-
-    cdef uint8_t* _mem
-    cdef Py_ssize_t _len
-    cdef Py_ssize_t _exports
 
     def __dealloc__(self):
         free(self._mem)
@@ -96,21 +67,15 @@ cdef class SendBuffer:
     is allocated instead). Not thread-safe: use it from one thread.
     """
 
-    cdef CSendBuffer* _c
-    cdef NativeLayout _layout
-    cdef _SendChunk _active     # being filled
-    cdef _SendChunk _flushed    # returned by the last flush(); reused when released
-    cdef size_t _max
-
-    def __cinit__(self, Py_ssize_t max_bytes=65536, layout=None):
-        cdef NativeLayout nl = _layout_arg(layout)
+    def __cinit__(self, Py_ssize_t max_bytes=kDefaultSendBufferBytes, layout=None):
+        cdef HeaderLayout nl = _layout_arg(layout)
         if max_bytes < nl.c.header_size or max_bytes > SENDBUF_MAX_BYTES:
             raise ValueError(f"max_bytes must be between the header size ({nl.c.header_size}) and "
                              f"{SENDBUF_MAX_BYTES}, got {max_bytes}")
         self._layout = nl
         self._max = max_bytes
         self._active = _new_chunk(max_bytes)
-        self._c = new CSendBuffer(nl.c, max_bytes)
+        self._c = new CppSendBuffer(nl.c, max_bytes)
         self._c.attach(self._active._mem)
 
     def __dealloc__(self):
@@ -205,9 +170,13 @@ cdef class SendBuffer:
         if not isinstance(batch, PacketBatch):
             raise TypeError(f"send_batch needs a fastpacket.PacketBatch, not {type(batch).__name__!r}")
         cdef PacketBatch b = <PacketBatch>batch
-        if b._layout is not self._layout and b._layout.dtype != self._layout.dtype:
+        # Layouts, not dtypes: two layouts with one dtype may frame the same
+        # bytes differently (whether the length counts the header, its
+        # adjustment), and the receiver frames by this buffer's layout.
+        if b._layout is not self._layout and b._layout != self._layout:
             raise ValueError(f"the batch's layout {b._layout.name} is not this SendBuffer's layout "
-                             f"{self._layout.name}")
+                             f"{self._layout.name}: relayed byte for byte, its packets would be framed "
+                             f"differently")
         if b._count == 0:
             return
         cdef SendStatus st = self._c.append_frames(b._base, b._cols.offsets, b._cols.sizes, b._count)
@@ -271,7 +240,8 @@ cdef class SendBuffer:
                 PyBuffer_Release(&iv)
             PyBuffer_Release(&pv)
 
-    def should_flush(self, Py_ssize_t min_packets=10, double fill_ratio=0.8):
+    def should_flush(self, Py_ssize_t min_packets=kDefaultFlushMinPackets,
+                     double fill_ratio=kDefaultFlushFillRatio):
         """should_flush(min_packets=10, fill_ratio=0.8) -> bool: True when at
         least `min_packets` packets or fill_ratio * max_bytes bytes are
         queued; never when empty."""
@@ -282,8 +252,11 @@ cdef class SendBuffer:
         and an empty buffer for the next sends. Empty view when nothing is
         queued. The view stays intact as long as it is referenced (see the
         class docstring); write it to the transport and drop it."""
+        return self._flush_view()
+
+    cdef object _flush_view(self):
         if self._c.count() == 0:
-            return memoryview(_EMPTY_BYTES)  # a new one: a caller may release() it
+            return memoryview(b"")  # a new one: a caller may release() it
         cdef _SendChunk done = self._active
         done._len = self._c.size()
         view = memoryview(done)
@@ -365,7 +338,7 @@ cdef IntKind _int_kind(const char* fmt, Py_ssize_t itemsize):
     return KIND_BAD
 
 
-cdef SendStatus _broadcast_typed(CSendBuffer* c, uint64_t type_, const uint8_t* p, size_t n,
+cdef SendStatus _broadcast_typed(CppSendBuffer* c, uint64_t type_, const uint8_t* p, size_t n,
                                  const void* ids, size_t count, IntKind kind, uint64_t* first,
                                  size_t* bad, EncodeError* err) except *:
     if kind == KIND_U8:

@@ -18,9 +18,11 @@ before the bad one are on the exception as ``exc.batch``. The decoder then
 refuses input until ``reset()``.
 """
 
+from fastpacket import _native
 from fastpacket._native import FrameDecoder, Packet, PacketBatch
 
 __all__ = ["FrameDecoder", "Packet", "PacketBatch", "DEFAULT_MAX_PACKET_SIZE"]
 
-#: Default max_packet_size: the largest size GAME's u16 size field can hold.
-DEFAULT_MAX_PACKET_SIZE = 65535
+#: Default max_packet_size: the largest size GAME's u16 size field can hold
+#: (65535; from the C++ core, like every constant it defines).
+DEFAULT_MAX_PACKET_SIZE: int = _native.DEFAULT_MAX_PACKET_SIZE

@@ -222,10 +222,11 @@ _SERVER_HELP = {m.name: m.help for m in SERVER_METRICS}
 CLOSE_REASONS = frozenset({
     "peer_closed", "server_shutdown", "idle_timeout", "rate_limit_exceeded", "protocol_error",
     "handler_error", "slow_consumer", "too_many_connections", "connection_lost", "worker_lost",
-    "closed", "aborted", "other",
+    "send_error", "internal_error", "closed", "aborted", "other",
 })
 #: The label values ``drops_total{reason}`` takes.
-DROP_REASONS = frozenset({"rate_limit", "unhandled_type", "slow_consumer", "too_many_connections", "other"})
+DROP_REASONS = frozenset({"rate_limit", "unhandled_type", "send_error", "slow_consumer", "too_many_connections",
+                          "other"})
 
 
 def reason_label(reason: Optional[str], allowed: Iterable[str] = CLOSE_REASONS) -> str:

@@ -26,11 +26,12 @@ does not write a lap past it while it is alive. Holding views only shrinks
 done. At most 64 views per side may be alive (BufferError beyond).
 """
 
+from fastpacket import _native
 from fastpacket._native import RingBuffer
 
 __all__ = ["RingBuffer", "RING_NOGIL_MIN_BYTES", "MAX_LIVE_VIEWS"]
 
 #: write/read/peek copies of at least this many bytes release the GIL.
-RING_NOGIL_MIN_BYTES = 4096
+RING_NOGIL_MIN_BYTES: int = _native.RING_NOGIL_MIN_BYTES
 #: Views of one side of a ring that may be alive at once.
-MAX_LIVE_VIEWS = 64
+MAX_LIVE_VIEWS: int = _native.MAX_LIVE_VIEWS

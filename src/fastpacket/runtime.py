@@ -146,7 +146,9 @@ async def start_server(config: ServerConfig, registry: Any = None, reuse_port: b
     if config.compress:
         from fastpacket.aggregate import Aggregator
 
-        options["aggregator"] = Aggregator("lz4", threshold=config.compress_threshold)
+        options["aggregator"] = agg = Aggregator("lz4", threshold=config.compress_threshold)
+        # a packet echoed or relayed must fit one aggregate frame (aio.Options refuses more)
+        options.setdefault("max_packet_size", agg.frame_capacity())
     if registry is not None:
         options["registry"] = registry
     if app is None:

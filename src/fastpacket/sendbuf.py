@@ -17,13 +17,15 @@ when it does not fit now (flush and retry), ValueError when it can never fit
 or a value does not fit its header field.
 """
 
+from fastpacket import _native
 from fastpacket._native import SendBuffer
 
 __all__ = ["SendBuffer", "DEFAULT_MAX_BYTES", "DEFAULT_MIN_PACKETS", "DEFAULT_FILL_RATIO"]
 
+# The defaults come from the C++ core (csrc/fastpacket/sendbuf.hpp).
 #: Default capacity of one flush, in bytes.
-DEFAULT_MAX_BYTES = 65536
+DEFAULT_MAX_BYTES: int = _native.DEFAULT_MAX_BYTES
 #: should_flush() defaults: flush at this many packets ...
-DEFAULT_MIN_PACKETS = 10
+DEFAULT_MIN_PACKETS: int = _native.DEFAULT_MIN_PACKETS
 #: ... or when this fraction of max_bytes is queued.
-DEFAULT_FILL_RATIO = 0.8
+DEFAULT_FILL_RATIO: float = _native.DEFAULT_FILL_RATIO

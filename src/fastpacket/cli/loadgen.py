@@ -390,7 +390,8 @@ async def move_load(host: str, port: int, *, connections: int = 50, seconds: flo
         agg = Aggregator("lz4", threshold=compress_threshold)
     players = [_Player(load, i, first_player_id + i, i % rooms) for i in range(connections)]
     errors: List[str] = []
-    options: Dict[str, Any] = {"aggregator": agg} if agg is not None else {}
+    # the clients' packets must fit one aggregate frame (aio.Options refuses more)
+    options: Dict[str, Any] = {"aggregator": agg, "max_packet_size": agg.frame_capacity()} if agg is not None else {}
     try:
         for p in players:
             p.session = await aio.connect(host, port, handler=p.on_batch, **options)

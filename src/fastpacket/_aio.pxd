@@ -1,0 +1,90 @@
+# The asyncio adapter's native half (_aio.pxi): the state the sessions of
+# one server share (Hub) and the protocol itself (SessionBase, completed by
+# fastpacket.aio.Session).
+
+cdef class SessionBase
+
+
+@cython.final
+cdef class Hub:
+    cdef readonly object loop
+    cdef readonly object options        # the checked fastpacket.aio.Options
+    cdef readonly set sessions          # the open (accepted) sessions
+    cdef readonly dict closes           # close reason -> sessions
+    cdef readonly dict drops            # drop reason -> packets (or connections)
+    # handed in
+    cdef object _handler                # handler(session, batch), or None
+    cdef dict _handlers                 # {type: handler}, or None
+    cdef object _on_connect
+    cdef object _on_close
+    cdef object _metrics                # {name: registry metric}, or None
+    # the options, read once
+    cdef HeaderLayout _layout
+    cdef Aggregator _aggregator
+    cdef Py_ssize_t _max_packet_size
+    cdef Py_ssize_t _send_buffer
+    cdef Py_ssize_t _ring_capacity
+    cdef Py_ssize_t _max_pending_bytes
+    cdef Py_ssize_t _max_connections    # -1: no limit
+    cdef double _fill_ratio
+    cdef double _max_delay
+    cdef double _write_timeout
+    cdef double _packets_per_s
+    cdef double _bytes_per_s
+    cdef double _rate_burst
+    cdef bint _rate_close
+    cdef uint64_t _idle_timeout_ns      # 0: no idle timeout
+    # state
+    cdef bint _in_burst                 # a handler is running
+    cdef list _dirty                    # sessions with output queued outside their own read burst
+    cdef list _rings                    # receive rings to lend
+    cdef object _flush_handle
+    cdef bint _flush_soon               # _flush_handle runs at the end of this loop iteration
+    cdef object _idle_handle
+
+    cdef RingBuffer _lend_ring(self)
+    cdef int _return_ring(self, RingBuffer ring) except -1
+    cdef int _call_handler(self, object fn, SessionBase session, PacketBatch batch) except -1
+    cdef int _flush_dirty(self) except -1
+    cdef int _schedule_flush(self, bint soon) except -1
+    cdef Py_ssize_t _write(self, SessionBase session, object view, Py_ssize_t nbytes,
+                           Py_ssize_t count) except -1
+    cdef bint _open(self, SessionBase session) except -1
+    cdef int _count_close(self, SessionBase session, str reason, bint was_open) except -1
+    cdef int _count_drop(self, str reason, Py_ssize_t n) except -1
+    cdef int _slow_consumer(self, SessionBase session) except -1
+    cdef int _arm_idle_sweep(self) except -1
+
+
+cdef class SessionBase:
+    cdef readonly object transport
+    cdef readonly uint64_t packets_in, bytes_in, batches_in, packets_out, bytes_out, flushes
+    cdef readonly uint64_t dropped_in, dropped_out
+    cdef Hub _hub
+    cdef object _handler
+    cdef dict _handlers
+    cdef FrameDecoder _decoder
+    cdef RingBuffer _ring               # lent while data is pending, else None
+    cdef SendBuffer _sendbuf
+    cdef object _close_reason
+    cdef bint _opened                   # accepted by the hub (not refused)
+    cdef bint _closing
+    cdef bint _writing_paused
+    cdef bint _in_burst                 # this session's own read burst is being handled
+    cdef bint _dirty                    # on the hub's dirty list
+    cdef uint64_t _last_activity_ns
+    cdef TokenBucket _bucket
+    cdef bint _rate_close
+    cdef object _inbox                  # asyncio.Queue of batches for a client without a handler
+    cdef object _closed                 # future: the close reason
+    cdef object _write_timer
+
+    cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1
+    cdef int _dispatch(self, PacketBatch batch) except -1
+    cdef object _send(self, object type, object payload, object player_id, object seq)
+    cdef bint _make_room(self) except -1
+    cdef int _after_send(self) except -1
+    cdef int _flush(self) except -1
+    cdef int _send_failed(self, BaseException exc, size_t n) except -1
+    cdef int _close(self, object reason) except -1
+    cdef int _abort(self, object reason) except -1

@@ -1,0 +1,75 @@
+# Framing (_framing.pxi): header layouts, packets, packet batches, the
+# stream decoder.
+
+cdef class PacketBatch
+cdef class Aggregator
+
+
+cdef class HeaderLayout:
+    cdef Layout c                       # what the C++ core reads
+    cdef readonly str name
+    cdef readonly tuple fields          # ((name, kind), ...) in wire order
+    cdef readonly tuple field_names
+    cdef readonly str length_field
+    cdef readonly bint length_includes_header
+    cdef readonly str byteorder
+    cdef readonly object length_adjustment
+    cdef readonly str struct_format
+    cdef readonly object dtype          # numpy structured dtype of a header
+    cdef dict _roles                    # {"type"|"seq"|"player_id": field name or None}
+    cdef tuple _field_dtypes            # numpy dtype of each field
+    cdef tuple _key                     # what equality and hash compare
+
+
+@cython.final
+cdef class Packet:
+    cdef PacketBatch _batch
+    cdef Py_ssize_t _index
+
+
+@cython.final
+cdef class _PacketIterator:
+    cdef PacketBatch _batch
+    cdef Py_ssize_t _next
+
+
+@cython.final
+cdef class PacketBatch:
+    cdef HeaderLayout _layout
+    cdef bytes _data                    # owns the packet bytes
+    cdef const uint8_t* _base           # PyBytes_AS_STRING(_data)
+    cdef Py_ssize_t _count
+    # The range __getbuffer__ exports: one payload while _payload() builds a
+    # memoryview (synchronously, under the GIL), else all the batch's bytes.
+    cdef const uint8_t* _export_ptr
+    cdef Py_ssize_t _export_len
+    cdef void* _block                   # the index columns (malloc'd, owned)
+    cdef IndexColumns _cols
+
+    cdef int _alloc_index(self, Py_ssize_t count) except -1
+    cdef void _set_data(self, bytes data)
+    cdef Packet _packet(self, Py_ssize_t i)
+    cdef object _field_column(self, int field, str role)
+    cdef object _payload(self, Py_ssize_t i)
+    cdef PacketBatch _take(self, cnp.uint32_t[::1] rows)
+
+
+cdef class FrameDecoder:
+    cdef CppFrameDecoder* _dec
+    cdef HeaderLayout _layout
+    cdef Aggregator _aggregator         # unwraps aggregate frames, or None
+    cdef bint _aggregate_failed         # a bad aggregate frame: the stream is untrustworthy until reset()
+
+    cdef int _check_usable(self) except -1
+    cdef PacketBatch _decode_span(self, const uint8_t* p, size_t n, bytes immutable, bint keep_tail,
+                                  size_t* taken, ErrorInfo* error)
+    cdef PacketBatch _finish(self, PacketBatch b, ErrorInfo error)
+    cdef PacketBatch _feed(self, const uint8_t* p, size_t n, bytes immutable)
+    cdef PacketBatch _unwrap(self, PacketBatch b, size_t data_bytes)
+    cdef object _protocol_error(self, ErrorInfo e, PacketBatch delivered)
+
+
+cdef HeaderLayout _layout_arg(object layout)
+cdef str _encode_error_text(EncodeError err, HeaderLayout layout, uint64_t type_, uint64_t seq,
+                            uint64_t player_id, size_t payload_len)
+cdef PacketBatch _batch_over(HeaderLayout nl, bytes data, Py_ssize_t count)

@@ -1,0 +1,30 @@
+# Ring (_ring.pxi): the lock-free SPSC byte ring of the receive path, its
+# views, and FrameDecoder.feed_from(ring).
+
+cdef class RingBuffer
+
+# Ring copies of at least this many bytes run with the GIL released, so a
+# producer and a consumer thread copy at the same time. Lower than
+# NOGIL_MIN_BYTES: here the other side of the ring is usually a thread
+# waiting for exactly this GIL. (cpdef: exported, fastpacket.ring re-exports it.)
+cpdef enum:
+    RING_NOGIL_MIN_BYTES = 4096
+
+
+@cython.final
+cdef class _RingView:
+    cdef RingBuffer _ring
+    cdef uint8_t* _ptr
+    cdef Py_ssize_t _len
+    cdef uint64_t _index
+    cdef bint _writable
+
+
+cdef class RingBuffer:
+    cdef CppRingBuffer* _c
+
+    cdef bytes _copy_out(self, Py_ssize_t n, bint consume)
+    cdef _RingView _view(self, RingSpan s, uint64_t index, bint writable)
+
+
+cdef PacketBatch _feed_from_ring(FrameDecoder dec, object ring_obj)
