@@ -387,6 +387,10 @@ class PacketServer(asyncio.AbstractServer):
         self._server.close()
         self._hub.shutdown("server shutdown")
 
+    def stop_listening(self) -> None:
+        """Stop accepting connections; the sessions go on (close() closes them too)."""
+        self._server.close()
+
     def close_clients(self) -> None:
         """Flush and close every session ("server shutdown"), still listening (asyncio 3.13's name)."""
         self._hub.shutdown("server shutdown")
