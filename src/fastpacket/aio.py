@@ -116,7 +116,7 @@ from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS, Registry
 from fastpacket.sendbuf import DEFAULT_FILL_RATIO, DEFAULT_MAX_BYTES
 
 __all__ = ["serve", "serve_unix", "connect", "connect_unix", "Session", "PacketServer", "Options", "Handler",
-           "SyncHandler", "AsyncHandler", "SessionHook"]
+           "SyncHandler", "AsyncHandler", "SessionHook", "is_async_handler"]
 
 #: A synchronous handler: ``handler(session, batch)``, called once per read
 #: burst (or per type group of one with ``handlers=``). The fast path.
