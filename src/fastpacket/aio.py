@@ -424,7 +424,10 @@ class PacketServer(asyncio.AbstractServer):
         if not clean:
             self.abort_clients()
             await self._wait_sessions(ABORT_WAIT_S)
-        await self._server.wait_closed()
+        try:  # bounded: since Python 3.12 it also waits for the connections, which abort ended
+            await asyncio.wait_for(self._server.wait_closed(), ABORT_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
         return clean
 
     def get_loop(self) -> asyncio.AbstractEventLoop:

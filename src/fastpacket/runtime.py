@@ -157,7 +157,8 @@ def app_kwargs(app: Any) -> Dict[str, Any]:
     handlers = getattr(app, "handlers", None)
     if handler is None and handlers is None:
         if not callable(app) or isinstance(app, type):
-            raise TypeError(f"{app!r} is not an app: it has no handler or handlers and is not a function")
+            raise TypeError(f"{app!r} is not an app: it has no handler or handlers and is not a function "
+                            f"(a class or another factory of apps needs factory=True, --factory)")
         return {"handler": app}
     kwargs: Dict[str, Any] = {"handler": handler, "handlers": handlers}
     for hook in ("on_connect", "on_close"):
