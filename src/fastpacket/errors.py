@@ -5,8 +5,7 @@ Python code.
      ├── ProtocolError (also a ValueError): the byte stream is bad
      │    └── AggregateError: an aggregate frame is bad
      ├── BufferFull: no room for a packet right now
-     └── AddressInUse (also an OSError, errno EADDRINUSE): another server
-         listens on the address a server was asked to serve
+     └── AddressInUse (also an OSError): another process serves the address
 
 Bad arguments raise the builtin ValueError / TypeError.
 """
