@@ -25,9 +25,10 @@ class Served:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.buf = b""
         self.line = self._readline(timeout)
-        m = re.search(r"on 127\.0\.0\.1:(\d+)", self.line)
+        m = re.search(r" on (?:127\.0\.0\.1:(\d+)|unix:(\S+?))(?:[ ,]|$)", self.line)
         assert m, f"no ready line: {self.line!r} {self.proc.stderr.read().decode() if self.proc.poll() is not None else ''}"
-        self.port = int(m.group(1))
+        self.port = int(m.group(1)) if m.group(1) else None
+        self.path = m.group(2)  # a Unix socket server's
         m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", self.line)
         self.metrics_port = int(m.group(1)) if m else None
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics" if m else None

@@ -75,7 +75,11 @@ def test_by_type_without_type_field():
     assert len(batch) == 1
     with pytest.raises(AttributeError, match="no type field"):
         batch.by_type()
-    assert batch[0].type is None
+    for role in ("type", "seq", "player_id"):  # typed int: a layout without the field raises, never None
+        with pytest.raises(AttributeError, match=f"no {role} field"):
+            getattr(batch[0], role)
+    assert not hasattr(batch[0], "type")
+    assert repr(batch[0]) == "Packet(payload=b'')"
 
 
 def test_packet_api():

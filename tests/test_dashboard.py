@@ -90,7 +90,7 @@ def test_dashboard_model():
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
 def test_every_query_names_a_series_the_server_exposes(tmp_path):
     dash = load_dashboard()
-    s = Served(["--workers", "2", "--metrics-port", "0", "--app", "echo"], tmp_path)
+    s = Served(["--workers", "2", "--metrics-port", "0", "echo"], tmp_path)
     try:
         async def traffic():
             clients = [await aio.connect("127.0.0.1", s.port) for _ in range(4)]

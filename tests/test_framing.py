@@ -47,7 +47,9 @@ def decode_all(dec: fp.FrameDecoder, chunks):
     out = []
     for c in chunks:
         b = dec.feed(c)
-        out.extend((p.type, p.seq, p.player_id, bytes(p.payload)) for p in b)
+        # a role the layout lacks reads as None here (the Packet raises AttributeError)
+        out.extend((getattr(p, "type", None), getattr(p, "seq", None), getattr(p, "player_id", None),
+                    bytes(p.payload)) for p in b)
     return out
 
 

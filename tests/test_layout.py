@@ -71,7 +71,8 @@ def test_roles_by_name_and_explicit():
                              type_field="kind", player_id_field="who")
     data = fp.encode(5, b"zz", player_id=77, layout=layout)
     (p,) = fp.FrameDecoder(layout).feed(data)
-    assert (p.type, p.seq, p.player_id) == (5, None, 77)
+    assert (p.type, p.player_id) == (5, 77)
+    assert not hasattr(p, "seq")  # no seq field: AttributeError, so p.seq is typed int
     assert p.header == {"len": 7 + 2, "kind": 5, "who": 77}
 
 
@@ -93,8 +94,13 @@ def test_encode_range_errors():
     with pytest.raises(ValueError, match="256 bytes does not fit"):
         fp.encode(1, bytes(256), layout=tiny)
     notype = fp.HeaderLayout([("len", "u16")], "len")
-    with pytest.raises(ValueError, match="no type field"):
+    with pytest.raises(ValueError, match="no type field: pass type=None"):
         fp.encode(1, b"", layout=notype)
+    with pytest.raises(ValueError, match="no type field"):
+        fp.encode(0, b"", layout=notype)   # None, not 0: there is no field to hold a type
+    assert fp.encode(None, b"abc", layout=notype) == b"\x05\x00abc"
+    with pytest.raises(TypeError, match="layout GAME has a type field"):
+        fp.encode(None, b"abc")
 
 
 def test_encode_rejects_non_buffers():

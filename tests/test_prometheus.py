@@ -152,7 +152,7 @@ def test_real_prometheus_reads_the_histograms_right(tmp_path):
     binary = require_tool("prometheus")
     promtool = require_tool("promtool")
     metrics_file = tmp_path / "server.metrics"
-    s = Served(["--workers", "2", "--metrics-port", "0", "--metrics-file", str(metrics_file), "--app", "echo"],
+    s = Served(["--workers", "2", "--metrics-port", "0", "--metrics-file", str(metrics_file), "echo"],
                tmp_path)
     prom = None
     try:

@@ -13,7 +13,8 @@ Convention (stated in README.md, "Development"):
   one printed (tests never take a fixed port), then the client and load
   commands the README gives for it (``python -m fastpacket.examples.client
   PORT``, ``fastpacket load --port PORT``) are run against it, and it is
-  stopped with SIGINT and must end within STOP_TIMEOUT_S.
+  stopped with SIGINT and must end within STOP_TIMEOUT_S, without a
+  traceback (Ctrl-C must look like a clean stop).
 
 README.md is found beside the tests directory (the repository root, or the
 folder cibuildwheel copies README.md and tests/ into), so the same test runs
@@ -155,6 +156,8 @@ def test_server_block_serves_the_readme_client(block, tmp_path):
         assert d["ok"] and d["echoed"] == d["sent"] > 0, d   # every MOVE came back
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=STOP_TIMEOUT_S)
+        err = proc.stderr.read().decode()
+        assert "Traceback" not in err, f"Ctrl-C on the README server printed a traceback:\n{err}"
     finally:
         if proc.poll() is None:
             proc.kill()

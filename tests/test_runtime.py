@@ -63,7 +63,7 @@ async def open_clients(port, n):
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_kill_9_of_one_of_two_workers(tmp_path, loop):
-    args = ["--workers", "2", "--metrics-port", "0", "--app", "echo"] + (["--uvloop"] if loop == "uvloop" else [])
+    args = ["--workers", "2", "--metrics-port", "0", "echo"] + (["--uvloop"] if loop == "uvloop" else [])
     s = Served(args, tmp_path)
     try:
         assert len(s.worker_pids) == 2 and s.metrics_url

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -323,3 +324,35 @@ def test_send_batch_refuses_a_layout_with_the_same_dtype_but_other_framing():
     # an equal layout built separately is the same framing: accepted
     same = fp.HeaderLayout(fields, "len", length_includes_header=False)
     fp.SendBuffer(layout=same).send_batch(batch)
+
+
+#: Twisted's IntNStringReceiver framing (Int32StringReceiver): a u32 length
+#: of the body, then the body; no type, seq or player id.
+INT32_STRING = fp.HeaderLayout([("len", "u32")], "len", length_includes_header=False, byteorder="big")
+
+
+def test_length_only_layout_sends_a_payload_as_one_frame(as_buffer):
+    sb = fp.SendBuffer(layout=INT32_STRING)
+    for body in (b"hello", b"", b"x" * 1000):
+        sb.send(None, as_buffer(body))
+    wire = bytes(sb.flush())
+    assert wire == b"".join(struct.pack(">I", len(b)) + b for b in (b"hello", b"", b"x" * 1000))
+    batch = fp.FrameDecoder(INT32_STRING).feed(wire)
+    assert [bytes(p.payload) for p in batch] == [b"hello", b"", b"x" * 1000]
+    built = fp.PacketBatch.build(None, [b"hello", b"", b"x" * 1000], layout=INT32_STRING)
+    assert built.to_bytes() == wire
+    assert b"".join(fp.encode(None, b, layout=INT32_STRING) for b in (b"hello", b"", b"x" * 1000)) == wire
+
+
+def test_length_only_layout_refuses_a_type_and_game_requires_one():
+    sb = fp.SendBuffer(layout=INT32_STRING)
+    for t in (1, 0):
+        with pytest.raises(ValueError, match="no type field: pass type=None"):
+            sb.send(t, b"x")
+    with pytest.raises(ValueError, match="no type field: pass types=None"):
+        fp.PacketBatch.build([0], [b"x"], layout=INT32_STRING)
+    assert len(sb) == 0 and sb.nbytes == 0
+    with pytest.raises(TypeError, match="type must be an int"):
+        fp.SendBuffer().send(None, b"x")
+    with pytest.raises(TypeError, match="types must be given"):
+        fp.PacketBatch.build(None, [b"x"])

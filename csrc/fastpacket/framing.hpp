@@ -194,18 +194,24 @@ struct HeaderValues {
 enum class EncodeError : std::uint8_t { none = 0, too_large, no_type_field, type_range, seq_range, player_id_range };
 
 /// Writes a header for a frame carrying `payload_len` bytes into `out`
-/// (header_size bytes). Checks every value against its field width.
+/// (header_size bytes). Checks every value against its field width. A
+/// layout without a type field (length + body, Twisted's IntNStringReceiver)
+/// frames a payload with type 0, which stands for "no type": any other type
+/// is no_type_field, since it could not be carried.
 inline EncodeError encode_header(const Layout& l, std::uint8_t* out, const HeaderValues& v,
                                  std::size_t payload_len) noexcept {
     std::memset(out, 0, l.header_size);
     std::uint64_t length = 0;
     if (!l.length_value_for(std::uint64_t{l.header_size} + payload_len, &length)) return EncodeError::too_large;
-    if (l.type_index < 0) return EncodeError::no_type_field;
-    if (v.type > l.field_max(l.type_index)) return EncodeError::type_range;
+    if (l.type_index < 0) {
+        if (v.type != 0) return EncodeError::no_type_field;
+    } else if (v.type > l.field_max(l.type_index)) {
+        return EncodeError::type_range;
+    }
     if (l.seq_index >= 0 && v.seq > l.field_max(l.seq_index)) return EncodeError::seq_range;
     if (l.player_id_index >= 0 && v.player_id > l.field_max(l.player_id_index)) return EncodeError::player_id_range;
     l.write(out, l.length_index, length);
-    l.write(out, l.type_index, v.type);
+    if (l.type_index >= 0) l.write(out, l.type_index, v.type);
     if (l.seq_index >= 0) l.write(out, l.seq_index, v.seq);
     if (l.player_id_index >= 0) l.write(out, l.player_id_index, v.player_id);
     return EncodeError::none;

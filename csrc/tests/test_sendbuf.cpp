@@ -296,6 +296,11 @@ void encode_errors() {
     typeless.attach(mem.data());
     CHECK(send(typeless, 1, {}, 0, nullptr, false, 0, &err) == SendStatus::encode_error);
     CHECK(err == EncodeError::no_type_field);
+    CHECK_EQ(typeless.count(), 0u);
+    // type 0 is "no type": the payload goes out as one length-prefixed frame
+    CHECK(send(typeless, 0, bytes(3), 0, nullptr, false, 0, &err) == SendStatus::ok);
+    CHECK_EQ(typeless.count(), 1u);
+    CHECK_EQ(typeless.size(), std::size_t{no_type.header_size} + 3);
 }
 
 template <class Id>

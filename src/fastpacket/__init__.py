@@ -8,9 +8,13 @@ packet batches and records lock-free metrics::
     dec = fp.FrameDecoder()
     for packet in dec.feed(data):
         print(packet.type, packet.seq, packet.player_id, bytes(packet.payload))
+
+``fastpacket.aio`` serves connections on asyncio; ``fastpacket.run(app,
+...)`` (fastpacket.runtime) serves an app on N worker processes with TLS,
+Unix sockets, /metrics and graceful shutdown, as ``fastpacket serve`` does.
 """
 
-from fastpacket.errors import AggregateError, BufferFull, FastpacketError, ProtocolError
+from fastpacket.errors import AddressInUse, AggregateError, BufferFull, FastpacketError, ProtocolError
 from fastpacket.layout import GAME, HeaderLayout, encode
 from fastpacket.framing import FrameDecoder, Packet, PacketBatch
 from fastpacket.ring import RingBuffer
@@ -19,11 +23,13 @@ from fastpacket.aggregate import Aggregator
 from fastpacket import metrics
 from fastpacket.metrics import Registry
 from fastpacket import aio
+from fastpacket.runtime import run
 
 #: The package version (PEP 440), the same as in its metadata.
 __version__ = "0.1.0"
 
 __all__ = [
+    "AddressInUse",
     "AggregateError",
     "Aggregator",
     "BufferFull",
@@ -38,6 +44,7 @@ __all__ = [
     "RingBuffer",
     "SendBuffer",
     "encode",
+    "run",
     "aio",
     "metrics",
     "__version__",

@@ -18,6 +18,9 @@ cdef class Hub:
     cdef object _on_connect
     cdef object _on_close
     cdef object _metrics                # {name: registry metric}, or None
+    cdef bint _any_async                # some handler is async: bursts go through the ordered path
+    cdef bint _handler_async            # _handler is an async function
+    cdef frozenset _async_types         # the types whose _handlers entry is async
     # the options, read once
     cdef HeaderLayout _layout
     cdef Aggregator _aggregator
@@ -34,6 +37,8 @@ cdef class Hub:
     cdef double _rate_burst
     cdef bint _rate_close
     cdef uint64_t _idle_timeout_ns      # 0: no idle timeout
+    cdef Py_ssize_t _queue_packets      # handler_queue_packets: received, not yet handled, per session
+    cdef Py_ssize_t _queue_bytes        # handler_queue_bytes
     # state
     cdef bint _in_burst                 # a handler is running
     cdef list _dirty                    # sessions with output queued outside their own read burst
@@ -54,6 +59,7 @@ cdef class Hub:
     cdef int _count_drop(self, str reason, Py_ssize_t n) except -1
     cdef int _slow_consumer(self, SessionBase session) except -1
     cdef int _arm_idle_sweep(self) except -1
+    cdef int _schedule_session_flush(self, SessionBase session) except -1
 
 
 cdef class SessionBase:
@@ -78,9 +84,24 @@ cdef class SessionBase:
     cdef object _inbox                  # asyncio.Queue of batches for a client without a handler
     cdef object _closed                 # future: the close reason
     cdef object _write_timer
+    # async handlers: the bursts of one session are handled in order
+    cdef object _task                   # the task running this session's pending handlers, or None
+    cdef object _work                   # collections.deque of (handler, batch, is_async) waiting for it
+    cdef Py_ssize_t _work_packets       # packets in _work
+    cdef Py_ssize_t _work_bytes         # bytes in _work
+    cdef bint _queue_paused             # reading paused: _work is over the handler queue's bounds
+    cdef bint _lost                     # the connection is gone; closing is finished once _task ends
+    cdef object _drain_reason           # close with this reason once _task ends (graceful shutdown)
 
     cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1
     cdef int _dispatch(self, PacketBatch batch) except -1
+    cdef int _dispatch_ordered(self, PacketBatch batch) except -1
+    cdef int _handle(self, object fn, PacketBatch batch, bint is_async) except -1
+    cdef object _next_work(self)
+    cdef int _drop_work(self) except -1
+    cdef int _drained(self) except -1
+    cdef int _finish_close(self) except -1
+    cdef bint _may_read(self)
     cdef object _send(self, object type, object payload, object player_id, object seq)
     cdef bint _make_room(self) except -1
     cdef int _after_send(self) except -1

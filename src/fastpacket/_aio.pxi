@@ -7,6 +7,7 @@
 # one client session) share. fastpacket.aio documents the behaviour.
 
 import asyncio as _asyncio
+import collections as _collections
 import logging as _logging
 import re as _re
 import socket as _socket
@@ -53,18 +54,32 @@ cdef str _error_text(BaseException exc):
     return f"{type(exc).__name__}: {exc}"
 
 
+cdef int _refuse_awaitable(object fn, object result) except -1:
+    """A handler taken as sync (not an ``async def``) returned an awaitable:
+    it would never run. Closes it (no "never awaited" warning) and raises,
+    which closes the session with the reason."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+    raise TypeError(f"handler {fn!r} returned {type(result).__name__}, which would never be awaited: declare "
+                    f"the handler `async def` (fastpacket.aio runs those as tasks) or return None")
+
+
 cdef class Hub:
-    """Hub(loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None)
+    """Hub(loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None, async_handler=False, async_types=())
 
     What the sessions of one server (or one client session) share: the
     checked options, the handlers, the pools, the list of sessions with
     output waiting for the end of the loop iteration, and the accounting
     (``sessions``, ``closes``, ``drops``). Made by fastpacket.aio.serve()
     and connect(); `metrics` is a dict of registry metrics by role, or None.
+    `async_handler` says that `handler` is an async function, `async_types`
+    which types of `handlers` have one (fastpacket.aio classifies them).
     """
 
     @cython.embedsignature(False)  # Cython 3.3 misplaces the `*` of an __init__; the docstring has it
-    def __init__(self, loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None):
+    def __init__(self, loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None,
+                 async_handler=False, async_types=()):
         self.loop = loop
         self.options = options
         self.sessions = set()
@@ -72,6 +87,11 @@ cdef class Hub:
         self.drops = {}
         self._handler = handler
         self._handlers = dict(handlers) if handlers else None
+        self._handler_async = bool(async_handler) and handler is not None
+        self._async_types = frozenset(async_types)
+        self._any_async = self._handler_async or bool(self._async_types)
+        self._queue_packets = options.handler_queue_packets
+        self._queue_bytes = options.handler_queue_bytes
         self._on_connect = on_connect
         self._on_close = on_close
         self._metrics = metrics
@@ -120,14 +140,16 @@ cdef class Hub:
         self._in_burst = True
         try:
             if self._metrics is None:
-                fn(session, batch)
+                result = fn(session, batch)
             else:
                 t0 = monotonic_ns()
-                fn(session, batch)
+                result = fn(session, batch)
                 self._metrics["handler"].record(monotonic_ns() - t0)  # ns: sub-µs calls are not 0
                 self._metrics["batch"].record(batch._count)
         finally:
             self._in_burst = False
+        if result is not None and hasattr(result, "__await__"):
+            _refuse_awaitable(fn, result)
         return 0
 
     cdef int _flush_dirty(self) except -1:
@@ -168,6 +190,14 @@ cdef class Hub:
                 self._flush_handle = self.loop.call_soon(self.flush_dirty)
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_later(self._max_delay, self.flush_dirty)
+        return 0
+
+    cdef int _schedule_session_flush(self, SessionBase session) except -1:
+        """`session` has output queued outside its own read burst: write it
+        at the end of this loop iteration when an async handler of it is
+        running (a reply, not held back), else max_delay from now."""
+        if not self._in_burst:
+            self._schedule_flush(session._task is not None)
         return 0
 
     cdef Py_ssize_t _write(self, SessionBase session, object view, Py_ssize_t nbytes,
@@ -243,12 +273,14 @@ cdef class Hub:
         cdef uint64_t deadline = now - self._idle_timeout_ns if now > self._idle_timeout_ns else 0
         for session in list(self.sessions):
             s = <SessionBase>session
-            if s._last_activity_ns < deadline:
+            if s._last_activity_ns < deadline and s._task is None:  # a session being handled is not idle
                 s._close("idle timeout")
         self._arm_idle_sweep()
 
     def shutdown(self, str reason):
-        """Stop the idle sweep, flush every session's output and close them with `reason`."""
+        """Stop the idle sweep, flush every session's output and close them
+        with `reason`. A session whose async handler is still running stops
+        reading and is closed once it has handled what it received."""
         cdef SessionBase s
         if self._idle_handle is not None:
             self._idle_handle.cancel()
@@ -256,7 +288,26 @@ cdef class Hub:
         self._flush_dirty()
         for session in list(self.sessions):
             s = <SessionBase>session
-            s._close(reason)
+            if s._task is not None and not s._closing:
+                s._drain_reason = reason
+                if s.transport is not None and not s._queue_paused and not s._writing_paused:
+                    s.transport.pause_reading()  # nothing new: finish what was received, then close
+            else:
+                s._close(reason)
+
+    def abort_all(self, str reason):
+        """Abort every session now with `reason`: running async handlers are
+        cancelled, queued output is dropped (the end of a graceful timeout)."""
+        cdef SessionBase s
+        for session in list(self.sessions):
+            s = <SessionBase>session
+            s._drop_work()
+            if s._task is not None:
+                s._task.cancel()
+            if not s._closing:
+                s._abort(reason)
+            elif s.transport is not None:
+                s.transport.abort()  # closed, but its last output is stuck with a peer that does not read
 
 
 cdef class SessionBase:
@@ -306,8 +357,10 @@ cdef class SessionBase:
 
     def connection_lost(self, exc):
         """asyncio callback: the connection is gone; records the close reason,
-        frees the ring, then on_close (only for an accepted connection)."""
-        cdef Hub hub = self._hub
+        frees the ring, then on_close (only for an accepted connection).
+        While an async handler is running, the bursts received before the
+        end are still handled (as a sync handler would have handled them on
+        arrival; replies are dropped) and the close completes after them."""
         if self._close_reason is None:
             self._close_reason = f"connection lost: {exc}" if exc else "peer closed"
         self._closing = True
@@ -315,17 +368,27 @@ cdef class SessionBase:
             self._write_timer.cancel()
             self._write_timer = None
         self._ring = None  # not pooled: asyncio may still hold a view of it
+        self.transport = None
+        if self._task is not None:
+            self._lost = True  # _drained() finishes the close
+            return
+        self._finish_close()
+
+    cdef int _finish_close(self) except -1:
+        """The accounting of a close, then on_close: after the connection is
+        gone and no handler of this session runs any more."""
+        cdef Hub hub = self._hub
         hub._count_close(self, self._close_reason, self._opened)
         if self._inbox is not None:
             self._inbox.put_nowait(None)
         if not self._closed.done():
             self._closed.set_result(self._close_reason)
-        self.transport = None
         if self._opened and hub._on_close is not None:
             try:
                 hub._on_close(self)
             except Exception:
                 _aio_log.exception("on_close failed for %r", self)
+        return 0
 
     def eof_received(self):
         """asyncio callback: the peer closed its side; the session closes ("peer closed")."""
@@ -341,14 +404,21 @@ cdef class SessionBase:
         self._write_timer = self._hub.loop.call_later(self._hub._write_timeout, self._write_timed_out)
 
     def resume_writing(self):
-        """asyncio callback: the peer reads again; resume reading and flush what was held."""
+        """asyncio callback: the peer reads again; resume reading (unless
+        the handler queue is full) and flush what was held."""
         self._writing_paused = False
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
         if self.transport is not None and not self._closing:
-            self.transport.resume_reading()
+            if self._may_read():
+                self.transport.resume_reading()
             self._flush()
+
+    cdef bint _may_read(self):
+        """Nothing holds reading paused: the peer reads our output, the
+        handler queue has room, no graceful close is waiting for the handler."""
+        return not (self._writing_paused or self._queue_paused or self._drain_reason is not None)
 
     def _write_timed_out(self):
         self._write_timer = None
@@ -423,6 +493,8 @@ cdef class SessionBase:
         return 0
 
     cdef int _dispatch(self, PacketBatch batch) except -1:
+        if self._hub._any_async:
+            return self._dispatch_ordered(batch)
         self._in_burst = True
         try:
             if self._handlers is None:
@@ -444,6 +516,104 @@ cdef class SessionBase:
             self._close(f"handler error: {_error_text(exc)}")
         finally:
             self._in_burst = False
+        return 0
+
+    # -- async handlers: one session's bursts in order --------------------------
+
+    cdef int _dispatch_ordered(self, PacketBatch batch) except -1:
+        """_dispatch for a server with an async handler: each (handler, burst
+        or type group) runs after the previous one of this session finished;
+        sync ones run at once when nothing is pending."""
+        cdef Hub hub = self._hub
+        self._in_burst = True
+        try:
+            if self._handlers is None:
+                self._handle(self._handler, batch, hub._handler_async)
+            else:
+                for ptype, group in batch.by_type().items():
+                    fn = self._handlers.get(ptype)
+                    is_async = ptype in hub._async_types
+                    if fn is None:
+                        fn = self._handler
+                        is_async = hub._handler_async
+                    if fn is None:
+                        hub._count_drop("unhandled type", len(group))
+                        continue
+                    self._handle(fn, group, is_async)
+                    if self._closing:
+                        break
+        except Exception as exc:
+            _aio_log.exception("handler failed for %r", self)
+            self._close(f"handler error: {_error_text(exc)}")
+        finally:
+            self._in_burst = False
+        return 0
+
+    cdef int _handle(self, object fn, PacketBatch batch, bint is_async) except -1:
+        cdef Hub hub = self._hub
+        if self._task is not None:
+            # an async handler of this session is pending: wait behind it
+            if self._work is None:
+                self._work = _collections.deque()
+            self._work.append((fn, batch, is_async))
+            self._work_packets += batch._count
+            self._work_bytes += batch.nbytes
+            if (not self._queue_paused and self.transport is not None and
+                    (self._work_packets >= hub._queue_packets or self._work_bytes >= hub._queue_bytes)):
+                # backpressure: the peer's further bytes wait in the kernel
+                # until the handler catches up (bounded memory)
+                self._queue_paused = True
+                if not self._writing_paused:
+                    self.transport.pause_reading()
+        elif is_async:
+            self._task = hub.loop.create_task(_run_async_handlers(self, fn, batch))
+        else:
+            hub._call_handler(fn, self, batch)
+        return 0
+
+    cdef object _next_work(self):
+        """The next (handler, batch, is_async) waiting, or None. Reading
+        resumes once the queue is empty: the handler then still has the
+        last batch in hand while new bytes arrive."""
+        cdef PacketBatch batch
+        if not self._work:
+            return None
+        item = self._work.popleft()
+        batch = <PacketBatch>item[1]
+        self._work_packets -= batch._count
+        self._work_bytes -= batch.nbytes
+        if self._queue_paused and not self._work:
+            self._queue_paused = False
+            if self.transport is not None and not self._closing and self._may_read():
+                self.transport.resume_reading()
+        return item
+
+    cdef int _drop_work(self) except -1:
+        """Drops the bursts waiting for an async handler (this session is
+        closed by this side: like a sync burst cut short, the rest is not
+        handled); they count as dropped_in."""
+        if self._work:
+            self.dropped_in += self._work_packets
+            self._hub._count_drop("session closed", self._work_packets)
+            self._work.clear()
+        self._work_packets = 0
+        self._work_bytes = 0
+        return 0
+
+    cdef int _drained(self) except -1:
+        """The async handler task ended: reading resumes, and a close that
+        waited for it completes."""
+        cdef bint was_paused = self._queue_paused
+        self._task = None
+        self._queue_paused = False
+        self._drop_work()  # only after an error or a cancellation: the task empties the queue otherwise
+        if self._lost:
+            self._lost = False
+            self._finish_close()
+        elif self._drain_reason is not None:
+            self._close(self._drain_reason)
+        elif was_paused and self.transport is not None and not self._closing and self._may_read():
+            self.transport.resume_reading()
         return 0
 
     # -- send ------------------------------------------------------------------
@@ -519,8 +689,7 @@ cdef class SessionBase:
         elif not self._dirty:
             self._dirty = True
             self._hub._dirty.append(self)
-            if not self._hub._in_burst:
-                self._hub._schedule_flush(False)  # a send outside any read burst
+            self._hub._schedule_session_flush(self)  # a send outside any read burst
         return 0
 
     def flush(self):
@@ -569,6 +738,7 @@ cdef class SessionBase:
     cdef int _abort(self, object reason) except -1:
         if self._closing:
             return 0
+        self._drop_work()
         self._closing = True
         if self._close_reason is None:
             self._close_reason = reason or "aborted"
@@ -583,6 +753,7 @@ cdef class SessionBase:
     cdef int _close(self, object reason) except -1:
         if self._closing:
             return 0
+        self._drop_work()
         self._closing = True
         if self._close_reason is None:
             self._close_reason = reason or "closed"
@@ -625,6 +796,17 @@ cdef class SessionBase:
         return self._sendbuf._c.size()
 
     @property
+    def unhandled_packets(self):
+        """Packets received and waiting for this session's async handler
+        (bounded by handler_queue_packets, past which reading pauses)."""
+        return self._work_packets
+
+    @property
+    def unhandled_bytes(self):
+        """Bytes of the packets waiting for this session's async handler."""
+        return self._work_bytes
+
+    @property
     def metrics(self):
         """This session's counters."""
         return {
@@ -664,3 +846,41 @@ def _broadcast(targets, ptype, payload, player_id, SessionBase skip):
         if (<SessionBase>s)._send(ptype, payload, player_id, None) is not None:
             n += 1
     return n
+
+
+async def _run_async_handlers(SessionBase s, object fn, PacketBatch batch):
+    """The task of a session with an async handler pending: awaits it, then
+    handles the bursts that arrived meanwhile, in order (sync handlers
+    called, async ones awaited), flushing the session's output after each
+    (a handler's replies are not held back). A handler error closes the
+    session ("handler error: ...") and drops what was waiting."""
+    cdef Hub hub = s._hub
+    cdef bint is_async = True
+    cdef uint64_t t0
+    try:
+        while True:
+            if is_async:
+                t0 = monotonic_ns()
+                await fn(s, batch)
+                if hub._metrics is not None:
+                    hub._metrics["handler"].record(monotonic_ns() - t0)  # wall time, awaits included
+                    hub._metrics["batch"].record(batch._count)
+            else:
+                s._in_burst = True
+                try:
+                    hub._call_handler(fn, s, batch)
+                finally:
+                    s._in_burst = False
+            s._flush()
+            if hub._dirty:
+                hub._schedule_flush(True)
+            item = s._next_work()
+            if item is None:
+                break
+            fn, batch, is_async = item
+    except Exception as exc:
+        _aio_log.exception("handler failed for %r", s)
+        if not s._closing:
+            s._close(f"handler error: {_error_text(exc)}")
+    finally:
+        s._drained()

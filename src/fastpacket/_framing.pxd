@@ -70,6 +70,7 @@ cdef class FrameDecoder:
 
 
 cdef HeaderLayout _layout_arg(object layout)
+cdef int _type_arg(HeaderLayout nl, object type, uint64_t* out) except -1
 cdef str _encode_error_text(EncodeError err, HeaderLayout layout, uint64_t type_, uint64_t seq,
                             uint64_t player_id, size_t payload_len)
 cdef PacketBatch _batch_over(HeaderLayout nl, bytes data, Py_ssize_t count)

@@ -194,18 +194,37 @@ cdef str _encode_error_text(EncodeError err, HeaderLayout layout, uint64_t type_
             f"{layout.field_names[c.player_id_index]!r} (max {c.field_max(c.player_id_index)})")
 
 
-def encode(uint64_t type, payload, *, uint64_t seq=0, uint64_t player_id=0, layout=None):
+cdef int _type_arg(HeaderLayout nl, object type, uint64_t* out) except -1:
+    """The type value to encode: `type` (an int) on a layout with a type
+    field; on a layout without one (length + body), `type` must be None and
+    the payload is framed alone (encoded as 0, the core's "no type")."""
+    if type is None:
+        if nl.c.type_index >= 0:
+            raise TypeError(f"type must be an int: layout {nl.name} has a type field "
+                            f"({nl.field_names[nl.c.type_index]!r})")
+        out[0] = 0
+    elif nl.c.type_index < 0:
+        raise ValueError(f"layout {nl.name} has no type field: pass type=None (the payload is sent as "
+                         f"one frame), got type={type!r}")
+    else:
+        out[0] = type  # OverflowError/TypeError for what is not a u64, as a typed argument
+    return 0
+
+
+def encode(type, payload, *, uint64_t seq=0, uint64_t player_id=0, layout=None):
     """encode(type, payload, *, seq=0, player_id=0, layout=GAME) -> bytes
 
     One packet on the wire: the layout's header (length, type, seq,
     player_id) followed by `payload` (any contiguous bytes-like object).
-    Raises ValueError when a value does not fit its field.
+    On a layout without a type field (length + body), `type` must be None:
+    the payload is framed alone. Raises ValueError when a value does not
+    fit its field.
     """
     cdef HeaderLayout nl = _layout_arg(layout)
     cdef Py_buffer view
     cdef EncodeError err
     cdef HeaderValues values
-    values.type = type
+    _type_arg(nl, type, &values.type)
     values.seq = seq
     values.player_id = player_id
     get_contiguous_buffer(payload, &view, "encode")
@@ -213,18 +232,24 @@ def encode(uint64_t type, payload, *, uint64_t seq=0, uint64_t player_id=0, layo
         out = PyBytes_FromStringAndSize(NULL, nl.c.header_size + view.len)
         err = encode_header(nl.c, <uint8_t*>PyBytes_AS_STRING(out), values, view.len)
         if err != EncodeError.none:
-            raise ValueError(_encode_error_text(err, nl, type, seq, player_id, view.len))
+            raise ValueError(_encode_error_text(err, nl, values.type, seq, player_id, view.len))
         memcpy(PyBytes_AS_STRING(out) + nl.c.header_size, view.buf, view.len)
         return out
     finally:
         PyBuffer_Release(&view)
 
 
-cdef inline object _packet_field(Packet p, int field):
-    """Header field `field` of packet p, or None for a layout without it
-    (-1). Inline: it is every Packet property's whole work."""
+cdef object _no_field(Packet p, str role):
+    raise AttributeError(f"layout {p._batch._layout.name} has no {role} field; use packet.header, "
+                         f"packet.field(name) or packet.payload")
+
+
+cdef inline object _packet_field(Packet p, int field, str role):
+    """Header field `field` of packet p; AttributeError naming `role` for a
+    layout without it (-1), so the property's type is int, as the stub
+    says. Inline: it is every Packet property's whole work."""
     if field < 0:
-        return None
+        return _no_field(p, role)
     cdef PacketBatch b = p._batch
     return b._layout.c.read(b._cols.headers + p._index * b._layout.c.header_size, field)
 
@@ -236,7 +261,8 @@ cdef class Packet:
     """One packet of a PacketBatch: header fields and a zero-copy payload.
 
     `type`, `seq` and `player_id` are the values of the layout's fields with
-    those roles (None where the layout has no such field); `payload` is a
+    those roles (AttributeError where the layout has no such field, as for
+    the batch's columns: ``hasattr(p, "type")`` tells); `payload` is a
     read-only memoryview into the batch's memory, valid as long as you hold
     it. Create packets with fp.encode() or PacketBatch.build().
     """
@@ -250,18 +276,18 @@ cdef class Packet:
 
     @property
     def type(self):
-        """The packet type (the layout's type field), or None."""
-        return _packet_field(self, self._batch._layout.c.type_index)
+        """The packet type (the layout's type field)."""
+        return _packet_field(self, self._batch._layout.c.type_index, "type")
 
     @property
     def seq(self):
-        """The sequence number (the layout's seq field), or None."""
-        return _packet_field(self, self._batch._layout.c.seq_index)
+        """The sequence number (the layout's seq field)."""
+        return _packet_field(self, self._batch._layout.c.seq_index, "seq")
 
     @property
     def player_id(self):
-        """The player id (the layout's player_id field), or None."""
-        return _packet_field(self, self._batch._layout.c.player_id_index)
+        """The player id (the layout's player_id field)."""
+        return _packet_field(self, self._batch._layout.c.player_id_index, "player_id")
 
     @property
     def size(self):
@@ -286,7 +312,7 @@ cdef class Packet:
         cdef int i = b._layout.field_names.index(name) if name in b._layout.field_names else -1
         if i < 0:
             raise KeyError(f"layout {b._layout.name} has no field {name!r}")
-        return _packet_field(self, i)
+        return _packet_field(self, i, name)
 
     def to_bytes(self):
         """The packet as it was on the wire (header and payload)."""
@@ -303,8 +329,13 @@ cdef class Packet:
         return hash(self.to_bytes())
 
     def __repr__(self):
-        return (f"Packet(type={self.type}, seq={self.seq}, player_id={self.player_id}, "
-                f"payload={bytes(self.payload[:16])!r}{'...' if self.size - self._batch._layout.c.header_size > 16 else ''})")
+        cdef Layout* c = &self._batch._layout.c
+        roles = ""
+        for role, i in (("type", c.type_index), ("seq", c.seq_index), ("player_id", c.player_id_index)):
+            if i >= 0:  # the fields this layout has
+                roles += f"{role}={_packet_field(self, i, role)}, "
+        return (f"Packet({roles}"
+                f"payload={bytes(self.payload[:16])!r}{'...' if self.size - c.header_size > 16 else ''})")
 
 
 @cython.freelist(64)
@@ -381,7 +412,8 @@ cdef class PacketBatch:
         Encode one packet per (type, payload) pair into one buffer. `types`,
         `seqs` and `player_ids` are integer sequences or numpy arrays of the
         same length as `payloads` (seqs and player_ids default to 0);
-        payloads are bytes-like objects.
+        payloads are bytes-like objects. On a layout without a type field
+        (length + body), `types` must be None: each payload is one frame.
         """
         return _build_batch(_layout_arg(layout), types, payloads, seqs, player_ids)
 
@@ -578,6 +610,11 @@ cdef object _u64_column(object values, Py_ssize_t n, str name):
 
 cdef PacketBatch _build_batch(HeaderLayout nl, object types, object payloads, object seqs,
                               object player_ids):
+    if types is None and nl.c.type_index >= 0:
+        raise TypeError(f"types must be given: layout {nl.name} has a type field "
+                        f"({nl.field_names[nl.c.type_index]!r})")
+    if types is not None and nl.c.type_index < 0:
+        raise ValueError(f"layout {nl.name} has no type field: pass types=None (each payload is one frame)")
     payloads = list(payloads)
     cdef Py_ssize_t n = len(payloads), i
     cdef cnp.uint64_t[::1] tv = _u64_column(types, n, "types")

@@ -129,36 +129,39 @@ cdef class SendBuffer:
                              f"never fit one flush")
         raise ValueError(_encode_error_text(err, self._layout, type_, seq, player_id, payload_len))
 
-    def send(self, uint64_t type, payload, *, uint64_t player_id=0, seq=None):
+    def send(self, type, payload, *, uint64_t player_id=0, seq=None):
         """send(type, payload, *, player_id=0, seq=None) -> int
 
         Queue one packet; returns the seq written (the next automatic one
         unless `seq` is given, which leaves the counter as it is). `payload`
-        is any contiguous bytes-like object.
+        is any contiguous bytes-like object. On a layout without a type
+        field (length + body, Twisted's sendString), `type` must be None:
+        the payload is sent as one frame.
         """
         cdef Py_buffer view
         cdef const uint8_t* p
         cdef size_t n
-        cdef uint64_t used = 0, given = 0
+        cdef uint64_t used = 0, given = 0, type_
         cdef EncodeError err = EncodeError.none
         cdef SendStatus st
         cdef bint explicit_seq = seq is not None
+        _type_arg(self._layout, type, &type_)
         if explicit_seq:
             given = seq
         if PyBytes_CheckExact(payload):
             p = <const uint8_t*>PyBytes_AS_STRING(payload)
             n = PyBytes_GET_SIZE(payload)
-            st = self._c.send(type, p, n, player_id, explicit_seq, given, &used, &err)
+            st = self._c.send(type_, p, n, player_id, explicit_seq, given, &used, &err)
         else:
             get_contiguous_buffer(payload, &view, "SendBuffer.send")
             try:
                 n = view.len
-                st = self._c.send(type, <const uint8_t*>view.buf, n, player_id, explicit_seq, given,
+                st = self._c.send(type_, <const uint8_t*>view.buf, n, player_id, explicit_seq, given,
                                   &used, &err)
             finally:
                 PyBuffer_Release(&view)
         if st != SendStatus.ok:
-            self._fail(st, err, self._layout.c.header_size + n, "a packet", type,
+            self._fail(st, err, self._layout.c.header_size + n, "a packet", type_,
                        given if explicit_seq else self._c.next_seq(), player_id, n)
         return used
 

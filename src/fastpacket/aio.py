@@ -1,4 +1,5 @@
-"""asyncio adapter: ``serve()``, ``connect()``, ``Session``.
+"""asyncio adapter: ``serve()``, ``serve_unix()``, ``connect()``,
+``connect_unix()``, ``Session``.
 
 A server in a few lines::
 
@@ -13,6 +14,30 @@ A server in a few lines::
             await server.serve_forever()
 
     asyncio.run(main())
+
+Listening mirrors asyncio's ``start_server`` family: ``serve(handler,
+host, port, *, ssl=None, sock=None, ...)`` (TCP; ``ssl`` an
+``ssl.SSLContext`` for TLS, ``sock`` an already bound socket, as systemd
+socket activation passes one), ``serve_unix(handler, path, *, ssl=None,
+sock=None, ...)``, ``connect(host, port, *, ssl=None,
+server_hostname=None, ...)`` and ``connect_unix(path, *, ssl=None, ...)``.
+Every per-connection option is a typed keyword argument of each (the
+fields of ``Options``).
+
+Handlers: ``handler(session, batch)`` (or per type, ``handlers={type:
+fn}``) is a plain function, called synchronously once per read burst: the
+fast path. An ``async def`` handler runs as a task; the bursts of one
+session are handled in order (the next one's handler starts when the
+previous one finished, sync handlers of the same server included), and
+while one is pending the session keeps decoding into a bounded queue
+(``handler_queue_packets``, ``handler_queue_bytes``) past which it stops
+reading from the peer until the handler catches up: backpressure, bounded
+memory. Replies an async handler sends go out at the end of the loop
+iteration and when it returns. If the peer closes meanwhile, what it sent
+before is still handled (replies are dropped) and ``on_close`` runs after;
+if this side closes the session, what is still queued is dropped (counted
+in ``dropped_in`` and ``drops["session closed"]``). Anything that is not
+callable raises TypeError at ``serve()``.
 
 Receive path: the protocol is an ``asyncio.BufferedProtocol`` whose
 ``get_buffer`` lends the connection a RingBuffer from a pool (idle
@@ -52,6 +77,9 @@ option                        default                what happens
                                                      transport) past this: "slow consumer"
 ``write_timeout``             10 s                   output paused (peer not reading) that long:
                                                      "slow consumer"
+``handler_queue_packets``,    1024, 1 MiB            received while an async handler of the
+``handler_queue_bytes``                              session is pending, past this: reading
+                                                     pauses until the handler catches up
 ============================  =====================  ==========================================
 
 With an ``aggregator``, ``max_packet_size`` must be at most
@@ -73,32 +101,57 @@ error: ..."). Works on asyncio's default loop and on uvloop.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import socket
+import ssl as _ssl
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Set
+from typing import Any, Awaitable, Callable, Dict, Iterable, Literal, Mapping, Optional, Set, Tuple, Union
 
 from fastpacket._native import Hub, SessionBase, _broadcast
 from fastpacket.aggregate import Aggregator
 from fastpacket.framing import DEFAULT_MAX_PACKET_SIZE, PacketBatch
 from fastpacket.layout import GAME, HeaderLayout
-from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS
+from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS, Registry
 from fastpacket.sendbuf import DEFAULT_FILL_RATIO, DEFAULT_MAX_BYTES
 
-__all__ = ["serve", "connect", "Session", "PacketServer", "Options", "Handler"]
+__all__ = ["serve", "serve_unix", "connect", "connect_unix", "Session", "PacketServer", "Options", "Handler",
+           "SyncHandler", "AsyncHandler", "SessionHook", "is_async_handler"]
 
-#: A handler: called as handler(session, batch) once per read burst.
-Handler = Callable[["Session", PacketBatch], Any]
+#: A synchronous handler: ``handler(session, batch)``, called once per read
+#: burst (or per type group of one with ``handlers=``). The fast path.
+SyncHandler = Callable[["Session", PacketBatch], None]
+#: An asynchronous handler: ``async def handler(session, batch)``, run as a
+#: task; the bursts of one session are handled in order.
+AsyncHandler = Callable[["Session", PacketBatch], Awaitable[None]]
+#: Either kind of handler.
+Handler = Union[SyncHandler, AsyncHandler]
+#: ``on_connect(session)`` / ``on_close(session)``: plain functions.
+SessionHook = Callable[["Session"], None]
+#: What ``ssl=`` takes: an ``ssl.SSLContext`` (a client may pass True for
+#: the default context), or None for plain TCP.
+SSLArg = Union[_ssl.SSLContext, bool, None]
 
 #: PacketServer.wait_closed() waits at most this long, in seconds, for the
 #: sessions to finish closing.
 WAIT_CLOSED_TIMEOUT = 5.0
 #: ... polling this often, in seconds.
 WAIT_CLOSED_POLL = 0.005
+#: After aborting the sessions left at the end of a graceful timeout,
+#: PacketServer.shutdown() waits at most this long, in seconds, for the
+#: loop to deliver their connection_lost.
+ABORT_WAIT_S = 1.0
+#: Default host of serve(): the loopback interface, not every interface
+#: (asyncio's None): a server is exposed only when asked.
+DEFAULT_HOST = "127.0.0.1"
 
 
 @dataclass
 class Options:
     """Per-connection settings shared by a server's sessions (see the
-    module docstring for what each limit does)."""
+    module docstring for what each limit does). ``serve``, ``serve_unix``,
+    ``connect``, ``connect_unix`` and ``fastpacket.run`` take each field as
+    a keyword argument."""
 
     layout: HeaderLayout = GAME
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
@@ -114,8 +167,10 @@ class Options:
     rate_policy: str = "drop"         # or "close"
     idle_timeout: Optional[float] = None
     max_connections: Optional[int] = None
-    aggregator: Any = None            # fastpacket.Aggregator: pack outgoing, unwrap incoming
-    registry: Any = None              # fastpacket.metrics.Registry
+    handler_queue_packets: int = 1024  # received while an async handler is pending, before reading pauses
+    handler_queue_bytes: int = 1 << 20  # ... in bytes
+    aggregator: Optional[Aggregator] = None  # pack outgoing, unwrap incoming
+    registry: Optional[Registry] = None
 
     @classmethod
     def from_kwargs(cls, kwargs: Dict[str, Any]) -> "Options":
@@ -150,6 +205,12 @@ class Options:
             raise ValueError(f"idle_timeout must be > 0 or None, got {self.idle_timeout}")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1 or None, got {self.max_connections}")
+        for name in ("handler_queue_packets", "handler_queue_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.registry is not None and not isinstance(self.registry, Registry):
+            raise TypeError(f"registry must be a fastpacket.Registry or None, not {type(self.registry).__name__}")
         if self.aggregator is not None:
             if not isinstance(self.aggregator, Aggregator):
                 raise TypeError(f"aggregator must be a fastpacket.Aggregator or None, "
@@ -179,7 +240,45 @@ class Options:
                              f"{self.max_packet_size}")
 
 
-def _adapter_metrics(registry: Any) -> Optional[Dict[str, Any]]:
+#: The Options fields, which every serve/connect function takes as keywords.
+OPTION_NAMES: Tuple[str, ...] = tuple(Options.__dataclass_fields__)
+_DEFAULTS = Options()
+
+
+def _options(arguments: Mapping[str, Any]) -> Options:
+    """The checked Options among a function's arguments (its ``locals()``
+    taken on entry: every Options field is one of its keyword parameters)."""
+    return Options(**{name: arguments[name] for name in OPTION_NAMES}).check()
+
+
+def is_async_handler(fn: object) -> bool:
+    """True when calling `fn` returns an awaitable to run as a task: an
+    ``async def`` function or method (also behind functools.partial), or an
+    object whose ``__call__`` is one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isbuiltin(fn) or isinstance(fn, type):
+        return False
+    return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))
+
+
+def _check_callable(fn: object, what: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{what} must be a function (def or async def), not {type(fn).__name__!r}")
+
+
+def _check_hook(fn: Optional[SessionHook], what: str) -> None:
+    if fn is None:
+        return
+    _check_callable(fn, what)
+    if is_async_handler(fn):
+        raise TypeError(f"{what} must be a plain function (it runs inside the connection callback); "
+                        f"start a task from it for async work")
+
+
+def _adapter_metrics(registry: Optional[Registry]) -> Optional[Dict[str, Any]]:
     """The registry metrics the adapter records into, by role (None without a registry)."""
     if registry is None:
         return None
@@ -201,12 +300,30 @@ def _adapter_metrics(registry: Any) -> Optional[Dict[str, Any]]:
     }
 
 
-def _new_hub(handler: Optional[Handler], handlers: Optional[Dict[int, Handler]], options: Dict[str, Any],
-             on_connect: Optional[Callable[["Session"], Any]] = None,
-             on_close: Optional[Callable[["Session"], Any]] = None) -> Hub:
-    checked = Options.from_kwargs(options)
-    return Hub(asyncio.get_running_loop(), checked, handler, handlers, on_connect=on_connect, on_close=on_close,
-               metrics=_adapter_metrics(checked.registry))
+def _new_hub(handler: Optional[Handler], handlers: Optional[Mapping[int, Handler]], options: Options,
+             on_connect: Optional[SessionHook] = None, on_close: Optional[SessionHook] = None) -> Hub:
+    """A Hub for these handlers, each checked and classified (sync or
+    async) here: TypeError for anything that is not callable."""
+    if handler is not None:
+        _check_callable(handler, "handler")
+    async_types = []
+    if handlers is not None:
+        if not isinstance(handlers, Mapping):
+            raise TypeError(f"handlers must be a mapping {{type: handler}}, not {type(handlers).__name__!r}")
+        for ptype, fn in handlers.items():
+            if not isinstance(ptype, int) or isinstance(ptype, bool):
+                raise TypeError(f"handlers keys are packet types (int), got {ptype!r}")
+            _check_callable(fn, f"handlers[{ptype}]")
+            if is_async_handler(fn):
+                async_types.append(ptype)
+        if handlers and options.layout.roles.get("type") is None:
+            raise ValueError(f"handlers by type need a layout with a type field; {options.layout.name} has "
+                             f"none: pass one handler")
+    _check_hook(on_connect, "on_connect")
+    _check_hook(on_close, "on_close")
+    return Hub(asyncio.get_running_loop(), options, handler, handlers, on_connect=on_connect, on_close=on_close,
+               metrics=_adapter_metrics(options.registry),
+               async_handler=handler is not None and is_async_handler(handler), async_types=async_types)
 
 
 class Session(SessionBase, asyncio.BufferedProtocol):
@@ -222,18 +339,22 @@ class Session(SessionBase, asyncio.BufferedProtocol):
 
 
 class PacketServer(asyncio.AbstractServer):
-    """What ``serve()`` returns: the loop's listening ``asyncio.Server``
-    plus the sessions. ``close()`` stops listening, flushes every session's
-    pending output and closes it with reason "server shutdown"."""
+    """What ``serve()`` and ``serve_unix()`` return: the loop's listening
+    ``asyncio.Server`` plus the sessions. ``close()`` stops listening,
+    flushes every session's pending output and closes it with reason
+    "server shutdown" (a session whose async handler is running first
+    finishes what it received); ``shutdown(timeout)`` does that and aborts
+    what is left after `timeout` seconds."""
 
-    def __init__(self, server: Any, hub: Hub) -> None:  # the loop's asyncio.Server
-        self._server = server
+    def __init__(self, server: asyncio.AbstractServer, hub: Hub) -> None:
+        self._server: Any = server  # the loop's asyncio.Server (uvloop's has no common base with sockets)
         self._hub = hub
 
     @property
     def options(self) -> Options:
         """The server's checked options (shared by its sessions; do not change them)."""
-        return self._hub.options
+        options: Options = self._hub.options
+        return options
 
     @property
     def sessions(self) -> Set[Session]:
@@ -241,9 +362,9 @@ class PacketServer(asyncio.AbstractServer):
         return self._hub.sessions
 
     @property
-    def sockets(self) -> Any:
+    def sockets(self) -> Tuple[socket.socket, ...]:
         """The listening sockets."""
-        return self._server.sockets
+        return tuple(self._server.sockets or ())
 
     @property
     def closes(self) -> Dict[str, int]:
@@ -255,7 +376,7 @@ class PacketServer(asyncio.AbstractServer):
         """Packets (or connections) dropped, by reason."""
         return dict(self._hub.drops)
 
-    def broadcast(self, type: int, payload: Any, sessions: Optional[Iterable[Session]] = None, *,
+    def broadcast(self, type: Optional[int], payload: Any, sessions: Optional[Iterable[Session]] = None, *,
                   player_id: int = 0) -> int:
         """Send one packet to the given sessions (default: all); returns how
         many got it queued. Coalesced like any send."""
@@ -266,24 +387,60 @@ class PacketServer(asyncio.AbstractServer):
         self._server.close()
         self._hub.shutdown("server shutdown")
 
-    async def wait_closed(self) -> None:
-        """Wait until the listener is closed and the sessions are gone (5 s at most)."""
+    def stop_listening(self) -> None:
+        """Stop accepting connections; the sessions go on (close() closes them too)."""
+        self._server.close()
+
+    def close_clients(self) -> None:
+        """Flush and close every session ("server shutdown"), still listening (asyncio 3.13's name)."""
+        self._hub.shutdown("server shutdown")
+
+    def abort_clients(self) -> None:
+        """Abort every session now ("server shutdown"): running async
+        handlers are cancelled, queued output is dropped."""
+        self._hub.abort_all("server shutdown")
+
+    async def wait_closed(self, timeout: float = WAIT_CLOSED_TIMEOUT) -> None:
+        """Wait until the listener is closed and the sessions are gone (`timeout` seconds at most)."""
         await self._server.wait_closed()
+        await self._wait_sessions(timeout)
+
+    async def _wait_sessions(self, timeout: float) -> bool:
         loop = self._hub.loop
-        deadline = loop.time() + WAIT_CLOSED_TIMEOUT
+        deadline = loop.time() + timeout
         while self._hub.sessions and loop.time() < deadline:
             await asyncio.sleep(WAIT_CLOSED_POLL)
+        return not self._hub.sessions
+
+    async def shutdown(self, timeout: float = WAIT_CLOSED_TIMEOUT) -> bool:
+        """Graceful stop: stop listening, flush and close every session
+        ("server shutdown"; running async handlers first finish what their
+        session received), wait at most `timeout` seconds, then abort the
+        sessions left. True when every session closed in time."""
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout}")
+        self.close()
+        clean = await self._wait_sessions(timeout)
+        if not clean:
+            self.abort_clients()
+            await self._wait_sessions(ABORT_WAIT_S)
+        try:  # bounded: since Python 3.12 it also waits for the connections, which abort ended
+            await asyncio.wait_for(self._server.wait_closed(), ABORT_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
+        return clean
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop the server runs on."""
-        return self._server.get_loop()
+        loop: asyncio.AbstractEventLoop = self._server.get_loop()
+        return loop
 
     def is_serving(self) -> bool:
         """True while the server accepts connections."""
-        return self._server.is_serving()
+        return bool(self._server.is_serving())
 
     async def start_serving(self) -> None:
-        """Start accepting connections (serve() already did)."""
+        """Start accepting connections (serve() does unless start_serving=False)."""
         await self._server.start_serving()
 
     async def serve_forever(self) -> None:
@@ -292,41 +449,168 @@ class PacketServer(asyncio.AbstractServer):
 
     @property
     def port(self) -> int:
-        """The TCP port of the first listening socket."""
-        return self._server.sockets[0].getsockname()[1]
+        """The TCP port of the first listening socket (AttributeError for a Unix socket server)."""
+        name = self.sockets[0].getsockname()
+        if not isinstance(name, tuple):
+            raise AttributeError(f"a Unix socket server has no port; its path is {name!r}")
+        port: int = name[1]
+        return port
+
+    @property
+    def path(self) -> Optional[str]:
+        """The path of a Unix socket server (None for TCP)."""
+        name = self.sockets[0].getsockname()
+        return name if isinstance(name, str) else None
 
 
-async def serve(handler: Optional[Handler] = None, host: str = "127.0.0.1", port: int = 0, *,
-                handlers: Optional[Dict[int, Handler]] = None,
-                on_connect: Optional[Callable[[Session], Any]] = None,
-                on_close: Optional[Callable[[Session], Any]] = None,
-                reuse_port: bool = False, backlog: int = 1024, **options: Any) -> PacketServer:
-    """Start a packet server on (host, port) and return it (already serving).
+async def serve(
+    handler: Optional[Handler] = None, host: Optional[str] = None, port: Optional[int] = None, *,
+    handlers: Optional[Mapping[int, Handler]] = None,
+    on_connect: Optional[SessionHook] = None, on_close: Optional[SessionHook] = None,
+    ssl: Optional[_ssl.SSLContext] = None, sock: Optional[socket.socket] = None,
+    reuse_port: bool = False, backlog: int = 1024, ssl_handshake_timeout: Optional[float] = None,
+    start_serving: bool = True,
+    layout: HeaderLayout = _DEFAULTS.layout, max_packet_size: int = _DEFAULTS.max_packet_size,
+    recv_buffer: int = _DEFAULTS.recv_buffer, send_buffer: int = _DEFAULTS.send_buffer,
+    fill_ratio: float = _DEFAULTS.fill_ratio, max_delay: float = _DEFAULTS.max_delay,
+    max_pending_bytes: int = _DEFAULTS.max_pending_bytes, write_timeout: float = _DEFAULTS.write_timeout,
+    packets_per_s: float = _DEFAULTS.packets_per_s, bytes_per_s: float = _DEFAULTS.bytes_per_s,
+    rate_burst: float = _DEFAULTS.rate_burst, rate_policy: Literal["drop", "close"] = "drop",
+    idle_timeout: Optional[float] = _DEFAULTS.idle_timeout, max_connections: Optional[int] = _DEFAULTS.max_connections,
+    handler_queue_packets: int = _DEFAULTS.handler_queue_packets,
+    handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
+    aggregator: Optional[Aggregator] = None, registry: Optional[Registry] = None,
+) -> PacketServer:
+    """Start a packet server on TCP (host, port) and return it (serving,
+    unless ``start_serving=False``).
 
-    ``handler(session, batch)`` is called synchronously once per read burst
-    with every packet that burst completed; ``handlers={type: fn}`` calls
-    ``fn(session, group)`` per packet type instead (``handler`` then takes
-    the types not listed). ``on_connect(session)`` / ``on_close(session)``
-    are called as accepted connections come and go (never for one refused
-    by ``max_connections``). ``options`` are the fields of ``Options``
-    (limits, buffers, aggregator, registry).
+    ``handler(session, batch)`` is called once per read burst with every
+    packet that burst completed: a plain function synchronously (the fast
+    path), an ``async def`` one as a task, one session's bursts in order
+    (see the module docstring); ``handlers={type: fn}`` calls ``fn(session,
+    group)`` per packet type instead (``handler`` then takes the types not
+    listed). ``on_connect(session)`` / ``on_close(session)`` (plain
+    functions) are called as accepted connections come and go (never for
+    one refused by ``max_connections``).
+
+    ``host`` defaults to 127.0.0.1 (pass "0.0.0.0" or "::" for every
+    interface) and ``port`` to 0 (a free one: ``server.port``). ``ssl``: an
+    ``ssl.SSLContext`` for TLS; ``sock``: an already bound socket to serve
+    on instead of host and port; ``reuse_port``, ``backlog``,
+    ``ssl_handshake_timeout`` and ``start_serving`` as in
+    ``loop.create_server``. The remaining keywords are the fields of
+    ``Options`` (limits, buffers, aggregator, registry).
     """
+    options = _options(locals())
+    if sock is not None:
+        if host is not None or port is not None:
+            raise ValueError("host/port and sock can not be specified at the same time")
+    else:
+        host = DEFAULT_HOST if host is None else host
+        port = 0 if port is None else port
     if handler is None and not handlers:
         raise TypeError("serve() needs a handler or handlers")
     hub = _new_hub(handler, handlers, options, on_connect, on_close)
-    server = await hub.loop.create_server(lambda: Session(hub), host, port, backlog=backlog,
-                                          reuse_port=reuse_port or None)
+    server = await hub.loop.create_server(lambda: Session(hub), host, port, ssl=ssl, sock=sock, backlog=backlog,
+                                          reuse_port=reuse_port or None, ssl_handshake_timeout=ssl_handshake_timeout,
+                                          start_serving=start_serving)
     return PacketServer(server, hub)
 
 
-async def connect(host: str, port: int, handler: Optional[Handler] = None, **options: Any) -> Session:
-    """Open a client connection and return its Session. Without a handler,
-    received batches queue up for ``await session.recv()``. A client's
-    ``max_delay`` defaults to 0: what it sends outside a read burst goes out
-    at the end of the loop iteration (requests are not held back)."""
-    options.setdefault("max_delay", 0.0)
-    handlers = options.pop("handlers", None)
-    hub = _new_hub(handler, handlers, options)
-    session = Session(hub)
-    await hub.loop.create_connection(lambda: session, host, port)
+async def serve_unix(
+    handler: Optional[Handler] = None, path: Optional[str] = None, *,
+    handlers: Optional[Mapping[int, Handler]] = None,
+    on_connect: Optional[SessionHook] = None, on_close: Optional[SessionHook] = None,
+    ssl: Optional[_ssl.SSLContext] = None, sock: Optional[socket.socket] = None,
+    backlog: int = 1024, ssl_handshake_timeout: Optional[float] = None, start_serving: bool = True,
+    layout: HeaderLayout = _DEFAULTS.layout, max_packet_size: int = _DEFAULTS.max_packet_size,
+    recv_buffer: int = _DEFAULTS.recv_buffer, send_buffer: int = _DEFAULTS.send_buffer,
+    fill_ratio: float = _DEFAULTS.fill_ratio, max_delay: float = _DEFAULTS.max_delay,
+    max_pending_bytes: int = _DEFAULTS.max_pending_bytes, write_timeout: float = _DEFAULTS.write_timeout,
+    packets_per_s: float = _DEFAULTS.packets_per_s, bytes_per_s: float = _DEFAULTS.bytes_per_s,
+    rate_burst: float = _DEFAULTS.rate_burst, rate_policy: Literal["drop", "close"] = "drop",
+    idle_timeout: Optional[float] = _DEFAULTS.idle_timeout, max_connections: Optional[int] = _DEFAULTS.max_connections,
+    handler_queue_packets: int = _DEFAULTS.handler_queue_packets,
+    handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
+    aggregator: Optional[Aggregator] = None, registry: Optional[Registry] = None,
+) -> PacketServer:
+    """Start a packet server on the Unix socket `path` (or `sock`, a bound
+    AF_UNIX socket) and return it: ``serve()`` for local clients (no TCP
+    stack, file permissions as access control). As asyncio's
+    ``start_unix_server``, an existing socket file at `path` is replaced
+    (fastpacket.run first checks that no server answers there). ``ssl`` and
+    the other keywords as for ``serve()``."""
+    options = _options(locals())
+    if (path is None) == (sock is None):
+        raise ValueError("serve_unix() needs a path or a sock (one of them)")
+    if handler is None and not handlers:
+        raise TypeError("serve_unix() needs a handler or handlers")
+    hub = _new_hub(handler, handlers, options, on_connect, on_close)
+    server = await hub.loop.create_unix_server(lambda: Session(hub), path, sock=sock, ssl=ssl, backlog=backlog,
+                                               ssl_handshake_timeout=ssl_handshake_timeout,
+                                               start_serving=start_serving)
+    return PacketServer(server, hub)
+
+
+def _client_session(handler: Optional[Handler], handlers: Optional[Mapping[int, Handler]],
+                    options: Options) -> Session:
+    return Session(_new_hub(handler, handlers, options))
+
+
+async def connect(
+    host: Optional[str], port: Optional[int], handler: Optional[Handler] = None, *,
+    handlers: Optional[Mapping[int, Handler]] = None,
+    ssl: SSLArg = None, server_hostname: Optional[str] = None, sock: Optional[socket.socket] = None,
+    local_addr: Optional[Tuple[str, int]] = None, ssl_handshake_timeout: Optional[float] = None,
+    layout: HeaderLayout = _DEFAULTS.layout, max_packet_size: int = _DEFAULTS.max_packet_size,
+    recv_buffer: int = _DEFAULTS.recv_buffer, send_buffer: int = _DEFAULTS.send_buffer,
+    fill_ratio: float = _DEFAULTS.fill_ratio, max_delay: float = 0.0,
+    max_pending_bytes: int = _DEFAULTS.max_pending_bytes, write_timeout: float = _DEFAULTS.write_timeout,
+    packets_per_s: float = _DEFAULTS.packets_per_s, bytes_per_s: float = _DEFAULTS.bytes_per_s,
+    rate_burst: float = _DEFAULTS.rate_burst, rate_policy: Literal["drop", "close"] = "drop",
+    idle_timeout: Optional[float] = _DEFAULTS.idle_timeout, max_connections: Optional[int] = _DEFAULTS.max_connections,
+    handler_queue_packets: int = _DEFAULTS.handler_queue_packets,
+    handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
+    aggregator: Optional[Aggregator] = None, registry: Optional[Registry] = None,
+) -> Session:
+    """Open a client connection to TCP (host, port) and return its Session.
+    Without a handler, received batches queue up for ``await
+    session.recv()``. ``ssl``: an ``ssl.SSLContext`` (or True for the
+    default one) for TLS, ``server_hostname`` the name to check the
+    server's certificate against (default: host); ``sock``, ``local_addr``
+    and ``ssl_handshake_timeout`` as in ``loop.create_connection`` (with
+    ``sock``, pass None for host and port). A client's ``max_delay``
+    defaults to 0: what it sends outside a read burst goes out at the end
+    of the loop iteration (requests are not held back). The remaining
+    keywords are the fields of ``Options``."""
+    session = _client_session(handler, handlers, _options(locals()))
+    loop = asyncio.get_running_loop()
+    await loop.create_connection(lambda: session, host, port, ssl=ssl, server_hostname=server_hostname, sock=sock,
+                                 local_addr=local_addr, ssl_handshake_timeout=ssl_handshake_timeout)
+    return session
+
+
+async def connect_unix(
+    path: Optional[str] = None, handler: Optional[Handler] = None, *,
+    handlers: Optional[Mapping[int, Handler]] = None,
+    ssl: SSLArg = None, server_hostname: Optional[str] = None, sock: Optional[socket.socket] = None,
+    ssl_handshake_timeout: Optional[float] = None,
+    layout: HeaderLayout = _DEFAULTS.layout, max_packet_size: int = _DEFAULTS.max_packet_size,
+    recv_buffer: int = _DEFAULTS.recv_buffer, send_buffer: int = _DEFAULTS.send_buffer,
+    fill_ratio: float = _DEFAULTS.fill_ratio, max_delay: float = 0.0,
+    max_pending_bytes: int = _DEFAULTS.max_pending_bytes, write_timeout: float = _DEFAULTS.write_timeout,
+    packets_per_s: float = _DEFAULTS.packets_per_s, bytes_per_s: float = _DEFAULTS.bytes_per_s,
+    rate_burst: float = _DEFAULTS.rate_burst, rate_policy: Literal["drop", "close"] = "drop",
+    idle_timeout: Optional[float] = _DEFAULTS.idle_timeout, max_connections: Optional[int] = _DEFAULTS.max_connections,
+    handler_queue_packets: int = _DEFAULTS.handler_queue_packets,
+    handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
+    aggregator: Optional[Aggregator] = None, registry: Optional[Registry] = None,
+) -> Session:
+    """Open a client connection to the Unix socket `path` (or over `sock`)
+    and return its Session; ``ssl`` (TLS over the Unix socket needs a
+    ``server_hostname``) and the other keywords as for ``connect()``."""
+    session = _client_session(handler, handlers, _options(locals()))
+    loop = asyncio.get_running_loop()
+    await loop.create_unix_connection(lambda: session, path, ssl=ssl, server_hostname=server_hostname, sock=sock,
+                                      ssl_handshake_timeout=ssl_handshake_timeout)
     return session

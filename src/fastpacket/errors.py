@@ -4,16 +4,18 @@ Python code.
     FastpacketError
      ├── ProtocolError (also a ValueError): the byte stream is bad
      │    └── AggregateError: an aggregate frame is bad
-     └── BufferFull: no room for a packet right now
+     ├── BufferFull: no room for a packet right now
+     └── AddressInUse (also an OSError): another process serves the address
 
 Bad arguments raise the builtin ValueError / TypeError.
 """
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Optional
 
-__all__ = ["FastpacketError", "ProtocolError", "AggregateError", "BufferFull"]
+__all__ = ["FastpacketError", "ProtocolError", "AggregateError", "BufferFull", "AddressInUse"]
 
 
 class FastpacketError(Exception):
@@ -59,3 +61,15 @@ class AggregateError(ProtocolError):
 
 class BufferFull(FastpacketError):
     """A send buffer has no room for the packet now; flush and retry."""
+
+
+class AddressInUse(FastpacketError, OSError):
+    """Another process already serves the address (host:port, or a Unix
+    socket path) a server was asked to serve. `address` is it, printable."""
+
+    def __init__(self, message: str, address: str) -> None:
+        super().__init__(errno.EADDRINUSE, message)
+        self.address = address
+
+    def __str__(self) -> str:
+        return str(self.strerror)

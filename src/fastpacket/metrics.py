@@ -226,7 +226,7 @@ CLOSE_REASONS = frozenset({
 })
 #: The label values ``drops_total{reason}`` takes.
 DROP_REASONS = frozenset({"rate_limit", "unhandled_type", "send_error", "slow_consumer", "too_many_connections",
-                          "other"})
+                          "session_closed", "other"})
 
 
 def reason_label(reason: Optional[str], allowed: Iterable[str] = CLOSE_REASONS) -> str:

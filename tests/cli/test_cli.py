@@ -124,7 +124,7 @@ def test_load_without_a_server_fails_with_the_reason(tmp_path):
 def test_serve_two_workers_share_metrics_and_stop_on_sigint(served):
     if not hasattr(socket, "SO_REUSEPORT"):
         pytest.skip("no SO_REUSEPORT here")
-    s = served("--workers", "2", "--metrics-port", "0", "--app", "echo")
+    s = served("echo", "--workers", "2", "--metrics-port", "0")
     assert "2 workers" in s.line and s.metrics_port
 
     async def exchange():

@@ -59,7 +59,7 @@ async def top_while_talking(port, target, extra=()):
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
 def test_top_once_from_url_and_from_file(tmp_path):
     path = str(tmp_path / "server.metrics")
-    s = Served(["--workers", "2", "--metrics-port", "0", "--metrics-file", path, "--app", "echo"], tmp_path)
+    s = Served(["--workers", "2", "--metrics-port", "0", "--metrics-file", path, "echo"], tmp_path)
     try:
         assert s.metrics_file == path
         for target in (s.metrics_url, path):
@@ -85,7 +85,7 @@ def test_top_once_from_url_and_from_file(tmp_path):
 
 
 def test_top_live_view_refreshes_until_ctrl_c(tmp_path):
-    s = Served(["--metrics-port", "0", "--app", "echo"], tmp_path)
+    s = Served(["--metrics-port", "0", "echo"], tmp_path)
     try:
         proc = subprocess.Popen(CMD + ["top", "--interval", "0.2", s.metrics_url], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=tmp_path)

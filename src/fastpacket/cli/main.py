@@ -8,7 +8,9 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from fastpacket import __version__
 
 from fastpacket.cli.bench import SECTIONS, run_sections
 from fastpacket.system import new_event_loop
@@ -122,12 +124,30 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return OK if result.ok else FAILED
 
 
+def _resolve_app(args: argparse.Namespace) -> Tuple[str, bool, Dict[str, Any]]:
+    """(import string, factory, app_args) of the APP argument: a built-in
+    short name (relay, echo, ...) or ``module:attr``."""
+    from fastpacket.apps import BUILTIN
+
+    name = args.app or args.app_flag or "relay"
+    if args.app and args.app_flag and args.app != args.app_flag:
+        raise ValueError(f"APP {args.app!r} and --app {args.app_flag!r} disagree: give one")
+    if name in BUILTIN:
+        spec, factory = BUILTIN[name]
+        return spec, factory, ({"rooms": args.rooms} if name == "relay" else {})
+    if ":" not in name:
+        raise ValueError(f"APP must be one of {sorted(BUILTIN)} or 'module:attr', got {name!r}")
+    return name, args.factory, {}
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from fastpacket.runtime import ServerConfig, run
+    from fastpacket.errors import AddressInUse
+    from fastpacket.runtime import format_address, run
 
     options: Dict[str, Any] = {}
     for name in ("max_packet_size", "packets_per_s", "bytes_per_s", "rate_burst", "rate_policy", "idle_timeout",
-                 "max_connections", "max_pending_bytes", "write_timeout"):
+                 "max_connections", "max_pending_bytes", "write_timeout", "handler_queue_packets",
+                 "handler_queue_bytes"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -135,42 +155,46 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         options.setdefault("recv_buffer", max(65536, options["max_packet_size"]))
         options.setdefault("send_buffer", max(65536, options["max_packet_size"]))
         options.setdefault("max_pending_bytes", max(1 << 20, options["send_buffer"]))
-    from fastpacket.apps import BUILTIN
-
-    spec, factory = BUILTIN[args.app]
-    config = ServerConfig(host=args.host, port=args.port, app=spec, factory=factory,
-                          app_args={"rooms": args.rooms} if args.app == "relay" else {}, loop=loop_kind(args),
-                          compress=args.compress, compress_threshold=args.compress_threshold, options=options)
+    # `fastpacket serve mod:app` imports from the current directory, as uvicorn does
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
-        config.check()
-    except (ValueError, TypeError) as exc:
+        spec, factory, app_args = _resolve_app(args)
+    except ValueError as exc:
         print(f"fastpacket serve: {exc}", file=sys.stderr)
         return USAGE
-    if args.workers < 1:
-        print(f"fastpacket serve: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-        return USAGE
-    metrics = (args.metrics_host, args.metrics_port) if args.metrics_port is not None else None
+    label = args.app or args.app_flag or "relay"
 
     def on_ready(info: Dict[str, Any]) -> None:
         workers = info.get("workers")
         where = f"{len(workers)} workers (pids {' '.join(map(str, workers))})" if workers else f"pid {info['pid']}"
-        line = f"fastpacket serve: {args.app} on {info['host']}:{info['port']}, {where}"
+        address = f"unix:{info['path']}" if "path" in info else format_address(info["host"], info["port"])
+        line = f"fastpacket serve: {label} on {address}{' (TLS)' if info.get('tls') else ''}, {where}"
         if "metrics_port" in info:
-            line += f", metrics at http://{args.metrics_host}:{info['metrics_port']}/metrics"
+            line += f", metrics at http://{format_address(args.metrics_host, info['metrics_port'])}/metrics"
         if "metrics_file" in info:
             line += f", metrics file {info['metrics_file']}"
         print(line + "; Ctrl-C to stop", flush=True)
 
     try:
-        code = run(config, args.workers, metrics, on_ready, metrics_file=args.metrics_file)
-    except OSError as exc:
+        run(spec, args.host, args.port, workers=args.workers, factory=factory, app_args=app_args, uds=args.uds,
+            fd=args.fd, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+            ssl_keyfile_password=args.ssl_keyfile_password, ssl_ca_certs=args.ssl_ca_certs, loop=loop_kind(args),
+            metrics_port=args.metrics_port, metrics_host=args.metrics_host, metrics_file=args.metrics_file,
+            graceful_timeout=args.graceful_timeout, compress=args.compress,
+            compress_threshold=args.compress_threshold, on_ready=on_ready, **options)
+    except (ValueError, TypeError) as exc:
+        print(f"fastpacket serve: {exc}", file=sys.stderr)
+        return USAGE
+    except AddressInUse as exc:
         print(f"fastpacket serve: {exc}", file=sys.stderr)
         return FAILED
-    except RuntimeError as exc:
+    except (OSError, RuntimeError) as exc:
         print(f"fastpacket serve: {exc}", file=sys.stderr)
         return FAILED
-    print("fastpacket serve: stopped" if code == OK else "fastpacket serve: stopped with errors", flush=True)
-    return code
+    print("fastpacket serve: stopped", flush=True)
+    return OK
 
 
 def _add_load_args(p: argparse.ArgumentParser, connections: int, seconds: float) -> None:
@@ -194,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="fastpacket", description="fastpacket: the packet core for Python real-time servers")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a game relay and a load generator on 127.0.0.1, then a table",
@@ -205,13 +230,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     d = Options()
-    serve = sub.add_parser("serve", help="run the relay (or echo) server until Ctrl-C / SIGTERM",
-                           description="Serve until SIGINT or SIGTERM. Limits default to fastpacket.aio.Options.")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    from fastpacket.apps import BUILTIN
+    from fastpacket.runtime import DEFAULT_GRACEFUL_TIMEOUT_S
+
+    serve = sub.add_parser("serve", help="serve an app (yours, or the relay or echo) until Ctrl-C / SIGTERM",
+                           description="Serve APP until SIGINT or SIGTERM, then stop gracefully (stop accepting, "
+                                       "the app's shutdown hook, flush and close every session, at most "
+                                       "--graceful-timeout seconds). Limits default to fastpacket.aio.Options.")
+    serve.add_argument("app", nargs="?", default=None, metavar="APP",
+                       help=f"module:attr (an app object, or a handler function; --factory: a callable making "
+                            f"one), imported from the current directory, or a built-in app: "
+                            f"{', '.join(sorted(BUILTIN))} (default relay)")
+    serve.add_argument("--app", dest="app_flag", default=None, help=argparse.SUPPRESS)  # the former spelling
+    serve.add_argument("--factory", action="store_true", help="APP names a callable that returns the app")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)")
     serve.add_argument("--port", type=int, default=7777, help="TCP port (default 7777; 0: any free one)")
+    serve.add_argument("--uds", default=None, metavar="PATH", help="serve on this Unix socket instead of TCP")
+    serve.add_argument("--fd", type=int, default=None, metavar="N",
+                       help="serve on this inherited, bound socket (as systemd socket activation passes it)")
     serve.add_argument("--workers", type=int, default=1,
                        help="worker processes sharing the port with SO_REUSEPORT (default 1: in this process)")
-    serve.add_argument("--app", choices=["relay", "echo"], default="relay", help="what to serve (default relay)")
+    serve.add_argument("--ssl-certfile", default=None, metavar="PEM", help="TLS: the server's certificate chain")
+    serve.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="TLS: its private key")
+    serve.add_argument("--ssl-keyfile-password", default=None, help="TLS: the key's password, if encrypted")
+    serve.add_argument("--ssl-ca-certs", default=None, metavar="PEM",
+                       help="TLS: require client certificates signed by these CAs")
+    serve.add_argument("--graceful-timeout", type=float, default=DEFAULT_GRACEFUL_TIMEOUT_S, metavar="S",
+                       help=f"seconds a stop may take before open sessions are aborted "
+                            f"(default {DEFAULT_GRACEFUL_TIMEOUT_S:g})")
     serve.add_argument("--rooms", type=int, default=16, help="relay rooms for players that move before joining (default 16)")
     serve.add_argument("--uvloop", action="store_true", help="run on uvloop")
     serve.add_argument("--compress", action="store_true", help="lz4 aggregation of outgoing bursts")
@@ -233,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"output queued for a slow peer before it is cut off (default {d.max_pending_bytes})")
     limits.add_argument("--write-timeout", type=float, default=None,
                         help=f"seconds a peer may not read before it is cut off (default {d.write_timeout:g})")
+    limits.add_argument("--handler-queue-packets", type=int, default=None,
+                        help=f"packets held for a busy async handler before reading pauses "
+                             f"(default {d.handler_queue_packets})")
+    limits.add_argument("--handler-queue-bytes", type=int, default=None,
+                        help=f"bytes held for a busy async handler before reading pauses "
+                             f"(default {d.handler_queue_bytes})")
     serve.set_defaults(func=_cmd_serve)
 
     load = sub.add_parser("load", help="movement load against a relay or echo server",
