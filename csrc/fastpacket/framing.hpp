@@ -211,6 +211,161 @@ inline EncodeError encode_header(const Layout& l, std::uint8_t* out, const Heade
     return EncodeError::none;
 }
 
+namespace detail {
+
+// A header field store with its width fixed at compile time: the byte loop of
+// store_unsigned() unrolls and merges into one store.
+inline void store_field(std::uint8_t* p, unsigned width, bool big_endian, std::uint64_t v) noexcept {
+    switch (width) {
+        case 1: return store_unsigned(p, 1, big_endian, v);
+        case 2: return store_unsigned(p, 2, big_endian, v);
+        case 4: return store_unsigned(p, 4, big_endian, v);
+        default: return store_unsigned(p, 8, big_endian, v);
+    }
+}
+
+/// Records up to this many bytes are copied word by word inline; longer
+/// ones with memcpy (a library call costs more than a few moves).
+constexpr std::size_t kInlineCopyBytes = 64;
+
+// Copies a record of n bytes: for the usual few-field record (8 to 40
+// bytes) a handful of moves instead of a call per packet.
+inline void copy_record(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) noexcept {
+    if (n > kInlineCopyBytes) {
+        std::memcpy(dst, src, n);
+        return;
+    }
+    std::size_t k = 0;
+    for (; k + 8 <= n; k += 8) std::memcpy(dst + k, src + k, 8);
+    if (n - k >= 4) { std::memcpy(dst + k, src + k, 4); k += 4; }
+    if (n - k >= 2) { std::memcpy(dst + k, src + k, 2); k += 2; }
+    if (n - k >= 1) dst[k] = src[k];
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------
+// Payload records: a fixed-size record at the start of every payload (a
+// numpy dtype's itemsize), read into one array and written back as frames,
+// so a batch becomes an array and an array becomes packets with no
+// per-packet step in the interpreter.
+
+/// The frame size shared by `count` frames that all have the same size and
+/// lie back to back (offsets[i] == offsets[0] + i * sizes[0]): their payload
+/// records then form a strided array over the data itself. 0 otherwise
+/// (and for count == 0).
+inline std::size_t uniform_frame_stride(const std::int64_t* offsets, const std::uint32_t* sizes,
+                                        std::size_t count) noexcept {
+    if (count == 0) return 0;
+    const std::uint32_t s = sizes[0];
+    for (std::size_t i = 1; i < count; ++i) {
+        if (sizes[i] != s || offsets[i] != offsets[i - 1] + static_cast<std::int64_t>(s)) return 0;
+    }
+    return s;
+}
+
+/// Index of the first frame whose payload is shorter than `itemsize`
+/// bytes, or `count` when every payload holds a record.
+inline std::size_t first_short_payload(const std::uint32_t* sizes, std::size_t count, std::size_t header_size,
+                                       std::size_t itemsize) noexcept {
+    const std::uint64_t need = std::uint64_t{header_size} + itemsize;
+    for (std::size_t i = 0; i < count; ++i) {
+        if (sizes[i] < need) return i;
+    }
+    return count;
+}
+
+/// Copies the first `itemsize` bytes of frame i's payload to
+/// out[i * itemsize] for `count` frames (whole frames inside `base`, as a
+/// batch's index describes them). With `valid` null the caller has checked
+/// that every payload holds a record (first_short_payload() == count);
+/// otherwise a shorter payload gets a zeroed record and valid[i] = 0, every
+/// other valid[i] = 1. Reads stay inside each frame.
+inline void gather_payload_records(const std::uint8_t* base, const std::int64_t* offsets,
+                                   const std::uint32_t* sizes, std::size_t count, std::size_t header_size,
+                                   std::size_t itemsize, std::uint8_t* out, std::uint8_t* valid) noexcept {
+    const std::uint64_t need = std::uint64_t{header_size} + itemsize;
+    for (std::size_t i = 0; i < count; ++i) {
+        std::uint8_t* dst = out + i * itemsize;
+        if (valid != nullptr) {
+            const bool ok = sizes[i] >= need;
+            valid[i] = ok ? 1 : 0;
+            if (!ok) {
+                std::memset(dst, 0, itemsize);
+                continue;
+            }
+        }
+        detail::copy_record(dst, base + offsets[i] + static_cast<std::int64_t>(header_size), itemsize);
+    }
+}
+
+/// A header value per frame (stride 1), one value for every frame (stride
+/// 0), or 0 for every frame (values null).
+struct ValueColumn {
+    const std::uint64_t* values = nullptr;
+    std::size_t stride = 0;
+    std::uint64_t at(std::size_t i) const noexcept { return values != nullptr ? values[i * stride] : 0; }
+};
+
+/// What encode_records() refused: the error and, for a value out of its
+/// field's range, the frame index and the value.
+struct RecordsFault {
+    EncodeError error = EncodeError::none;
+    std::size_t index = 0;
+    std::uint64_t value = 0;
+};
+
+/// Encodes `count` frames whose payloads are `row_bytes`-byte rows, row i
+/// at records + i * row_stride (any stride, 0 included), with header values
+/// from the three columns, into out[0, count * (header_size + row_bytes)).
+/// Every value is checked against its field before anything is written: on
+/// a fault nothing is. Seqs and ids are ignored where the layout has no
+/// such field, as in encode_header().
+inline RecordsFault encode_records(const Layout& l, const std::uint8_t* records, std::size_t count,
+                                   std::size_t row_bytes, std::ptrdiff_t row_stride, ValueColumn types,
+                                   ValueColumn seqs, ValueColumn ids, std::uint8_t* out) noexcept {
+    RecordsFault f;
+    const std::size_t hs = l.header_size;
+    std::uint8_t header[kMaxHeaderBytes];
+    HeaderValues zero;
+    f.error = encode_header(l, header, zero, row_bytes);  // the length, and whether there is a type field
+    if (f.error != EncodeError::none) return f;
+    struct Role {
+        int index;
+        ValueColumn column;
+        EncodeError error;
+    };
+    const Role roles[3] = {{l.type_index, types, EncodeError::type_range},
+                           {l.seq_index, seqs, EncodeError::seq_range},
+                           {l.player_id_index, ids, EncodeError::player_id_range}};
+    for (const Role& r : roles) {
+        if (r.index < 0 || r.column.values == nullptr) continue;
+        const std::uint64_t max = l.field_max(r.index);
+        const std::size_t n = r.column.stride ? count : (count ? 1 : 0);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (r.column.values[i * r.column.stride] > max) {
+                f.error = r.error;
+                f.index = i;
+                f.value = r.column.values[i * r.column.stride];
+                return f;
+            }
+        }
+    }
+    const bool be = l.big_endian;
+    const std::size_t frame = hs + row_bytes;
+    for (std::size_t i = 0; i < count; ++i) {
+        std::uint8_t* dst = out + i * frame;
+        std::memcpy(dst, header, hs);
+        for (const Role& r : roles) {
+            if (r.index >= 0) {
+                detail::store_field(dst + l.fields[r.index].offset, l.fields[r.index].width, be, r.column.at(i));
+            }
+        }
+        detail::copy_record(dst + hs, records + static_cast<std::ptrdiff_t>(i) * row_stride, row_bytes);
+    }
+    return f;
+}
+
 /// Incremental stream decoder. A feed is two calls: plan() finds the frames
 /// (completing the one left pending by the previous feed) without changing
 /// the decoder, the caller allocates exactly what the plan says, then emit()

@@ -487,6 +487,62 @@ cdef class PacketBatch:
             raise IndexError(f"packet index {i} out of range for a batch of {self._count}")
         return self._payload(i)
 
+    def payload_array(self, dtype, *, on_short="raise", bint copy=False):
+        """payload_array(dtype, *, on_short="raise", copy=False) -> numpy.ndarray
+
+        One record of `dtype` per packet, read from the first
+        ``dtype.itemsize`` bytes of each payload (the fields in the byte
+        order the dtype gives them; any bytes after the record are
+        ignored). `dtype` is anything numpy.dtype() accepts: a structured
+        dtype, ``"<f4"``, ``("u1", 16)``, ...
+
+        When the packets all have the same size and lie back to back (a
+        feed of one message type, a PacketBatch.build from an array) the
+        result is a zero-copy strided view into the batch, which it keeps
+        alive; otherwise the records are gathered in one native pass. Either
+        way the array is read-only unless ``copy=True``, which always
+        returns a new writable array.
+
+        A payload shorter than the record raises ValueError naming the
+        first such packet; with ``on_short="mask"`` the call returns
+        ``(array, valid)`` instead, where ``valid`` is a bool array and the
+        records of short payloads are zeros.
+        """
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError(f"dtype {dt} holds Python objects; payload records are plain bytes")
+        if on_short != "raise" and on_short != "mask":
+            raise ValueError(f"on_short must be 'raise' or 'mask', got {on_short!r}")
+        cdef Py_ssize_t itemsize = dt.itemsize
+        if itemsize <= 0:
+            raise ValueError(f"dtype {dt} has no bytes (itemsize 0): a record needs at least one")
+        cdef bint mask = on_short == "mask"
+        cdef size_t hs = self._layout.c.header_size
+        cdef Py_ssize_t n = self._count
+        cdef size_t first = first_short_payload(self._cols.sizes, n, hs, itemsize) if n else 0
+        cdef size_t stride
+        if <Py_ssize_t>first < n and not mask:
+            raise ValueError(f"packet {first}'s payload is {self._cols.sizes[first] - hs} bytes, shorter than a "
+                             f"record of dtype {dt} ({itemsize} bytes); payload_array(dtype, on_short='mask') "
+                             f"returns a validity mask instead")
+        if <Py_ssize_t>first == n and n and not copy:
+            stride = uniform_frame_stride(self._cols.offsets, self._cols.sizes, n)
+            if stride:
+                arr = readonly_view(self, dt, n, stride, self._base + self._cols.offsets[0] + hs)
+                return (arr, np.ones(n, dtype=np.bool_)) if mask else arr
+        out = np.empty(n, dtype=dt)
+        valid = np.empty(n, dtype=np.bool_) if mask else None
+        cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>out)
+        cdef uint8_t* vdst = <uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>valid) if mask else NULL
+        if n * itemsize >= NOGIL_MIN_BYTES:
+            with nogil:
+                gather_payload_records(self._base, self._cols.offsets, self._cols.sizes, n, hs, itemsize, dst, vdst)
+        elif n:
+            gather_payload_records(self._base, self._cols.offsets, self._cols.sizes, n, hs, itemsize, dst, vdst)
+        if not copy:
+            out.flags.writeable = False
+        return (out, valid) if mask else out
+
     cdef object _payload(self, Py_ssize_t i):
         cdef size_t hs = self._layout.c.header_size
         self._export_ptr = self._base + self._cols.offsets[i] + hs
@@ -563,26 +619,17 @@ _U32 = np.dtype(np.uint32)
 _I64 = np.dtype(np.int64)
 
 
-cdef object _u64_column(object values, Py_ssize_t n, str name):
-    if values is None:
-        return np.zeros(n, dtype=np.uint64)
-    arr = np.asarray(values)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"{name} must have one value per payload ({n}), got shape {arr.shape}")
-    if n and arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
-    if n and arr.dtype.kind == "i" and arr.min() < 0:
-        raise ValueError(f"{name} must be >= 0, got {arr.min()}")
-    return np.ascontiguousarray(arr, dtype=np.uint64)
-
-
 cdef PacketBatch _build_batch(HeaderLayout nl, object types, object payloads, object seqs,
                               object player_ids):
+    if isinstance(payloads, np.ndarray) and not payloads.dtype.hasobject and payloads.ndim >= 1:
+        return _build_from_records(nl, types, payloads, seqs, player_ids)
     payloads = list(payloads)
     cdef Py_ssize_t n = len(payloads), i
-    cdef cnp.uint64_t[::1] tv = _u64_column(types, n, "types")
-    cdef cnp.uint64_t[::1] sv = _u64_column(seqs, n, "seqs")
-    cdef cnp.uint64_t[::1] pv = _u64_column(player_ids, n, "player_ids")
+    cdef U64Values tv, sv, pv
+    keep = (u64_values(types, n, "types", &tv), u64_values(seqs, n, "seqs", &sv),
+            u64_values(player_ids, n, "player_ids", &pv))
+    if tv.values == NULL:
+        raise TypeError("types must be an integer or one integer per payload, not None")
     cdef size_t hs = nl.c.header_size, total = 0, pos = 0
     cdef Py_buffer view
     cdef HeaderValues values
@@ -597,19 +644,62 @@ cdef PacketBatch _build_batch(HeaderLayout nl, object types, object payloads, ob
     for i in range(n):
         get_contiguous_buffer(payloads[i], &view, "PacketBatch.build")
         try:
-            values.type = tv[i]
-            values.seq = sv[i]
-            values.player_id = pv[i]
+            values.type = tv.values[i * tv.stride]
+            values.seq = sv.values[i * sv.stride] if sv.values != NULL else 0
+            values.player_id = pv.values[i * pv.stride] if pv.values != NULL else 0
             if pos + hs + <size_t>view.len > total:
                 raise ValueError("a payload changed size during PacketBatch.build")
             err = encode_header(nl.c, dst + pos, values, view.len)
             if err != EncodeError.none:
-                raise ValueError(f"packet {i}: " + _encode_error_text(err, nl, tv[i], sv[i], pv[i], view.len))
+                raise ValueError(f"packet {i}: " + _encode_error_text(err, nl, values.type, values.seq,
+                                                                      values.player_id, view.len))
             memcpy(dst + pos + hs, view.buf, view.len)
             pos += hs + view.len
         finally:
             PyBuffer_Release(&view)
     return _batch_over(nl, data, n)
+
+
+cdef inline ValueColumn _column(U64Values* v) noexcept nogil:
+    cdef ValueColumn c
+    c.values = v.values
+    c.stride = v.stride
+    return c
+
+
+cdef PacketBatch _build_from_records(HeaderLayout nl, object types, object records, object seqs,
+                                     object player_ids):
+    """PacketBatch.build with a numpy array of payloads: one packet per row,
+    encoded in one native pass (every header value checked first)."""
+    arr = records_array(records, "PacketBatch.build")
+    cdef RecordsView rv
+    records_view(arr, &rv)
+    cdef U64Values tv, sv, pv
+    keep = (u64_values(types, rv.count, "types", &tv), u64_values(seqs, rv.count, "seqs", &sv),
+            u64_values(player_ids, rv.count, "player_ids", &pv))
+    if tv.values == NULL:
+        raise TypeError("types must be an integer or one integer per payload, not None")
+    cdef size_t hs = nl.c.header_size
+    cdef uint64_t frame = hs + <uint64_t>rv.row_bytes
+    cdef uint64_t total = frame * <uint64_t>rv.count
+    if rv.count and total // <uint64_t>rv.count != frame:
+        raise ValueError(f"{rv.count} packets of {frame} bytes do not fit in memory")
+    data = PyBytes_FromStringAndSize(NULL, total)
+    cdef uint8_t* dst = <uint8_t*>PyBytes_AS_STRING(data)
+    cdef RecordsFault f
+    if total >= NOGIL_MIN_BYTES:
+        with nogil:
+            f = encode_records(nl.c, rv.data, rv.count, rv.row_bytes, rv.row_stride, _column(&tv), _column(&sv),
+                               _column(&pv), dst)
+    else:
+        f = encode_records(nl.c, rv.data, rv.count, rv.row_bytes, rv.row_stride, _column(&tv), _column(&sv),
+                           _column(&pv), dst)
+    if f.error != EncodeError.none:
+        raise ValueError(f"packet {f.index}: " + _encode_error_text(
+            f.error, nl, f.value if f.error == EncodeError.type_range else 0,
+            f.value if f.error == EncodeError.seq_range else 0,
+            f.value if f.error == EncodeError.player_id_range else 0, rv.row_bytes))
+    return _batch_over(nl, data, rv.count)
 
 
 cdef PacketBatch _batch_over(HeaderLayout nl, bytes data, Py_ssize_t count):
