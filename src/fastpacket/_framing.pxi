@@ -487,8 +487,8 @@ cdef class PacketBatch:
             raise IndexError(f"packet index {i} out of range for a batch of {self._count}")
         return self._payload(i)
 
-    def payload_array(self, dtype, *, on_short="raise", bint copy=False):
-        """payload_array(dtype, *, on_short="raise", copy=False) -> numpy.ndarray
+    def payload_array(self, dtype, *, on_short="raise", bint copy=False, out=None):
+        """payload_array(dtype, *, on_short="raise", copy=False, out=None) -> numpy.ndarray
 
         One record of `dtype` per packet, read from the first
         ``dtype.itemsize`` bytes of each payload (the fields in the byte
@@ -507,6 +507,11 @@ cdef class PacketBatch:
         first such packet; with ``on_short="mask"`` the call returns
         ``(array, valid)`` instead, where ``valid`` is a bool array and the
         records of short payloads are zeros.
+
+        With `out` (a writable, C-contiguous array of `dtype` with one
+        element per packet, such as a slice of a larger buffer) the records
+        are gathered into it and `out` is returned: a server collecting
+        many bursts into one array between ticks allocates nothing per burst.
         """
         dt = np.dtype(dtype)
         if dt.hasobject:
@@ -525,12 +530,20 @@ cdef class PacketBatch:
             raise ValueError(f"packet {first}'s payload is {self._cols.sizes[first] - hs} bytes, shorter than a "
                              f"record of dtype {dt} ({itemsize} bytes); payload_array(dtype, on_short='mask') "
                              f"returns a validity mask instead")
-        if <Py_ssize_t>first == n and n and not copy:
+        if out is not None:
+            if (not isinstance(out, np.ndarray) or out.dtype != (dt.subdtype[0] if dt.subdtype else dt)
+                    or out.shape != (n,) + dt.shape or not out.flags.c_contiguous or not out.flags.writeable):
+                raise ValueError(f"out must be a writable C-contiguous array of dtype {dt} with one element per "
+                                 f"packet ({n}), got {out.dtype if isinstance(out, np.ndarray) else type(out).__name__}"
+                                 f"{' ' + str(out.shape) if isinstance(out, np.ndarray) else ''}")
+            copy = True
+        elif <Py_ssize_t>first == n and n and not copy:
             stride = uniform_frame_stride(self._cols.offsets, self._cols.sizes, n)
             if stride:
                 arr = readonly_view(self, dt, n, stride, self._base + self._cols.offsets[0] + hs)
                 return (arr, np.ones(n, dtype=np.bool_)) if mask else arr
-        out = np.empty(n, dtype=dt)
+        if out is None:
+            out = np.empty(n, dtype=dt)
         valid = np.empty(n, dtype=np.bool_) if mask else None
         cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>out)
         cdef uint8_t* vdst = <uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>valid) if mask else NULL
