@@ -335,3 +335,29 @@ def test_build_from_arrays_errors():
     assert len(fp.PacketBatch.build(1, np.zeros((0, 4), dtype=np.uint8))) == 0
     scalar_type = fp.PacketBatch.build(4, [b"a", b"b"])  # a scalar type on the list path too
     assert scalar_type.types.tolist() == [4, 4]
+
+
+def test_payload_array_into_a_callers_array():
+    dt = np.dtype([("seq", "<u4"), ("vx", "<i2"), ("vy", "<i2")])
+    rows = np.zeros(6, dt)
+    rows["seq"] = np.arange(6)
+    buf = np.zeros(10, dt)
+    batch = fp.PacketBatch.build(1, rows)
+    got = batch.payload_array(dt, out=buf[2:8])
+    assert got.base is buf and np.array_equal(buf[2:8], rows) and (buf[:2]["seq"] == 0).all()
+    mixed = fp.PacketBatch.build(1, [rows[0].tobytes() + b"x", rows[1].tobytes()])  # unequal: the gather
+    mixed.payload_array(dt, out=buf[8:10])
+    assert np.array_equal(buf[8:10], rows[:2])
+    for bad in (np.zeros(5, dt), np.zeros(6, np.uint64), buf[::2][:6], np.zeros(6, dt)[::-1], "x"):
+        with pytest.raises(ValueError, match="out must be"):
+            batch.payload_array(dt, out=bad)
+    frozen = np.zeros(6, dt)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be"):
+        batch.payload_array(dt, out=frozen)
+    sub = np.zeros((6, 8), np.uint8)
+    batch.payload_array(("u1", 8), out=sub)
+    assert sub.tobytes() == rows.tobytes()
+    arr, mask = fp.PacketBatch.build(1, [b"\x01\x00\x00\x00" * 2, b"\x02"]).payload_array(
+        dt, out=np.zeros(2, dt), on_short="mask")
+    assert mask.tolist() == [True, False] and arr["seq"].tolist() == [1, 0]
