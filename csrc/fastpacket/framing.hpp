@@ -184,6 +184,72 @@ inline void index_frames(const Layout& l, const std::uint8_t* data, std::size_t 
     }
 }
 
+namespace detail {
+
+// scan_with() and index_with() in one pass: each complete frame is indexed
+// as it is found, so the frames of a feed are read once, not twice.
+template <std::size_t HS, class Reader>
+ScanResult scan_index_with(std::size_t header_size, const std::uint8_t* data, std::size_t n, std::int64_t max_size,
+                           std::int64_t base_offset, IndexColumns cols, Reader size_of) noexcept {
+    ScanResult r;
+    const std::size_t hs = HS ? HS : header_size;
+    const auto ihs = static_cast<std::int64_t>(hs);
+    std::size_t pos = 0, k = 0;
+    while (n - pos >= hs) {
+        const std::int64_t frame = size_of(data + pos);
+        if (frame < ihs || frame > max_size) {
+            r.error = true;
+            break;
+        }
+        if (static_cast<std::int64_t>(n - pos) < frame) break;
+        cols.offsets[k] = base_offset + static_cast<std::int64_t>(pos);
+        cols.sizes[k] = static_cast<std::uint32_t>(frame);
+        std::memcpy(cols.headers + k * hs, data + pos, HS ? HS : hs);
+        pos += static_cast<std::size_t>(frame);
+        ++k;
+    }
+    r.count = k;
+    r.end = pos;
+    return r;
+}
+
+template <unsigned W, bool BE>
+ScanResult scan_index_fixed(const Layout& l, const std::uint8_t* d, std::size_t n, std::int64_t max,
+                            std::int64_t base_offset, IndexColumns cols) noexcept {
+    LengthReader<W, BE> reader{l.fields[l.length_index].offset, l.frame_bias()};
+    if (l.header_size == 12) return scan_index_with<12>(12, d, n, max, base_offset, cols, reader);
+    return scan_index_with<0>(l.header_size, d, n, max, base_offset, cols, reader);
+}
+
+}  // namespace detail
+
+/// Most frames data[0, n) can hold (each frame is at least a header):
+/// the capacity of the columns scan_index_frames() fills.
+inline std::size_t max_frames(std::size_t n, std::size_t header_size) noexcept { return n / header_size; }
+
+/// scan_frames() that also indexes each complete frame into `cols` (room
+/// for max_frames(n) frames), with `base_offset` added to each offset: one
+/// pass over the frames instead of scan_frames() then index_frames().
+inline ScanResult scan_index_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
+                                    std::int64_t max_packet_size, std::int64_t base_offset,
+                                    IndexColumns cols) noexcept {
+    const unsigned w = l.fields[l.length_index].width;
+    if (l.big_endian) {
+        switch (w) {
+            case 1: return detail::scan_index_fixed<1, true>(l, data, n, max_packet_size, base_offset, cols);
+            case 2: return detail::scan_index_fixed<2, true>(l, data, n, max_packet_size, base_offset, cols);
+            case 4: return detail::scan_index_fixed<4, true>(l, data, n, max_packet_size, base_offset, cols);
+            default: return detail::scan_index_fixed<8, true>(l, data, n, max_packet_size, base_offset, cols);
+        }
+    }
+    switch (w) {
+        case 1: return detail::scan_index_fixed<1, false>(l, data, n, max_packet_size, base_offset, cols);
+        case 2: return detail::scan_index_fixed<2, false>(l, data, n, max_packet_size, base_offset, cols);
+        case 4: return detail::scan_index_fixed<4, false>(l, data, n, max_packet_size, base_offset, cols);
+        default: return detail::scan_index_fixed<8, false>(l, data, n, max_packet_size, base_offset, cols);
+    }
+}
+
 /// Values for a header's role fields; fields without a role are written 0.
 struct HeaderValues {
     std::uint64_t type = 0;
@@ -394,7 +460,14 @@ public:
         std::size_t count = 0;       // complete frames in this feed
         std::size_t data_bytes = 0;  // bytes emit() writes to `out`
         ErrorInfo error;             // kind != none: stop after these frames
+        bool indexed = false;        // plan_indexed() already filled the columns
     };
+
+    /// The columns plan_indexed() may fill for a feed of n bytes: the frame
+    /// completed from the pending bytes, and every frame in[0, n) can hold.
+    std::size_t index_capacity(std::size_t n) const noexcept {
+        return 1 + max_frames(n, layout_.header_size);
+    }
 
     const Layout& layout() const noexcept { return layout_; }
     std::int64_t max_packet_size() const noexcept { return max_; }
@@ -409,8 +482,20 @@ public:
     }
 
     /// Plans the feed of in[0, n): pure, the decoder is unchanged.
-    FeedPlan plan(const std::uint8_t* in, std::size_t n) const noexcept {
+    FeedPlan plan(const std::uint8_t* in, std::size_t n) const noexcept { return plan_into(in, n, nullptr); }
+
+    /// plan() that also indexes the planned frames into `cols` (room for
+    /// index_capacity(n) frames; offsets relative to the `out` emit() will
+    /// fill, or to `in` itself when zero_copy()), so that emit() does not
+    /// read the frames a second time. Still pure: only `cols` is written.
+    FeedPlan plan_indexed(const std::uint8_t* in, std::size_t n, IndexColumns cols) const noexcept {
+        return plan_into(in, n, &cols);
+    }
+
+private:
+    FeedPlan plan_into(const std::uint8_t* in, std::size_t n, const IndexColumns* index) const noexcept {
         FeedPlan p;
+        p.indexed = index != nullptr;
         if (failed_) {
             p.error.kind = FrameError::failed;
             p.error.stream_offset = stream_offset_;
@@ -449,9 +534,27 @@ public:
             p.head_complete = true;
             p.count = 1;
             p.data_bytes = want;
+            if (index != nullptr) {  // the head frame starts the output, its header assembled above
+                index->offsets[0] = 0;
+                index->sizes[0] = static_cast<std::uint32_t>(want);
+                std::memcpy(index->headers, header, hs);
+            }
         }
         p.scan_begin = used;
-        const ScanResult r = scan_frames(layout_, in + used, n - used, max_);
+        ScanResult r;
+        if (index != nullptr) {
+            // the output holds the head frame (have + used bytes), then
+            // in[used, scan_end); without a head it starts at in[used]
+            // (at in[0] itself when zero-copy, used being 0 then)
+            IndexColumns rest = *index;
+            rest.offsets += p.count;
+            rest.sizes += p.count;
+            rest.headers += p.count * hs;
+            const std::int64_t base = p.head_complete ? static_cast<std::int64_t>(have + used) : 0;
+            r = scan_index_frames(layout_, in + used, n - used, max_, base, rest);
+        } else {
+            r = scan_frames(layout_, in + used, n - used, max_);
+        }
         p.scan_end = used + r.end;
         p.count += r.count;
         p.data_bytes += r.end;
@@ -462,6 +565,7 @@ public:
         return p;
     }
 
+public:
     /// Commits a plan made by plan(in, ...) on this decoder as it is now:
     /// copies the plan's frames to `out` (p.data_bytes; may be null only when
     /// the caller keeps the input itself as the data, see zero_copy()),
@@ -483,7 +587,7 @@ public:
             head = have + p.scan_begin;
             std::memcpy(out, pending_.data(), have);
             std::memcpy(out + have, in, p.scan_begin);
-            index_frames(layout_, out, 1, 0, cols);
+            if (!p.indexed) index_frames(layout_, out, 1, 0, cols);
             cols.offsets += 1;
             cols.sizes += 1;
             cols.headers += layout_.header_size;
@@ -495,8 +599,8 @@ public:
         const std::size_t scanned = p.count - (p.head_complete ? 1 : 0);
         if (out != nullptr) {
             std::memcpy(out + head, in + p.scan_begin, body);
-            index_frames(layout_, out + head, scanned, static_cast<std::int64_t>(head), cols);
-        } else {
+            if (!p.indexed) index_frames(layout_, out + head, scanned, static_cast<std::int64_t>(head), cols);
+        } else if (!p.indexed) {
             index_frames(layout_, in + p.scan_begin, scanned, static_cast<std::int64_t>(p.scan_begin), cols);
         }
         stream_offset_ += head + body;

@@ -215,6 +215,29 @@ public:
         return SendStatus::ok;
     }
 
+    /// Appends one frame: `header` (written by encode_header() for this
+    /// buffer's layout, the packet's type and a payload of `n` bytes) with
+    /// this buffer's next automatic seq and `player_id` patched in, then the
+    /// payload. For a caller that encodes one header for many buffers
+    /// (scatter) and has checked the player id against its field; false,
+    /// with nothing appended, when the frame does not fit now.
+    bool append_with_header(const std::uint8_t* header, const std::uint8_t* payload, std::size_t n,
+                            std::uint64_t player_id) noexcept {
+        const std::size_t hs = layout_.header_size;
+        if (room_for(std::uint64_t{hs} + n) != SendStatus::ok) return false;
+        std::uint8_t* dst = buf_ + used_;
+        std::memcpy(dst, header, hs);
+        const int si = layout_.seq_index, pi = layout_.player_id_index;
+        const bool be = layout_.big_endian;
+        if (si >= 0) detail::store_field(dst + layout_.fields[si].offset, layout_.fields[si].width, be, next_seq_);
+        if (pi >= 0) detail::store_field(dst + layout_.fields[pi].offset, layout_.fields[pi].width, be, player_id);
+        detail::copy_record(dst + hs, payload, n);
+        used_ += hs + n;
+        ++count_;
+        next_seq_ = (next_seq_ + 1) & seq_mask_;
+        return true;
+    }
+
     /// Appends `count` whole frames as they are (headers untouched), one
     /// memcpy per run of frames that lie back to back in `base`. All or
     /// nothing.

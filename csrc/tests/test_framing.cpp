@@ -30,16 +30,26 @@ struct Decoded {
 };
 
 // Feeds `chunks` the way the Python binding does: plan, allocate exactly,
-// emit. Each emit gets fresh buffers so ASan sees any overrun.
-static Decoded feed_all(FrameDecoder& dec, const std::vector<std::vector<std::uint8_t>>& chunks) {
+// emit; with `indexed`, plan_indexed() into columns of index_capacity()
+// (then emit does no index pass). Each emit gets fresh buffers so ASan sees
+// any overrun.
+static Decoded feed_all(FrameDecoder& dec, const std::vector<std::vector<std::uint8_t>>& chunks,
+                        bool indexed = false) {
     Decoded d;
     const Layout& l = dec.layout();
     for (const auto& c : chunks) {
-        auto plan = dec.plan(c.data(), c.size());
+        const std::size_t cap = indexed ? dec.index_capacity(c.size()) : 0;
+        std::vector<std::uint8_t> block(index_bytes(cap, l.header_size));
+        IndexColumns cols = index_view(block.data(), cap, l.header_size);
+        auto plan = indexed ? dec.plan_indexed(c.data(), c.size(), cols) : dec.plan(c.data(), c.size());
         if (plan.error.kind == FrameError::failed) { d.error = true; break; }
+        CHECK(plan.indexed == indexed);
+        CHECK(plan.count <= cap || !indexed);
         std::vector<std::uint8_t> out(plan.data_bytes);
-        std::vector<std::uint8_t> block(index_bytes(plan.count, l.header_size));
-        IndexColumns cols = index_view(block.data(), plan.count, l.header_size);
+        if (!indexed) {
+            block.assign(index_bytes(plan.count, l.header_size), 0);
+            cols = index_view(block.data(), plan.count, l.header_size);
+        }
         dec.emit(c.data(), c.size(), plan, out.data(), cols);
         for (std::size_t i = 0; i < plan.count; ++i) {
             const std::uint8_t* h = cols.headers + i * l.header_size;
@@ -111,13 +121,15 @@ static void round_trip(const Layout& l, std::size_t max_payload, unsigned seed) 
         payloads.push_back(p);
     }
     for (std::size_t max_chunk : {std::size_t{1}, std::size_t{7}, std::size_t{300}, std::size_t{5000}, stream.size()}) {
-        FrameDecoder dec(l, 1 << 20);
-        Decoded d = feed_all(dec, random_chunks(stream, rng, max_chunk));
-        CHECK(!d.error);
-        CHECK(d.types == types);
-        CHECK(d.payloads == payloads);
-        CHECK(dec.pending() == 0);
-        CHECK(dec.stream_offset() == stream.size());
+        for (bool indexed : {false, true}) {
+            FrameDecoder dec(l, 1 << 20);
+            Decoded d = feed_all(dec, random_chunks(stream, rng, max_chunk), indexed);
+            CHECK(!d.error);
+            CHECK(d.types == types);
+            CHECK(d.payloads == payloads);
+            CHECK(dec.pending() == 0);
+            CHECK(dec.stream_offset() == stream.size());
+        }
     }
 }
 
@@ -130,9 +142,11 @@ static void errors() {
     std::vector<std::uint8_t> s(good, good + 20);
     std::uint8_t bad[12] = {5, 0};  // size 5 < 12
     s.insert(s.end(), bad, bad + 12);
-    FrameDecoder dec(l, 65535);
+    FrameDecoder dec(l, 65535), twin(l, 65535);
     Decoded d = feed_all(dec, {s});
     CHECK(d.error && d.types.size() == 1);
+    Decoded t = feed_all(twin, {s}, true);
+    CHECK(t.error && t.types.size() == 1 && t.info.stream_offset == 20);
     CHECK(d.info.kind == FrameError::too_small && d.info.stream_offset == 20 && d.info.frame_size == 5);
     CHECK(dec.failed());
     auto p = dec.plan(good, 20);
@@ -154,10 +168,14 @@ static void garbage(const Layout& l, unsigned seed) {
     for (int round = 0; round < 300; ++round) {
         std::vector<std::uint8_t> s(rng() % 4000);
         for (auto& b : s) b = static_cast<std::uint8_t>(rng());
-        FrameDecoder dec(l, 1 + l.header_size + rng() % 3000);
-        Decoded d = feed_all(dec, random_chunks(s, rng, 1 + rng() % 600));
+        const std::size_t max = 1 + l.header_size + rng() % 3000;
+        const auto chunks = random_chunks(s, rng, 1 + rng() % 600);
+        FrameDecoder dec(l, max), twin(l, max);
+        Decoded d = feed_all(dec, chunks);
+        Decoded e = feed_all(twin, chunks, true);  // plan_indexed: the same frames, the same error
         CHECK(dec.pending() <= static_cast<std::size_t>(dec.max_packet_size()));
-        (void)d;
+        CHECK(d.types == e.types && d.payloads == e.payloads && d.error == e.error);
+        CHECK(d.info.kind == e.info.kind && d.info.stream_offset == e.info.stream_offset);
     }
 }
 

@@ -25,7 +25,8 @@ cdef object readonly_view(object base, object dtype, Py_ssize_t count, Py_ssize_
     cdef cnp.npy_intp dims = count
     cdef cnp.npy_intp strides = stride
     Py_INCREF(dtype)  # PyArray_NewFromDescr steals a reference to the descr
-    arr = PyArray_NewFromDescr(<cnp.PyTypeObject*>np.ndarray, <cnp.PyArray_Descr*>dtype, 1, &dims,
+    # cnp.ndarray: the type object numpy's C API imported, no attribute lookup per call
+    arr = PyArray_NewFromDescr(<cnp.PyTypeObject*>cnp.ndarray, <cnp.PyArray_Descr*>dtype, 1, &dims,
                                &strides, <void*>(data if data != NULL else &_EMPTY_STORAGE),
                                0, NULL)
     cnp.set_array_base(arr, base)

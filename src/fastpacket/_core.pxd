@@ -113,6 +113,8 @@ cdef extern from "fastpacket/framing.hpp" namespace "fastpacket" nogil:
         cpp_bool failed()
         void reset()
         FeedPlan plan(const uint8_t* data, size_t n)
+        FeedPlan plan_indexed(const uint8_t* data, size_t n, IndexColumns cols)
+        size_t index_capacity(size_t n)
         void emit(const uint8_t* data, size_t n, const FeedPlan& p, uint8_t* out,
                   IndexColumns cols) except +
         @staticmethod
@@ -178,6 +180,7 @@ cdef extern from "fastpacket/sendbuf.hpp" namespace "fastpacket" nogil:
                         cpp_bool explicit_seq, uint64_t seq, uint64_t* seq_used, EncodeError* err)
         SendStatus broadcast[Id](uint64_t type, const uint8_t* payload, size_t n, const Id* ids,
                                  size_t count, uint64_t* first_seq, size_t* bad_index, EncodeError* err)
+        cpp_bool append_with_header(const uint8_t* header, const uint8_t* payload, size_t n, uint64_t player_id)
         SendStatus append_records[Id](uint64_t type, const uint8_t* records, size_t count, size_t row_bytes,
                                       ptrdiff_t row_stride, const Id* ids, size_t id_stride, uint64_t* first_seq,
                                       size_t* bad_index, EncodeError* err)

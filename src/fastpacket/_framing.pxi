@@ -524,8 +524,13 @@ cdef class PacketBatch:
         cdef bint mask = on_short == "mask"
         cdef size_t hs = self._layout.c.header_size
         cdef Py_ssize_t n = self._count
-        cdef size_t first = first_short_payload(self._cols.sizes, n, hs, itemsize) if n else 0
-        cdef size_t stride
+        # equal sizes back to back (one pass) decide the short check in O(1)
+        cdef size_t stride = uniform_frame_stride(self._cols.offsets, self._cols.sizes, n) if n else 0
+        cdef size_t first
+        if stride:
+            first = 0 if stride < hs + itemsize else n
+        else:
+            first = first_short_payload(self._cols.sizes, n, hs, itemsize) if n else 0
         if <Py_ssize_t>first < n and not mask:
             raise ValueError(f"packet {first}'s payload is {self._cols.sizes[first] - hs} bytes, shorter than a "
                              f"record of dtype {dt} ({itemsize} bytes); payload_array(dtype, on_short='mask') "
@@ -537,11 +542,9 @@ cdef class PacketBatch:
                                  f"packet ({n}), got {out.dtype if isinstance(out, np.ndarray) else type(out).__name__}"
                                  f"{' ' + str(out.shape) if isinstance(out, np.ndarray) else ''}")
             copy = True
-        elif <Py_ssize_t>first == n and n and not copy:
-            stride = uniform_frame_stride(self._cols.offsets, self._cols.sizes, n)
-            if stride:
-                arr = readonly_view(self, dt, n, stride, self._base + self._cols.offsets[0] + hs)
-                return (arr, np.ones(n, dtype=np.bool_)) if mask else arr
+        elif <Py_ssize_t>first == n and stride and not copy:
+            arr = readonly_view(self, dt, n, stride, self._base + self._cols.offsets[0] + hs)
+            return (arr, np.ones(n, dtype=np.bool_)) if mask else arr
         if out is None:
             out = np.empty(n, dtype=dt)
         valid = np.empty(n, dtype=np.bool_) if mask else None
@@ -628,8 +631,9 @@ cdef class PacketBatch:
         return out
 
 
-_U32 = np.dtype(np.uint32)
-_I64 = np.dtype(np.int64)
+# C-level references: a column built per property access needs no lookup
+cdef object _U32 = np.dtype(np.uint32)
+cdef object _I64 = np.dtype(np.int64)
 
 
 cdef PacketBatch _build_batch(HeaderLayout nl, object types, object payloads, object seqs,
@@ -724,6 +728,26 @@ cdef PacketBatch _batch_over(HeaderLayout nl, bytes data, Py_ssize_t count):
     if count:
         index_frames(nl.c, b._base, count, 0, b._cols)
     return b
+
+
+# The scratch index of _decode_span's one-pass plan (grown on demand, held
+# for the life of the process: at most the index of NOGIL_MIN_BYTES of
+# one-byte headers, about 213 KB). Used only with the GIL held.
+cdef void* _scratch_block = NULL
+cdef size_t _scratch_bytes = 0
+
+
+cdef IndexColumns _scan_scratch(size_t capacity, size_t header_size) except *:
+    global _scratch_block, _scratch_bytes
+    cdef size_t need = index_bytes(capacity, header_size)
+    cdef void* grown
+    if need > _scratch_bytes:
+        grown = realloc(_scratch_block, need)
+        if grown == NULL:
+            raise MemoryError(f"cannot allocate a scan index of {need} bytes")
+        _scratch_block = grown
+        _scratch_bytes = need
+    return index_view(_scratch_block, capacity, header_size)
 
 
 cdef bytes _EMPTY_BYTES = b""
@@ -840,18 +864,33 @@ cdef class FrameDecoder:
         cdef CppFrameDecoder.FeedPlan plan
         cdef uint8_t* out = NULL
         cdef size_t emit_n
-        if n >= NOGIL_MIN_BYTES:
+        cdef size_t hs = self._layout.c.header_size
+        cdef IndexColumns scratch
+        cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
+        b._layout = self._layout
+        if n < NOGIL_MIN_BYTES:
+            # Small feeds, where the fixed cost per feed counts: one pass
+            # that scans and indexes into the module's scratch index (the
+            # GIL is held from here to the copy below, and nothing between
+            # runs Python code: no other feed can touch the scratch), then
+            # the exact index is allocated and the columns copied in bulk.
+            scratch = _scan_scratch(self._dec.index_capacity(n), hs)
+            plan = self._dec.plan_indexed(p, n, scratch)
+            if plan.error.kind != FrameError.failed:
+                b._alloc_index(plan.count)
+                if plan.count:
+                    memcpy(b._cols.offsets, scratch.offsets, plan.count * sizeof(int64_t))
+                    memcpy(b._cols.sizes, scratch.sizes, plan.count * sizeof(uint32_t))
+                    memcpy(b._cols.headers, scratch.headers, plan.count * hs)
+        else:
             with nogil:
                 plan = self._dec.plan(p, n)
-        else:
-            plan = self._dec.plan(p, n)
+            if plan.error.kind != FrameError.failed:
+                b._alloc_index(plan.count)
         if plan.error.kind == FrameError.failed:
             raise ProtocolError(f"the decoder failed at stream offset {plan.error.stream_offset}; "
                                 f"call reset() before feeding a new stream",
                                 offset=plan.error.stream_offset)
-        cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
-        b._layout = self._layout
-        b._alloc_index(plan.count)
         if plan.count == 0:
             b._set_data(_EMPTY_BYTES)
         elif immutable is not None and CppFrameDecoder.zero_copy(plan):

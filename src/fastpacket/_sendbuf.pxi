@@ -336,12 +336,13 @@ def scatter(buffers, uint64_t type, records, *, player_ids=None):
 
     Row i of `records` (a numpy array, one row per buffer) as one packet
     queued to ``buffers[i]`` (a sequence of SendBuffers sharing one
-    layout), each with that buffer's next automatic seq: one native call
-    for a whole tick's worth of per-player state. `player_ids` as in
-    SendBuffer.send_array. All or nothing: every buffer's room is checked
-    first (BufferFull naming the first without room; nothing queued);
-    ValueError when a buffer could never hold the packet or a value does not
-    fit its header field. Returns the number of packets queued.
+    layout; None entries are skipped), each with that buffer's next
+    automatic seq: one native call for a whole tick's worth of per-player
+    state. `player_ids` as in SendBuffer.send_array. All or nothing: every
+    buffer's room is checked first (BufferFull naming the first without
+    room; nothing queued); ValueError when a buffer could never hold the
+    packet or a value does not fit its header field. Returns the number of
+    packets queued.
     """
     arr = records_array(records, "scatter")
     cdef RecordsView rv
@@ -355,12 +356,18 @@ def scatter(buffers, uint64_t type, records, *, player_ids=None):
     if n == 0:
         return 0
     cdef PyObject** items = PySequence_Fast_ITEMS(targets)
-    cdef SendBuffer sb, first
+    cdef SendBuffer sb
+    cdef HeaderLayout nl = None
     for i in range(n):
+        if <object>items[i] is None:
+            continue
         if not isinstance(<object>items[i], SendBuffer):
-            raise TypeError(f"scatter targets are SendBuffers, not {(<object>items[i]).__class__.__name__!r} (index {i})")
-    first = <SendBuffer>items[0]
-    cdef HeaderLayout nl = first._layout
+            raise TypeError(f"scatter targets are SendBuffers (or None), not "
+                            f"{(<object>items[i]).__class__.__name__!r} (index {i})")
+        if nl is None:
+            nl = (<SendBuffer>items[i])._layout
+    if nl is None:
+        return 0
     cdef uint64_t frame = nl.c.header_size + <uint64_t>rv.row_bytes
     cdef uint8_t scratch[kMaxHeaderBytes]
     cdef HeaderValues hv
@@ -373,6 +380,8 @@ def scatter(buffers, uint64_t type, records, *, player_ids=None):
     cdef Py_ssize_t failed = -1
     cdef bint never = False
     for i in range(n):
+        if <object>items[i] is None:
+            continue
         sb = <SendBuffer>items[i]
         if sb._layout is not nl and sb._layout != nl:
             failed = i
@@ -383,20 +392,29 @@ def scatter(buffers, uint64_t type, records, *, player_ids=None):
             never = frame > sb._max
             break
     for i in range(n):
-        (<SendBuffer>items[i])._reserved = 0
+        if <object>items[i] is not None:
+            (<SendBuffer>items[i])._reserved = 0
     if failed >= 0:
         sb = <SendBuffer>items[failed]
         if sb._layout is not nl and sb._layout != nl:
-            raise ValueError(f"scatter: buffer {failed}'s layout {sb._layout.name} is not buffer 0's {nl.name}")
+            raise ValueError(f"scatter: buffer {failed}'s layout {sb._layout.name} is not the first buffer's "
+                             f"{nl.name}")
         if never:
             raise ValueError(f"scatter: a packet of {frame} bytes can never fit buffer {failed} "
                              f"(max_bytes={sb._max})")
         raise BufferFull(f"scatter: buffer {failed} has no room for its {frame}-byte packet now "
                          f"({sb._c.free_bytes()} of {sb._max} bytes free); nothing was queued")
+    # second pass: the header encoded once (above, into scratch), each
+    # buffer patching in its own seq and the row's player id; every room
+    # was checked, so none fails
+    cdef Py_ssize_t queued = 0
     for i in range(n):
-        (<SendBuffer>items[i])._append_rows(type, rv.data + i * rv.row_stride, 1, rv.row_bytes, 0,
-                                            ids.values + i * ids.stride if ids.values != NULL else NULL, 0)
-    return n
+        if <object>items[i] is None:
+            continue
+        (<SendBuffer>items[i])._c.append_with_header(scratch, rv.data + i * rv.row_stride, rv.row_bytes,
+                                                     ids.values[i * ids.stride] if ids.values != NULL else 0)
+        queued += 1
+    return queued
 
 
 cdef int _ids_from_sequence(object seq, uint64_t* out, Py_ssize_t count) except -1:

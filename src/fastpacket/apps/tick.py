@@ -53,7 +53,7 @@ from fastpacket.framing import PacketBatch
 from fastpacket.metrics import Metric
 
 __all__ = ["WELCOME", "INPUT", "STATE", "WELCOME_FORMAT", "INPUT_DTYPE", "STATE_DTYPE", "DEFAULT_HZ",
-           "DEFAULT_WORLD_SIZE", "MAX_SPEED", "MAX_INPUTS_PER_TICK", "World", "Tick", "spawn_position",
+           "DEFAULT_WORLD_SIZE", "MAX_WORLD_SIZE", "MAX_SPEED", "MAX_INPUTS_PER_TICK", "World", "Tick", "spawn_position",
            "neighbours"]
 
 log = logging.getLogger("fastpacket.apps.tick")
@@ -75,6 +75,8 @@ STATE_DTYPE = np.dtype([("tick", "<u4"), ("ack", "<u4"), ("x", "<i4"), ("y", "<i
 DEFAULT_HZ = 30.0
 #: Side of the square world, in world units.
 DEFAULT_WORLD_SIZE = 1 << 20
+#: Largest world_size, in world units: positions plus a speed stay within int32.
+MAX_WORLD_SIZE = 1 << 30
 #: Largest speed on either axis, in world units per tick.
 MAX_SPEED = 1024
 #: INPUTs one player may send per tick; past it the connection is closed
@@ -138,8 +140,8 @@ class World:
     benchmark drive it with arrays."""
 
     def __init__(self, world_size: int = DEFAULT_WORLD_SIZE, max_speed: int = MAX_SPEED) -> None:
-        if not isinstance(world_size, int) or not 1 <= world_size <= 1 << 31:
-            raise ValueError(f"world_size must be an int in [1, 2**31], got {world_size!r}")
+        if not isinstance(world_size, int) or not 1 <= world_size <= MAX_WORLD_SIZE:
+            raise ValueError(f"world_size must be an int in [1, 2**30], got {world_size!r}")
         if not isinstance(max_speed, int) or not 0 <= max_speed <= 0x7FFF:
             raise ValueError(f"max_speed must be an int in [0, 32767], got {max_speed!r}")
         self.world_size = world_size
@@ -187,23 +189,25 @@ class World:
 
     def step(self, slots: np.ndarray, inputs: np.ndarray) -> None:
         """One tick: `inputs` (INPUT_DTYPE records, in arrival order) of the
-        players in `slots` (one slot per input), then every player moves."""
+        players in `slots` (one slot per input), then every player moves.
+        (Free slots stay at rest at 0, 0; only their tick changes.)"""
         s = self.states
         if len(inputs):
-            order = np.arange(len(inputs))
             last = np.full(self.capacity, -1, np.int64)
-            np.maximum.at(last, slots, order)              # each player's last input this tick
-            got = np.flatnonzero((last >= 0) & self.alive)
-            chosen = inputs[last[got]]
-            s["vx"][got] = np.clip(chosen["vx"], -self.max_speed, self.max_speed)
-            s["vy"][got] = np.clip(chosen["vy"], -self.max_speed, self.max_speed)
-            s["ack"][got] = chosen["seq"]
+            np.maximum.at(last, slots, np.arange(len(inputs)))  # each player's last input this tick
+            got = np.flatnonzero((last >= 0) & (self.ids != 0))
+            pick = last[got]
+            for speed in ("vx", "vy"):  # (np.minimum/maximum: ufuncs, without np.clip's Python layer)
+                s[speed][got] = np.minimum(np.maximum(inputs[speed][pick], -self.max_speed), self.max_speed)
+            s["ack"][got] = inputs["seq"][pick]
         top = self.world_size - 1
-        s["x"] = np.clip(s["x"].astype(np.int64) + s["vx"], 0, top)
-        s["y"] = np.clip(s["y"].astype(np.int64) + s["vy"], 0, top)
+        for axis, speed in (("x", "vx"), ("y", "vy")):
+            column = s[axis]
+            np.add(column, s[speed], out=column)  # i32 + i16 in place: world_size <= 2**30 cannot overflow
+            np.maximum(column, 0, out=column)
+            np.minimum(column, top, out=column)
         self.tick += 1
         s["tick"] = self.tick
-        s[~self.alive] = 0
 
     def neighbours(self, radius: int) -> Tuple[np.ndarray, np.ndarray]:
         """CSR lists (slot index, starts per slot) of the occupied slots
