@@ -874,6 +874,8 @@ cdef class FrameDecoder:
             # GIL is held from here to the copy below, and nothing between
             # runs Python code: no other feed can touch the scratch), then
             # the exact index is allocated and the columns copied in bulk.
+            # (Larger feeds scan, then index straight into the batch: their
+            # columns would not stay in cache between a scratch and a copy.)
             scratch = _scan_scratch(self._dec.index_capacity(n), hs)
             plan = self._dec.plan_indexed(p, n, scratch)
             if plan.error.kind != FrameError.failed:

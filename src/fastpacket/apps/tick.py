@@ -150,6 +150,7 @@ class World:
         self.states = np.zeros(0, STATE_DTYPE)   # one row per slot: what STATE carries
         self.ids = np.zeros(0, np.uint32)        # player id per slot (0: free)
         self._free: List[int] = []
+        self._order = np.arange(0)               # 0, 1, 2, ...: input positions, grown as needed
         self._grow(INITIAL_SLOTS)
 
     def _grow(self, slots: int) -> None:
@@ -192,14 +193,18 @@ class World:
         players in `slots` (one slot per input), then every player moves.
         (Free slots stay at rest at 0, 0; only their tick changes.)"""
         s = self.states
-        if len(inputs):
+        n = len(inputs)
+        if n:
+            if len(self._order) < n:
+                self._order = np.arange(max(n, 2 * len(self._order)))
             last = np.full(self.capacity, -1, np.int64)
-            np.maximum.at(last, slots, np.arange(len(inputs)))  # each player's last input this tick
+            np.maximum.at(last, slots, self._order[:n])  # each player's last input this tick
             got = np.flatnonzero((last >= 0) & (self.ids != 0))
-            pick = last[got]
+            pick = np.take(last, got)  # (np.take: numpy's faster gather for a 1-d index)
             for speed in ("vx", "vy"):  # (np.minimum/maximum: ufuncs, without np.clip's Python layer)
-                s[speed][got] = np.minimum(np.maximum(inputs[speed][pick], -self.max_speed), self.max_speed)
-            s["ack"][got] = inputs["seq"][pick]
+                s[speed][got] = np.minimum(np.maximum(np.take(inputs[speed], pick), -self.max_speed),
+                                           self.max_speed)
+            s["ack"][got] = np.take(inputs["seq"], pick)
         top = self.world_size - 1
         for axis, speed in (("x", "vx"), ("y", "vy")):
             column = s[axis]

@@ -128,7 +128,7 @@ class FastpacketTick:
     def run(self, stream: bytes) -> None:
         batch = self.decoder.feed(stream)
         inputs = batch.payload_array(INPUT_DTYPE)           # a view: equal sizes, back to back
-        self.world.step(self.slot_of[batch.player_ids], inputs)
+        self.world.step(np.take(self.slot_of, batch.player_ids), inputs)
         scatter(self.buffers, STATE, self.world.states, player_ids=self.world.ids)
 
     def drain(self) -> List[bytes]:
