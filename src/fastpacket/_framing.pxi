@@ -229,6 +229,45 @@ cdef inline object _packet_field(Packet p, int field):
     return b._layout.c.read(b._cols.headers + p._index * b._layout.c.header_size, field)
 
 
+# One spare index block, kept when a batch with a large index goes away and
+# handed to the next batch whose index fits it: a server decoding large
+# feeds (a tick's burst of thousands of packets) would otherwise get fresh
+# pages from the kernel for each index (malloc serves blocks past 128 KiB
+# with mmap), and page faults would cost more than the decoding. Only
+# blocks between these sizes are kept, and one at most: bounded memory.
+cdef enum:
+    SPARE_INDEX_MIN_BYTES = 65536
+    SPARE_INDEX_MAX_BYTES = 4194304
+cdef void* _spare_block = NULL
+cdef size_t _spare_bytes = 0
+
+
+cdef void* _take_index_block(size_t nbytes) noexcept:
+    """An index block of at least nbytes: the spare one when it fits (and is
+    not more than twice too large), else malloc's; NULL when out of memory.
+    Called with the GIL held, as _release_index_block: they share the spare."""
+    global _spare_block, _spare_bytes
+    cdef void* block
+    if _spare_block != NULL and nbytes <= _spare_bytes <= 2 * nbytes:
+        block = _spare_block
+        _spare_block = NULL
+        _spare_bytes = 0
+        return block
+    return malloc(nbytes)
+
+
+cdef void _release_index_block(void* block, size_t nbytes) noexcept:
+    global _spare_block, _spare_bytes
+    if block == NULL:
+        return
+    if SPARE_INDEX_MIN_BYTES <= nbytes <= SPARE_INDEX_MAX_BYTES and nbytes >= _spare_bytes:
+        free(_spare_block)  # keep the larger one
+        _spare_block = block
+        _spare_bytes = nbytes
+        return
+    free(block)
+
+
 @cython.freelist(256)
 @cython.final
 @cython.no_gc  # holds only its batch: it can be in no reference cycle, so the GC need not track it
@@ -345,7 +384,7 @@ cdef class PacketBatch:
         self._export_ptr = NULL
 
     def __dealloc__(self):
-        free(self._block)
+        _release_index_block(self._block, self._block_bytes)
 
     def __getbuffer__(self, Py_buffer* view, int flags):
         if self._export_ptr != NULL:
@@ -364,9 +403,10 @@ cdef class PacketBatch:
         if count == 0:
             return 0
         cdef size_t nbytes = index_bytes(count, self._layout.c.header_size)
-        self._block = malloc(nbytes)
+        self._block = _take_index_block(nbytes)
         if self._block == NULL:
             raise MemoryError(f"cannot allocate the index of {count} packets ({nbytes} bytes)")
+        self._block_bytes = nbytes
         self._cols = index_view(self._block, count, self._layout.c.header_size)
         return 0
 
