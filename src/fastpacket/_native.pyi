@@ -3,8 +3,8 @@
 # fastpacket.sendbuf, fastpacket.aggregate, fastpacket.metrics and
 # fastpacket.aio, which document them; the docstrings are on the classes.
 import asyncio
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar, Union,
-                    overload)
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set, Tuple, TypeVar,
+                    Union, overload)
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +14,7 @@ IntColumn = Union[Sequence[int], "npt.NDArray[np.integer[Any]]"]
 # One value for every packet, or one per packet.
 IntValues = Union[int, np.integer[Any], Sequence[int], "npt.NDArray[np.integer[Any]]"]
 # A numpy array of payloads, one row per packet (structured, 2-d uint8, ...).
-Records = "np.ndarray[Any, Any]"
+Records = npt.NDArray[Any]
 
 # -- layout and framing (fastpacket.layout, fastpacket.framing) -----------------
 
@@ -128,10 +128,16 @@ class PacketBatch:
     def headers(self) -> npt.NDArray[np.void]: ...
     def field(self, name: str) -> npt.NDArray[np.unsignedinteger[Any]]: ...
     def payload(self, i: int) -> memoryview: ...
+    @overload
     def payload_array(
-        self, dtype: npt.DTypeLike, *, on_short: str = "raise", copy: bool = False,
+        self, dtype: npt.DTypeLike, *, on_short: Literal["raise"] = "raise", copy: bool = False,
         out: Optional[npt.NDArray[Any]] = None
-    ) -> Union[npt.NDArray[Any], Tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]]: ...
+    ) -> npt.NDArray[Any]: ...
+    @overload
+    def payload_array(
+        self, dtype: npt.DTypeLike, *, on_short: Literal["mask"], copy: bool = False,
+        out: Optional[npt.NDArray[Any]] = None
+    ) -> Tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]: ...
     def by_type(self) -> Dict[int, PacketBatch]: ...
     def to_bytes(self) -> bytes: ...
 
@@ -254,7 +260,7 @@ class SendBuffer:
     def flush(self) -> memoryview: ...
     def clear(self) -> None: ...
 
-def scatter(buffers: Sequence[SendBuffer], type: int, records: Records, *,
+def scatter(buffers: Sequence[Optional[SendBuffer]], type: int, records: Records, *,
             player_ids: Optional[IntValues] = None) -> int: ...
 
 # -- metrics (fastpacket.metrics) ---------------------------------------------

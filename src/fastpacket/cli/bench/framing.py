@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Callable, List, Tuple
+from typing import Callable, List, Tuple, Union
 
 from fastpacket import FrameDecoder, PacketBatch
 from fastpacket.cli.bench._harness import Row, interleaved_medians
@@ -120,7 +120,7 @@ def _one_packet_rows(quick: bool) -> List[Row]:
         for _ in range(n):
             plain_python_decode(chunks)
 
-    def feeds(data: object) -> Callable[[], None]:
+    def feeds(data: Union[bytes, bytearray]) -> Callable[[], None]:
         def go() -> None:
             feed = FrameDecoder().feed
             for _ in range(n):
