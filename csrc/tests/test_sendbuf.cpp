@@ -444,15 +444,16 @@ void records() {
     gen.attach(mem.data());
     gen.set_next_seq(0xFFFF);
     const std::vector<std::uint64_t> wide = {0x0102030405060708ull, ~std::uint64_t{0}};
-    CHECK(gen.append_records<std::uint64_t>(200, rows.data(), 2, 70, 3, wide.data(), 1, &first, &bad, &err) ==
+    const std::vector<std::uint8_t> long_rows = bytes(3 + 70);  // two 70-byte rows, 3 apart: they overlap
+    CHECK(gen.append_records<std::uint64_t>(200, long_rows.data(), 2, 70, 3, wide.data(), 1, &first, &bad, &err) ==
           SendStatus::ok);
     got = decode(gen);
     CHECK_EQ(got.size(), 2u);
     for (std::size_t i = 0; i < got.size() && i < 2; ++i) {
         CHECK_EQ(got[i].seq, i == 0 ? 0xFFFFu : 0u);
         CHECK_EQ(got[i].player_id, wide[i]);
-        CHECK(got[i].payload == std::vector<std::uint8_t>(rows.begin() + 3 * static_cast<std::ptrdiff_t>(i),
-                                                          rows.begin() + 3 * static_cast<std::ptrdiff_t>(i) + 70));
+        CHECK(got[i].payload == std::vector<std::uint8_t>(long_rows.begin() + 3 * static_cast<std::ptrdiff_t>(i),
+                                                          long_rows.begin() + 3 * static_cast<std::ptrdiff_t>(i) + 70));
     }
 }
 
