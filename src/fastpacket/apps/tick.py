@@ -53,7 +53,7 @@ from fastpacket.framing import PacketBatch
 from fastpacket.metrics import Metric
 
 __all__ = ["WELCOME", "INPUT", "STATE", "WELCOME_FORMAT", "INPUT_DTYPE", "STATE_DTYPE", "DEFAULT_HZ",
-           "DEFAULT_WORLD_SIZE", "MAX_WORLD_SIZE", "MAX_SPEED", "MAX_INPUTS_PER_TICK", "World", "Tick", "spawn_position",
+           "DEFAULT_WORLD_SIZE", "MAX_WORLD_SIZE", "MAX_SPEED", "MAX_HZ", "MAX_PLAYER_ID", "MAX_INPUTS_PER_TICK", "World", "Tick", "spawn_position",
            "neighbours"]
 
 log = logging.getLogger("fastpacket.apps.tick")
@@ -84,6 +84,12 @@ MAX_SPEED = 1024
 MAX_INPUTS_PER_TICK = 64
 #: Player slots allocated at first; doubled when full.
 INITIAL_SLOTS = 64
+#: Highest tick rate, in ticks per second.
+MAX_HZ = 1000.0
+#: Player ids are 1 .. this (GAME's u32 player_id field; 0 marks a free slot).
+MAX_PLAYER_ID = 0xFFFFFFFF
+#: WELCOME's u16 hz field holds at most this.
+_WELCOME_HZ_MAX = 0xFFFF
 
 # spawn_position's multipliers (primes): players land spread over the world.
 _SPAWN_X, _SPAWN_Y = 7919, 104729
@@ -171,7 +177,7 @@ class World:
 
     def join(self, player_id: int) -> int:
         """Add player `player_id` (>= 1) at its spawn position, at rest; its slot."""
-        if not 1 <= player_id <= 0xFFFFFFFF:
+        if not 1 <= player_id <= MAX_PLAYER_ID:
             raise ValueError(f"player_id must be in [1, 2**32 - 1], got {player_id}")
         if not self._free:
             self._grow(2 * self.capacity)
@@ -246,8 +252,8 @@ class Tick:
 
     def __init__(self, hz: float = DEFAULT_HZ, radius: int = 0, world_size: int = DEFAULT_WORLD_SIZE,
                  registry: Any = None) -> None:
-        if not isinstance(hz, (int, float)) or not 0 < hz <= 1000:
-            raise ValueError(f"hz must be in (0, 1000], got {hz!r}")
+        if not isinstance(hz, (int, float)) or not 0 < hz <= MAX_HZ:
+            raise ValueError(f"hz must be in (0, {MAX_HZ:g}], got {hz!r}")
         if not isinstance(radius, int) or radius < 0:
             raise ValueError(f"radius must be an int >= 0 (0: own state only), got {radius!r}")
         self.hz = float(hz)
@@ -281,7 +287,7 @@ class Tick:
     def on_connect(self, session: aio.Session) -> None:
         """A player joins: a slot, its WELCOME, and the timer if it was idle."""
         player_id = self._next_id
-        self._next_id = self._next_id % 0xFFFFFFFF + 1
+        self._next_id = self._next_id % MAX_PLAYER_ID + 1
         slot = self.world.join(player_id)
         if self.world.capacity > len(self.sessions):
             self.sessions.extend([None] * (self.world.capacity - len(self.sessions)))
@@ -289,7 +295,7 @@ class Tick:
                                                                     np.int64)])
         self.sessions[slot] = session
         session.slot = slot  # type: ignore[attr-defined]
-        session.send(WELCOME, WELCOME_FORMAT.pack(player_id, self.world.world_size, min(round(self.hz), 0xFFFF)),
+        session.send(WELCOME, WELCOME_FORMAT.pack(player_id, self.world.world_size, min(round(self.hz), _WELCOME_HZ_MAX)),
                      player_id=player_id)
         if self._timer is None:
             self.start()

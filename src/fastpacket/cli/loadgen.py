@@ -497,6 +497,12 @@ def run_move_load(host: str, port: int, *, loop: str = "asyncio", **kwargs: Any)
 # ---------------------------------------------------------------------------
 # input load: players against the tick app
 
+#: Largest speed an input load player asks for on either axis, world units
+#: per tick (half the tick app's MAX_SPEED: some inputs are never clipped).
+INPUT_LOAD_SPEED = 512
+#: INPUT send times kept per player at first (grown as needed).
+INPUT_LOG_INITIAL = 1024
+
 
 @dataclass
 class InputLoadResult:
@@ -539,7 +545,7 @@ class _InputPlayer:
         self.sent = 0
         self.states = 0
         self.acked = 0
-        self.sent_ns = np.zeros(1024, np.int64)  # send time of INPUT seq (1-based), grown as needed
+        self.sent_ns = np.zeros(INPUT_LOG_INITIAL, np.int64)  # send time of INPUT seq (1-based), grown as needed
 
     def on_batch(self, session: Any, batch: PacketBatch) -> None:
         from fastpacket.apps.tick import STATE, STATE_DTYPE, WELCOME, WELCOME_FORMAT
@@ -575,8 +581,8 @@ class _InputPlayer:
             self.sent_ns = np.concatenate([self.sent_ns, np.zeros(max(len(self.sent_ns), k), np.int64)])
         records = np.zeros(k, INPUT_DTYPE)
         records["seq"] = np.arange(first, first + k)
-        records["vx"] = self.rng.integers(-512, 513, k)
-        records["vy"] = self.rng.integers(-512, 513, k)
+        records["vx"] = self.rng.integers(-INPUT_LOAD_SPEED, INPUT_LOAD_SPEED + 1, k)
+        records["vy"] = self.rng.integers(-INPUT_LOAD_SPEED, INPUT_LOAD_SPEED + 1, k)
         self.sent_ns[first:first + k] = time.monotonic_ns()
         self.session.send_array(INPUT, records, player_ids=self.player_id)
         self.sent += k

@@ -74,8 +74,10 @@ def check_load_args(args: argparse.Namespace) -> Optional[str]:
     --connections is set to the default of the load's mode here)."""
     if args.connections is None:
         args.connections = DEFAULT_CONNECTIONS[load_mode(args)]
-    if getattr(args, "hz", 1.0) is not None and not 0 < getattr(args, "hz", 1.0) <= 1000:
-        return f"--hz must be in (0, 1000], got {args.hz}"
+    from fastpacket.apps.tick import MAX_HZ
+
+    if not 0 < getattr(args, "hz", 1.0) <= MAX_HZ:
+        return f"--hz must be in (0, {MAX_HZ:g}], got {args.hz}"
     if getattr(args, "radius", 0) < 0:
         return f"--radius must be >= 0, got {args.radius}"
     if args.connections < 1:

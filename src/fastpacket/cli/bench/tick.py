@@ -73,6 +73,7 @@ class PythonTick:
         self.top = world_size - 1
 
     def run(self, stream: bytes) -> None:
+        """One tick on `stream`: decode, last input per player, move, one STATE each."""
         unpack_from = HEADER.unpack_from
         unpack_input = INPUT_FORMAT.unpack_from
         hs = HEADER.size
@@ -126,6 +127,7 @@ class FastpacketTick:
         self.decoder = FrameDecoder()
 
     def run(self, stream: bytes) -> None:
+        """One tick on `stream`: the same rules, with arrays throughout."""
         batch = self.decoder.feed(stream)
         inputs = batch.payload_array(INPUT_DTYPE)           # a view: equal sizes, back to back
         self.world.step(np.take(self.slot_of, batch.player_ids), inputs)
