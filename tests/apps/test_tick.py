@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import struct
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-import fastpacket as fp
 from fastpacket import aio
 from fastpacket.apps.tick import (INPUT, INPUT_DTYPE, MAX_INPUTS_PER_TICK, MAX_SPEED, STATE, STATE_DTYPE, WELCOME,
                                   WELCOME_FORMAT, Tick, World, neighbours, spawn_position)

@@ -53,7 +53,8 @@ from fastpacket.framing import PacketBatch
 from fastpacket.metrics import Metric
 
 __all__ = ["WELCOME", "INPUT", "STATE", "WELCOME_FORMAT", "INPUT_DTYPE", "STATE_DTYPE", "DEFAULT_HZ",
-           "DEFAULT_WORLD_SIZE", "MAX_WORLD_SIZE", "MAX_SPEED", "MAX_HZ", "MAX_PLAYER_ID", "MAX_INPUTS_PER_TICK", "World", "Tick", "spawn_position",
+           "DEFAULT_WORLD_SIZE", "MAX_WORLD_SIZE", "MAX_SPEED", "MAX_HZ", "MAX_PLAYER_ID", "MAX_INPUTS_PER_TICK",
+           "World", "Tick", "spawn_position",
            "neighbours"]
 
 log = logging.getLogger("fastpacket.apps.tick")
@@ -295,8 +296,8 @@ class Tick:
                                                                     np.int64)])
         self.sessions[slot] = session
         session.slot = slot  # type: ignore[attr-defined]
-        session.send(WELCOME, WELCOME_FORMAT.pack(player_id, self.world.world_size, min(round(self.hz), _WELCOME_HZ_MAX)),
-                     player_id=player_id)
+        hz = min(round(self.hz), _WELCOME_HZ_MAX)
+        session.send(WELCOME, WELCOME_FORMAT.pack(player_id, self.world.world_size, hz), player_id=player_id)
         if self._timer is None:
             self.start()
 

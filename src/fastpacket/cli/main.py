@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"seconds a peer may not read before it is cut off (default {d.write_timeout:g})")
     serve.set_defaults(func=_cmd_serve)
 
-    load = sub.add_parser("load", help="movement load against a relay or echo server, input load against the tick app",
+    load = sub.add_parser("load", help="movement load against a relay or echo server, input load against the "
+                                       "tick app",
                           description="Simulated players against a fastpacket relay (or any echo server speaking "
                                       "the GAME layout); RTT is measured per MOVE from a timestamp in its payload. "
                                       "--mode input: players against the tick app, sending INPUTs at --rate per "
