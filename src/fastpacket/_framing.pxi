@@ -908,14 +908,16 @@ cdef class FrameDecoder:
         cdef IndexColumns scratch
         cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
         b._layout = self._layout
-        if n < NOGIL_MIN_BYTES:
+        if FUSED_SCAN_MIN_BYTES <= n < NOGIL_MIN_BYTES:
             # Small feeds, where the fixed cost per feed counts: one pass
             # that scans and indexes into the module's scratch index (the
             # GIL is held from here to the copy below, and nothing between
             # runs Python code: no other feed can touch the scratch), then
             # the exact index is allocated and the columns copied in bulk.
             # (Larger feeds scan, then index straight into the batch: their
-            # columns would not stay in cache between a scratch and a copy.)
+            # columns would not stay in cache between a scratch and a copy.
+            # So do feeds of a packet or two, for which the copies cost more
+            # than the second pass.)
             scratch = _scan_scratch(self._dec.index_capacity(n), hs)
             plan = self._dec.plan_indexed(p, n, scratch)
             if plan.error.kind != FrameError.failed:
@@ -925,7 +927,10 @@ cdef class FrameDecoder:
                     memcpy(b._cols.sizes, scratch.sizes, plan.count * sizeof(uint32_t))
                     memcpy(b._cols.headers, scratch.headers, plan.count * hs)
         else:
-            with nogil:
+            if n >= NOGIL_MIN_BYTES:
+                with nogil:
+                    plan = self._dec.plan(p, n)
+            else:
                 plan = self._dec.plan(p, n)
             if plan.error.kind != FrameError.failed:
                 b._alloc_index(plan.count)
