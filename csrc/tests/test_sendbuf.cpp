@@ -394,6 +394,74 @@ void broadcasts() {
     CHECK(broadcast(gen, 256, bytes(5), wide, &first, &bad, &err) == SendStatus::encode_error);  // u8 type
 }
 
+void records() {
+    // one packet per row, seq assigned as usual, ids per row or one for all
+    std::vector<std::uint8_t> mem(1000);
+    SendBuffer sb(game_layout(), mem.size());
+    sb.attach(mem.data());
+    std::uint64_t first = 99;
+    std::size_t bad = 99;
+    EncodeError err = EncodeError::none;
+    CHECK(send(sb, 5, bytes(2)) == SendStatus::ok);  // seq 0
+    const std::vector<std::uint8_t> rows = bytes(3 * 16);  // 3 rows of 10 bytes, 16 apart
+    const std::vector<std::int32_t> ids = {7, 8, 9};
+    CHECK(sb.append_records<std::int32_t>(9, rows.data(), 3, 10, 16, ids.data(), 1, &first, &bad, &err) ==
+          SendStatus::ok);
+    CHECK_EQ(first, 1u);
+    CHECK_EQ(sb.next_seq(), 4u);
+    auto got = decode(sb);
+    CHECK_EQ(got.size(), 4u);
+    for (std::size_t i = 1; i < got.size() && i < 4; ++i) {
+        CHECK_EQ(got[i].type, 9u);
+        CHECK_EQ(got[i].seq, i);
+        CHECK_EQ(got[i].player_id, static_cast<std::uint64_t>(ids[i - 1]));
+        CHECK(got[i].payload == std::vector<std::uint8_t>(rows.begin() + 16 * (i - 1), rows.begin() + 16 * (i - 1) + 10));
+    }
+    const std::uint16_t one = 42;
+    CHECK(sb.append_records<std::uint16_t>(3, rows.data(), 2, 4, 0, &one, 0, &first, &bad, &err) == SendStatus::ok);
+    got = decode(sb);
+    CHECK_EQ(got.size(), 6u);
+    if (got.size() == 6) {
+        CHECK_EQ(got[5].player_id, 42u);
+        CHECK(got[5].payload == bytes(4));  // stride 0: the same row twice
+    }
+    // all or nothing: a bad id, a bad type, no room now, never room
+    const std::size_t size = sb.size();
+    const std::vector<std::int64_t> negative = {1, -1};
+    CHECK(sb.append_records<std::int64_t>(9, rows.data(), 2, 10, 10, negative.data(), 1, &first, &bad, &err) ==
+          SendStatus::encode_error);
+    CHECK_EQ(bad, 1u);
+    CHECK(err == EncodeError::player_id_range);
+    CHECK(sb.append_records<std::uint8_t>(0x10000, rows.data(), 1, 1, 1, nullptr, 0, &first, &bad, &err) ==
+          SendStatus::encode_error);
+    CHECK(err == EncodeError::type_range);
+    const std::vector<std::uint8_t> many(1000);
+    CHECK(sb.append_records<std::uint8_t>(9, many.data(), 41, 10, 10, nullptr, 0, &first, &bad, &err) ==
+          SendStatus::full);
+    CHECK(sb.append_records<std::uint8_t>(9, many.data(), 46, 10, 10, nullptr, 0, &first, &bad, &err) ==
+          SendStatus::never_fits);
+    CHECK_EQ(sb.size(), size);
+    CHECK_EQ(sb.next_seq(), 6u);
+
+    // the generic path: big-endian fields of other widths, seq wrapping
+    const Layout be = big_endian_layout();
+    SendBuffer gen(be, mem.size());
+    gen.attach(mem.data());
+    gen.set_next_seq(0xFFFF);
+    const std::vector<std::uint64_t> wide = {0x0102030405060708ull, ~std::uint64_t{0}};
+    const std::vector<std::uint8_t> long_rows = bytes(3 + 70);  // two 70-byte rows, 3 apart: they overlap
+    CHECK(gen.append_records<std::uint64_t>(200, long_rows.data(), 2, 70, 3, wide.data(), 1, &first, &bad, &err) ==
+          SendStatus::ok);
+    got = decode(gen);
+    CHECK_EQ(got.size(), 2u);
+    for (std::size_t i = 0; i < got.size() && i < 2; ++i) {
+        CHECK_EQ(got[i].seq, i == 0 ? 0xFFFFu : 0u);
+        CHECK_EQ(got[i].player_id, wide[i]);
+        CHECK(got[i].payload == std::vector<std::uint8_t>(long_rows.begin() + 3 * static_cast<std::ptrdiff_t>(i),
+                                                          long_rows.begin() + 3 * static_cast<std::ptrdiff_t>(i) + 70));
+    }
+}
+
 void relay_frames() {
     // frames relayed as they are: headers (seq included) untouched, the
     // buffer's own seq counter unused; runs of adjacent frames in one copy
@@ -463,6 +531,7 @@ int main() {
     capacity();
     encode_errors();
     broadcasts();
+    records();
     relay_frames();
     flush_policy();
     return fastpacket_test::finish("sendbuf");

@@ -103,6 +103,8 @@ cdef class SessionBase:
     cdef int _finish_close(self) except -1
     cdef bint _may_read(self)
     cdef object _send(self, object type, object payload, object player_id, object seq)
+    cdef Py_ssize_t _send_rows(self, uint64_t type_, const uint8_t* rows, Py_ssize_t count, Py_ssize_t row_bytes,
+                               Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except -1
     cdef bint _make_room(self) except -1
     cdef int _after_send(self) except -1
     cdef int _flush(self) except -1

@@ -12,6 +12,8 @@ import logging as _logging
 import re as _re
 import socket as _socket
 
+from cpython.sequence cimport PySequence_Fast_ITEMS
+
 _aio_log = _logging.getLogger("fastpacket.aio")
 
 # Receive rings a hub keeps for lending (idle connections hold none).
@@ -664,6 +666,51 @@ cdef class SessionBase:
             self._sendbuf.send_batch(batch)
         self._after_send()
 
+    def send_array(self, uint64_t type, records, *, player_ids=None):
+        """send_array(type, records, *, player_ids=None) -> int
+
+        Queue one packet per row of `records` (a numpy array, as
+        SendBuffer.send_array: seq assigned as usual, `player_ids` None, one
+        integer, or one per row) in native code. Any number of rows: what
+        does not fit the send buffer goes out in as many flushes as needed.
+        Returns the packets queued: fewer when the session closes or the
+        peer is cut off meanwhile (the rest dropped and counted, as by
+        send()). Bad arguments raise before anything is queued.
+        """
+        arr = records_array(records, "Session.send_array")
+        cdef RecordsView rv
+        records_view(arr, &rv)
+        cdef U64Values ids
+        keep = u64_values(player_ids, rv.count, "player_ids", &ids)
+        check_player_ids(self._sendbuf._layout, &ids, rv.count)
+        return self._send_rows(type, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride)
+
+    cdef Py_ssize_t _send_rows(self, uint64_t type_, const uint8_t* rows, Py_ssize_t count, Py_ssize_t row_bytes,
+                               Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except -1:
+        """Queues rows as packets, flushing between runs that fill the
+        buffer; the number queued (the rest dropped and counted)."""
+        cdef SendBuffer sb = self._sendbuf
+        cdef size_t frame = sb._layout.c.header_size + <size_t>row_bytes
+        cdef Py_ssize_t done = 0, k
+        if frame > sb._max:
+            raise ValueError(f"a packet of {frame} bytes can never fit this session's send buffer "
+                             f"(send_buffer={sb._max})")
+        while done < count:
+            if self._closing:
+                break
+            k = min(count - done, <Py_ssize_t>(sb._c.free_bytes() // frame))
+            if k == 0:
+                if not self._make_room():
+                    break
+                continue
+            sb._append_rows(type_, rows + done * row_stride, k, row_bytes, row_stride,
+                            ids + done * id_stride if ids != NULL else NULL, id_stride)
+            done += k
+            self._after_send()
+        if done < count:
+            self.dropped_out += count - done
+        return done
+
     def broadcast(self, type, payload, sessions=None, *, player_id=0, include_self=False):
         """broadcast(type, payload, sessions=None, *, player_id=0, include_self=False) -> int
 
@@ -884,3 +931,112 @@ async def _run_async_handlers(SessionBase s, object fn, PacketBatch batch):
             s._close(f"handler error: {_error_text(exc)}")
     finally:
         s._drained()
+
+
+cdef Py_ssize_t _session_rows(object s, uint64_t type_, const uint8_t* rows, Py_ssize_t count,
+                              Py_ssize_t row_bytes, Py_ssize_t row_stride, const uint64_t* ids,
+                              size_t id_stride, bint flush) except -1:
+    if not isinstance(s, SessionBase):
+        raise TypeError(f"targets are sessions, not {type(s).__name__!r}")
+    cdef SessionBase session = <SessionBase>s
+    cdef Py_ssize_t done = session._send_rows(type_, rows, count, row_bytes, row_stride, ids, id_stride)
+    if flush and done:
+        session._flush()
+    return done
+
+
+def _scatter(sessions, uint64_t type, records, player_ids, index, starts, bint flush):
+    """fastpacket.aio.scatter (documented there): per-session rows of one
+    array, one native pass."""
+    arr = records_array(records, "scatter")
+    cdef RecordsView rv
+    records_view(arr, &rv)
+    targets = sessions if isinstance(sessions, (list, tuple)) else list(sessions)
+    cdef Py_ssize_t n = len(targets), i, j, k, begin, end, queued = 0
+    cdef U64Values ids
+    keep = u64_values(player_ids, rv.count, "player_ids", &ids)
+    cdef PyObject** items = PySequence_Fast_ITEMS(targets)
+    cdef cnp.int64_t[::1] rows_of
+    cdef cnp.int64_t[::1] bounds
+    cdef uint8_t* scratch = NULL
+    cdef uint64_t* scratch_ids = NULL
+    if (index is None) != (starts is None):
+        raise TypeError("scatter: index and starts go together (rows index[starts[k]:starts[k+1]] to session k)")
+    for i in range(n):  # the layouts and ids checked once, before anything is queued
+        if <object>items[i] is not None:
+            if not isinstance(<object>items[i], SessionBase):
+                raise TypeError(f"scatter targets are sessions (or None), not {(<object>items[i]).__class__.__name__!r} "
+                                f"(index {i})")
+            check_player_ids((<SessionBase>items[i])._sendbuf._layout, &ids, rv.count)
+    if index is None:
+        if n != rv.count:
+            raise ValueError(f"scatter needs one row per session: {n} sessions, {rv.count} rows")
+        for i in range(n):
+            if <object>items[i] is None:
+                continue
+            queued += _session_rows(<object>items[i], type, rv.data + i * rv.row_stride, 1, rv.row_bytes, 0,
+                                    ids.values + i * ids.stride if ids.values != NULL else NULL, 0, flush) > 0
+        return queued
+    rows_idx = np.ascontiguousarray(index, dtype=np.int64)
+    bounds_arr = np.ascontiguousarray(starts, dtype=np.int64)
+    if rows_idx.ndim != 1 or bounds_arr.ndim != 1 or bounds_arr.shape[0] != n + 1:
+        raise ValueError(f"scatter: index must be 1-d and starts must have one entry per session plus one "
+                         f"({n + 1}), got shapes {rows_idx.shape} and {bounds_arr.shape}")
+    rows_of = rows_idx
+    bounds = bounds_arr
+    cdef Py_ssize_t m = rows_idx.shape[0]
+    if bounds[0] != 0 or bounds[n] != m:
+        raise ValueError(f"scatter: starts must begin at 0 and end at len(index) ({m}), got {bounds[0]} .. {bounds[n]}")
+    cdef Py_ssize_t most = 0
+    for k in range(n):
+        if bounds[k + 1] < bounds[k]:
+            raise ValueError(f"scatter: starts must not decrease (starts[{k + 1}] = {bounds[k + 1]} < "
+                             f"starts[{k}] = {bounds[k]})")
+        most = max(most, bounds[k + 1] - bounds[k])
+    for j in range(m):
+        if rows_of[j] < 0 or rows_of[j] >= rv.count:
+            raise ValueError(f"scatter: index[{j}] = {rows_of[j]} is not a row of records ({rv.count} rows)")
+    scratch = <uint8_t*>malloc(most * rv.row_bytes + 1)
+    scratch_ids = <uint64_t*>malloc(most * sizeof(uint64_t) + 1)
+    if scratch == NULL or scratch_ids == NULL:
+        free(scratch)
+        free(scratch_ids)
+        raise MemoryError(f"scatter: cannot allocate {most} rows of {rv.row_bytes} bytes")
+    try:
+        for k in range(n):
+            begin = bounds[k]
+            end = bounds[k + 1]
+            if end == begin or <object>items[k] is None:
+                continue
+            for j in range(begin, end):  # gathered in one buffer: one append per session
+                memcpy(scratch + (j - begin) * rv.row_bytes, rv.data + rows_of[j] * rv.row_stride, rv.row_bytes)
+                if ids.values != NULL:
+                    scratch_ids[j - begin] = ids.values[rows_of[j] * ids.stride]
+            queued += _session_rows(<object>items[k], type, scratch, end - begin, rv.row_bytes, rv.row_bytes,
+                                    scratch_ids if ids.values != NULL else NULL, 1, flush) > 0
+    finally:
+        free(scratch)
+        free(scratch_ids)
+    return queued
+
+
+def _broadcast_array(sessions, uint64_t type, records, player_ids, SessionBase skip, bint flush):
+    """fastpacket.aio.broadcast_array (documented there): every row to every session."""
+    arr = records_array(records, "broadcast_array")
+    cdef RecordsView rv
+    records_view(arr, &rv)
+    cdef U64Values ids
+    keep = u64_values(player_ids, rv.count, "player_ids", &ids)
+    targets = sessions if isinstance(sessions, (list, tuple)) else list(sessions)
+    for s in targets:
+        if s is not None and s is not skip:
+            if not isinstance(s, SessionBase):
+                raise TypeError(f"broadcast targets are sessions, not {s.__class__.__name__!r}")
+            check_player_ids((<SessionBase>s)._sendbuf._layout, &ids, rv.count)
+    cdef Py_ssize_t queued = 0
+    for s in targets:
+        if s is None or s is skip:
+            continue
+        queued += _session_rows(s, type, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride,
+                                flush) > 0
+    return queued

@@ -3,14 +3,18 @@
 # fastpacket.sendbuf, fastpacket.aggregate, fastpacket.metrics and
 # fastpacket.aio, which document them; the docstrings are on the classes.
 import asyncio
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar, Union,
-                    overload)
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set, Tuple, TypeVar,
+                    Union, overload)
 
 import numpy as np
 import numpy.typing as npt
 
 BytesLike = Union[bytes, bytearray, memoryview, "np.ndarray[Any, Any]"]
 IntColumn = Union[Sequence[int], "npt.NDArray[np.integer[Any]]"]
+# One value for every packet, or one per packet.
+IntValues = Union[int, np.integer[Any], Sequence[int], "npt.NDArray[np.integer[Any]]"]
+# A numpy array of payloads, one row per packet (structured, 2-d uint8, ...).
+Records = npt.NDArray[Any]
 
 # -- layout and framing (fastpacket.layout, fastpacket.framing) -----------------
 
@@ -94,11 +98,11 @@ class Packet:
 class PacketBatch:
     @staticmethod
     def build(
-        types: Optional[IntColumn],
-        payloads: Iterable[BytesLike],
+        types: Optional[IntValues],
+        payloads: Union[Iterable[BytesLike], Records],
         *,
-        seqs: Optional[IntColumn] = None,
-        player_ids: Optional[IntColumn] = None,
+        seqs: Optional[IntValues] = None,
+        player_ids: Optional[IntValues] = None,
         layout: Optional[HeaderLayout] = None,
     ) -> PacketBatch: ...
     @property
@@ -125,6 +129,16 @@ class PacketBatch:
     def headers(self) -> npt.NDArray[np.void]: ...
     def field(self, name: str) -> npt.NDArray[np.unsignedinteger[Any]]: ...
     def payload(self, i: int) -> memoryview: ...
+    @overload
+    def payload_array(
+        self, dtype: npt.DTypeLike, *, on_short: Literal["raise"] = "raise", copy: bool = False,
+        out: Optional[npt.NDArray[Any]] = None
+    ) -> npt.NDArray[Any]: ...
+    @overload
+    def payload_array(
+        self, dtype: npt.DTypeLike, *, on_short: Literal["mask"], copy: bool = False,
+        out: Optional[npt.NDArray[Any]] = None
+    ) -> Tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]: ...
     def by_type(self) -> Dict[int, PacketBatch]: ...
     def to_bytes(self) -> bytes: ...
 
@@ -242,9 +256,13 @@ class SendBuffer:
     def send(self, type: Optional[int], payload: BytesLike, *, player_id: int = 0, seq: Optional[int] = None) -> int: ...
     def send_batch(self, batch: PacketBatch) -> None: ...
     def broadcast(self, type: int, payload: BytesLike, player_ids: IntColumn) -> int: ...
+    def send_array(self, type: int, records: Records, *, player_ids: Optional[IntValues] = None) -> int: ...
     def should_flush(self, min_packets: int = 10, fill_ratio: float = 0.8) -> bool: ...
     def flush(self) -> memoryview: ...
     def clear(self) -> None: ...
+
+def scatter(buffers: Sequence[Optional[SendBuffer]], type: int, records: Records, *,
+            player_ids: Optional[IntValues] = None) -> int: ...
 
 # -- metrics (fastpacket.metrics) ---------------------------------------------
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -388,6 +406,7 @@ class SessionBase:
         self, type: Optional[int], payload: BytesLike, *, player_id: int = 0, seq: Optional[int] = None
     ) -> Optional[int]: ...
     def send_batch(self, batch: PacketBatch) -> None: ...
+    def send_array(self, type: int, records: Records, *, player_ids: Optional[IntValues] = None) -> int: ...
     def broadcast(
         self,
         type: int,
@@ -421,3 +440,7 @@ class SessionBase:
 
 def _broadcast(targets: Iterable[Any], ptype: int, payload: BytesLike, player_id: int,
                skip: Optional[SessionBase]) -> int: ...
+def _scatter(sessions: Iterable[Any], type: int, records: Records, player_ids: Optional[IntValues], index: Any,
+             starts: Any, flush: bool) -> int: ...
+def _broadcast_array(sessions: Iterable[Any], type: int, records: Records, player_ids: Optional[IntValues],
+                     skip: Optional[SessionBase], flush: bool) -> int: ...

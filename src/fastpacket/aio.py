@@ -46,7 +46,7 @@ bytes, decodes every complete packet with ``FrameDecoder.feed_from`` and
 calls ``handler(session, batch)`` once per read burst (or the per-type
 ``handlers``). The only copy is the one into the batch.
 
-Send path: ``session.send``/``send_batch``/``broadcast`` append to the
+Send path: ``session.send``/``send_batch``/``send_array``/``broadcast`` append to the
 session's SendBuffer and are written with one ``transport.write`` per
 session, never one per packet: the reading session's own output at the end
 of its read burst (no added latency), output a burst produced for other
@@ -106,9 +106,9 @@ import inspect
 import socket
 import ssl as _ssl
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, Iterable, Literal, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Iterable, Literal, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from fastpacket._native import Hub, SessionBase, _broadcast
+from fastpacket._native import Hub, SessionBase, _broadcast, _broadcast_array, _scatter
 from fastpacket.aggregate import Aggregator
 from fastpacket.framing import DEFAULT_MAX_PACKET_SIZE, PacketBatch
 from fastpacket.layout import GAME, HeaderLayout
@@ -116,7 +116,7 @@ from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS, Registry
 from fastpacket.sendbuf import DEFAULT_FILL_RATIO, DEFAULT_MAX_BYTES
 
 __all__ = ["serve", "serve_unix", "connect", "connect_unix", "Session", "PacketServer", "Options", "Handler",
-           "SyncHandler", "AsyncHandler", "SessionHook", "is_async_handler"]
+           "SyncHandler", "AsyncHandler", "SessionHook", "is_async_handler", "scatter", "broadcast_array"]
 
 #: A synchronous handler: ``handler(session, batch)``, called once per read
 #: burst (or per type group of one with ``handlers=``). The fast path.
@@ -328,7 +328,7 @@ def _new_hub(handler: Optional[Handler], handlers: Optional[Mapping[int, Handler
 
 class Session(SessionBase, asyncio.BufferedProtocol):
     """One connection: the protocol asyncio drives and the handle a handler
-    gets. ``send``/``send_batch``/``broadcast`` queue packets (coalesced),
+    gets. ``send``/``send_batch``/``send_array``/``broadcast`` queue packets (coalesced),
     ``close(reason)`` ends it; ``close_reason`` says why it ended; the
     counters ``packets_in``, ``bytes_in``, ``packets_out``, ``bytes_out``,
     ``dropped_in``, ``dropped_out`` are per session (``metrics`` has them as
@@ -381,6 +381,19 @@ class PacketServer(asyncio.AbstractServer):
         """Send one packet to the given sessions (default: all); returns how
         many got it queued. Coalesced like any send."""
         return _broadcast(self._hub.sessions if sessions is None else sessions, type, payload, player_id, None)
+
+    def scatter(self, type: int, records: Any, sessions: Sequence[Optional[Session]], *, player_ids: Any = None,
+                index: Any = None, starts: Any = None, flush: bool = False) -> int:
+        """``fastpacket.aio.scatter(sessions, type, records, ...)``: rows of
+        one array to many sessions; how many sessions got rows queued."""
+        return _scatter(sessions, type, records, player_ids, index, starts, flush)
+
+    def broadcast_array(self, type: int, records: Any, sessions: Optional[Iterable[Session]] = None, *,
+                        player_ids: Any = None, flush: bool = False) -> int:
+        """``fastpacket.aio.broadcast_array``: every row of `records` to each
+        of `sessions` (default: all); how many sessions got them queued."""
+        return _broadcast_array(self._hub.sessions if sessions is None else sessions, type, records, player_ids,
+                                None, flush)
 
     def close(self) -> None:
         """Stop listening; flush and close every session ("server shutdown")."""
@@ -515,6 +528,35 @@ async def serve(
                                           reuse_port=reuse_port or None, ssl_handshake_timeout=ssl_handshake_timeout,
                                           start_serving=start_serving)
     return PacketServer(server, hub)
+
+
+def scatter(sessions: Sequence[Optional[Session]], type: int, records: Any, *, player_ids: Any = None,
+            index: Any = None, starts: Any = None, flush: bool = False) -> int:
+    """Rows of one numpy array to many sessions, in one native pass.
+
+    Without `index`: row i of `records` (one row per session) is one packet
+    to ``sessions[i]`` (each player its own state). With `index` and
+    `starts` (compressed sparse rows, as numpy and scipy spell neighbour
+    lists): ``sessions[k]`` gets the rows ``index[starts[k]:starts[k+1]]``,
+    in that order (each player the states of the players near it).
+    `player_ids`: None (0), one integer, or one per row of `records` (each
+    packet carries its row's id). ``None`` entries of `sessions` are
+    skipped. Packets are queued as ``Session.send_array`` queues them (seq
+    per session, dropped and counted for a closed session); ``flush=True``
+    writes each session's output now instead of at the usual flush point
+    (a tick timer's sends otherwise wait ``max_delay``). Bad arguments
+    (shapes, a value that does not fit its header field) raise before
+    anything is queued. Returns how many sessions got rows queued.
+    """
+    return _scatter(sessions, type, records, player_ids, index, starts, flush)
+
+
+def broadcast_array(sessions: Iterable[Optional[Session]], type: int, records: Any, *, player_ids: Any = None,
+                    flush: bool = False) -> int:
+    """Every row of `records` (a numpy array) as one packet to each of
+    `sessions`, in one native pass; otherwise as ``scatter``. Returns how
+    many sessions got them queued."""
+    return _broadcast_array(sessions, type, records, player_ids, None, flush)
 
 
 async def serve_unix(

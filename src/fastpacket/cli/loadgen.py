@@ -20,6 +20,14 @@ the receive time minus the send time written in its payload (one
 monotonic clock, one process), recorded into a fastpacket histogram
 (percentiles within 1%). The RTT therefore includes the client's own
 queueing: at full pipelined load it is latency under load, not idle latency.
+
+The input load (``input_load``/``run_input_load``, behind ``fastpacket load
+--mode input`` and ``fastpacket demo --app tick``) plays players against the
+tick app (fastpacket.apps.tick): each connection waits for its WELCOME, then
+sends INPUT packets (random velocities, seq counting up) at ``rate`` per
+second and counts the STATE packets it gets; the latency of an input is the
+time from its send to the first STATE whose ack covers it (so it includes
+the wait for the next tick).
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ import numpy as np
 from fastpacket.framing import PacketBatch
 from fastpacket.system import new_event_loop
 
-__all__ = ["EchoLoadResult", "MoveLoadResult", "build_block", "move_load", "run_echo_load", "run_move_load",
-           "ping_pong", "percentile"]
+__all__ = ["EchoLoadResult", "MoveLoadResult", "InputLoadResult", "build_block", "move_load", "input_load",
+           "run_echo_load", "run_move_load", "run_input_load", "ping_pong", "percentile"]
 
 
 def percentile(sorted_values: List[float], q: float) -> float:
@@ -482,5 +490,217 @@ def run_move_load(host: str, port: int, *, loop: str = "asyncio", **kwargs: Any)
     ev = new_event_loop(loop)
     try:
         return ev.run_until_complete(move_load(host, port, **kwargs))
+    finally:
+        ev.close()
+
+
+# ---------------------------------------------------------------------------
+# input load: players against the tick app
+
+#: Largest speed an input load player asks for on either axis, world units
+#: per tick (half the tick app's MAX_SPEED: some inputs are never clipped).
+INPUT_LOAD_SPEED = 512
+#: INPUT send times kept per player at first (grown as needed).
+INPUT_LOG_INITIAL = 1024
+
+
+@dataclass
+class InputLoadResult:
+    """What ``input_load`` measured. Rates are over the sending phase."""
+
+    connections: int
+    seconds: float             # sending phase
+    rate: float                # INPUTs per second per player
+    sent: int                  # INPUT packets sent
+    states: int                # STATE packets received
+    acked: int                 # INPUTs a STATE acknowledged
+    sent_per_s: float
+    states_per_s: float
+    latency_us: Dict[str, float]  # input -> acknowledging STATE: p50, p95, p99, max, mean
+    closes: Dict[str, int]
+    errors: List[str]
+
+    @property
+    def ok(self) -> bool:
+        """True when no connection reported an error."""
+        return not self.errors
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The result as a JSON-ready dict."""
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+class _InputPlayer:
+    """One connection of the input load."""
+
+    def __init__(self, load: "_InputLoad", index: int, seed: int) -> None:
+        self.load = load
+        self.index = index
+        self.rng = np.random.default_rng(seed)
+        self.session: Any = None
+        self.player_id = 0
+        self.welcomed = asyncio.get_running_loop().create_future()
+        self.sent = 0
+        self.states = 0
+        self.acked = 0
+        self.sent_ns = np.zeros(INPUT_LOG_INITIAL, np.int64)  # send time of INPUT seq (1-based), grown as needed
+
+    def on_batch(self, session: Any, batch: PacketBatch) -> None:
+        from fastpacket.apps.tick import STATE, STATE_DTYPE, WELCOME, WELCOME_FORMAT
+
+        types = batch.types
+        if self.player_id == 0 and len(types) and types[0] == WELCOME:
+            self.player_id = WELCOME_FORMAT.unpack_from(batch.payload(0))[0]
+            if not self.welcomed.done():
+                self.welcomed.set_result(self.player_id)
+        own = (types == STATE) & (batch.player_ids == self.player_id)
+        k = int(np.count_nonzero(own))
+        if not k:
+            return
+        self.states += k
+        last = batch.payload(int(np.flatnonzero(own)[-1]))
+        if len(last) < STATE_DTYPE.itemsize:
+            session.close(f"bad STATE: {len(last)} bytes, expected {STATE_DTYPE.itemsize}")
+            return
+        ack = int(np.frombuffer(last, STATE_DTYPE, 1)["ack"][0])
+        if ack > self.acked:
+            now = time.monotonic_ns()
+            self.load.latency.record_many(np.maximum(now - self.sent_ns[self.acked + 1:ack + 1], 0))
+            self.acked = ack
+
+    def send(self, k: int) -> None:
+        """Queue k INPUTs (one send_array)."""
+        from fastpacket.apps.tick import INPUT, INPUT_DTYPE
+
+        if k <= 0 or self.session.closed:
+            return
+        first = self.sent + 1
+        if first + k >= len(self.sent_ns):
+            self.sent_ns = np.concatenate([self.sent_ns, np.zeros(max(len(self.sent_ns), k), np.int64)])
+        records = np.zeros(k, INPUT_DTYPE)
+        records["seq"] = np.arange(first, first + k)
+        records["vx"] = self.rng.integers(-INPUT_LOAD_SPEED, INPUT_LOAD_SPEED + 1, k)
+        records["vy"] = self.rng.integers(-INPUT_LOAD_SPEED, INPUT_LOAD_SPEED + 1, k)
+        self.sent_ns[first:first + k] = time.monotonic_ns()
+        self.session.send_array(INPUT, records, player_ids=self.player_id)
+        self.sent += k
+
+
+class _InputLoad:
+    def __init__(self) -> None:
+        from fastpacket.metrics import Metric
+
+        self.latency = Metric("input_latency_ns", "ns")
+
+
+async def input_load(host: str, port: int, *, connections: int = 1000, seconds: float = 10.0, rate: float = 30.0,
+                     drain_timeout: float = 5.0, connect_timeout: float = 30.0,
+                     on_start: Optional[Callable[[], Any]] = None,
+                     on_progress: Optional[Callable[[Dict[str, Any]], Any]] = None,
+                     on_stop: Optional[Callable[[], Any]] = None,
+                     progress_interval: float = 0.5) -> InputLoadResult:
+    """Play `connections` players against the tick app at host:port for
+    `seconds` (in the running event loop): each sends `rate` INPUTs per
+    second once welcomed. ``on_start()`` is called once every player is
+    welcomed, ``on_progress(dict)`` every `progress_interval` seconds
+    (elapsed, sent, states, connections), ``on_stop()`` when sending stops
+    (before the drain, which waits up to `drain_timeout` for the last acks).
+    """
+    from fastpacket import aio
+    from fastpacket.system import raise_nofile
+
+    if connections < 1:
+        raise ValueError(f"connections must be >= 1, got {connections}")
+    if seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if not rate > 0:
+        raise ValueError(f"rate must be > 0 INPUTs per second, got {rate}")
+    raise_nofile(connections + 64)
+    load = _InputLoad()
+    players = [_InputPlayer(load, i, seed=i) for i in range(connections)]
+    errors: List[str] = []
+    try:
+        for p in players:
+            p.session = await aio.connect(host, port, handler=p.on_batch)
+        await asyncio.wait_for(asyncio.gather(*(p.welcomed for p in players)), connect_timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        for p in players:
+            if p.session is not None:
+                p.session.close("load aborted")
+        welcomed = sum(1 for p in players if p.welcomed.done())
+        raise ConnectionError(f"cannot start {connections} players at {host}:{port} ({welcomed} welcomed): "
+                              f"{type(exc).__name__}: {exc}") from exc
+    if on_start is not None:
+        on_start()
+    t0 = time.monotonic()
+    stop_at = t0 + seconds
+    tick = min(0.05, max(0.002, 1.0 / rate))
+    next_progress = t0 + progress_interval
+    while True:
+        now = time.monotonic()
+        if now >= stop_at:
+            break
+        due = int(rate * (now - t0)) + 1
+        for p in players:
+            p.send(due - p.sent)
+        if now >= next_progress:
+            next_progress += progress_interval
+            if on_progress is not None:
+                on_progress(_input_progress(players, now - t0))
+        if all(p.session.closed for p in players):
+            break
+        await asyncio.sleep(min(tick, stop_at - now))
+    elapsed = time.monotonic() - t0
+    if on_stop is not None:
+        on_stop()
+    at_stop = _input_progress(players, elapsed)
+    drain_until = time.monotonic() + drain_timeout
+    while time.monotonic() < drain_until and any(p.acked < p.sent and not p.session.closed for p in players):
+        await asyncio.sleep(0.01)
+    closes: Dict[str, int] = {}
+    for p in players:
+        if p.session.closed:
+            errors.append(f"connection {p.index} (player {p.player_id}) closed before the end: "
+                          f"{p.session.close_reason}")
+        elif p.states == 0:
+            errors.append(f"connection {p.index} (player {p.player_id}) got no STATE")
+        # Half-close: the server sees the end of our stream and closes its
+        # side; we read its last STATEs meanwhile. A full close here, with
+        # STATEs still arriving, would reset the connection under the server.
+        s = p.session
+        if not s.closed and s.transport is not None and s.transport.can_write_eof():
+            s.flush()
+            s.transport.write_eof()
+        else:
+            s.close("load done")
+    for p in players:
+        try:
+            reason = await asyncio.wait_for(p.session.wait_closed(), 5.0)
+        except asyncio.TimeoutError:
+            p.session.close("load done")
+            reason = "close timed out"
+        closes[reason or "closed"] = closes.get(reason or "closed", 0) + 1
+    m = load.latency
+    latency = {"p50": (m.percentile(50.0) or 0) / 1e3, "p95": (m.percentile(95.0) or 0) / 1e3,
+               "p99": (m.percentile(99.0) or 0) / 1e3, "max": (m.max or 0) / 1e3, "mean": (m.mean or 0) / 1e3,
+               "count": m.count}
+    return InputLoadResult(connections=connections, seconds=elapsed, rate=rate, sent=sum(p.sent for p in players),
+                           states=sum(p.states for p in players), acked=sum(p.acked for p in players),
+                           sent_per_s=at_stop["sent"] / elapsed, states_per_s=at_stop["states"] / elapsed,
+                           latency_us=latency, closes=closes, errors=errors)
+
+
+def _input_progress(players: List[_InputPlayer], elapsed: float) -> Dict[str, Any]:
+    return {"elapsed": elapsed, "sent": sum(p.sent for p in players), "states": sum(p.states for p in players),
+            "connections": sum(1 for p in players if not p.session.closed)}
+
+
+def run_input_load(host: str, port: int, *, loop: str = "asyncio", **kwargs: Any) -> InputLoadResult:
+    """``input_load`` on a fresh event loop of kind `loop`."""
+    ev = new_event_loop(loop)
+    try:
+        return ev.run_until_complete(input_load(host, port, **kwargs))
     finally:
         ev.close()

@@ -14,10 +14,16 @@ from fastpacket import __version__
 
 from fastpacket.cli.bench import SECTIONS, run_sections
 from fastpacket.system import new_event_loop
-from fastpacket.cli.report import (FAILED, OK, USAGE, Progress, fmt_closes, fmt_rtt, fmt_savings, format_markdown,
-                                   format_rate, format_report, format_table)
+from fastpacket.cli.report import (FAILED, OK, USAGE, Progress, fmt_closes, fmt_latency, fmt_rtt, fmt_savings,
+                                   format_markdown, format_rate, format_report, format_table)
 
-__all__ = ["build_parser", "main", "load_kwargs", "check_load_args"]
+__all__ = ["build_parser", "main", "load_kwargs", "input_load_kwargs", "check_load_args"]
+
+#: Players a load (and the demo) plays when --connections is not given: the
+#: relay's movement load, the tick app's input load.
+DEFAULT_CONNECTIONS = {"move": 50, "input": 1000}
+#: INPUTs per second per player of the input load when --rate is not given.
+DEFAULT_INPUT_RATE = 30.0
 
 
 def loop_kind(args: argparse.Namespace) -> str:
@@ -47,6 +53,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return OK
 
 
+def load_mode(args: argparse.Namespace) -> str:
+    """The load the options ask for: "input" (the tick app's players: ``load
+    --mode input``, ``demo --app tick``) or "move" (the relay's)."""
+    return "input" if getattr(args, "mode", "move") == "input" or getattr(args, "app", None) == "tick" else "move"
+
+
+def input_load_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """``input_load`` keyword arguments from the load options."""
+    return {"connections": args.connections, "seconds": args.seconds, "rate": args.rate or DEFAULT_INPUT_RATE}
+
+
 def load_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     """``move_load`` keyword arguments from the load options."""
     return {"connections": args.connections, "seconds": args.seconds, "rate": args.rate, "window": args.window,
@@ -55,7 +72,16 @@ def load_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def check_load_args(args: argparse.Namespace) -> Optional[str]:
-    """What is wrong with the load options, or None."""
+    """What is wrong with the load options, or None (a missing
+    --connections is set to the default of the load's mode here)."""
+    if args.connections is None:
+        args.connections = DEFAULT_CONNECTIONS[load_mode(args)]
+    from fastpacket.apps.tick import MAX_HZ
+
+    if not 0 < getattr(args, "hz", 1.0) <= MAX_HZ:
+        return f"--hz must be in (0, {MAX_HZ:g}], got {args.hz}"
+    if getattr(args, "radius", 0) < 0:
+        return f"--radius must be >= 0, got {args.radius}"
     if args.connections < 1:
         return f"--connections must be >= 1, got {args.connections}"
     if not args.seconds > 0:
@@ -85,6 +111,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
     if problem:
         print(f"fastpacket load: {problem}", file=sys.stderr)
         return USAGE
+    if load_mode(args) == "input":
+        return _cmd_input_load(args)
     progress = Progress()
 
     def on_progress(p: Dict[str, Any]) -> None:
@@ -134,10 +162,50 @@ def _resolve_app(args: argparse.Namespace) -> Tuple[str, bool, Dict[str, Any]]:
         raise ValueError(f"APP {args.app!r} and --app {args.app_flag!r} disagree: give one")
     if name in BUILTIN:
         spec, factory = BUILTIN[name]
-        return spec, factory, ({"rooms": args.rooms} if name == "relay" else {})
+        app_args = {"relay": {"rooms": args.rooms}, "tick": {"hz": args.hz, "radius": args.radius}}.get(name, {})
+        return spec, factory, app_args
     if ":" not in name:
         raise ValueError(f"APP must be one of {sorted(BUILTIN)} or 'module:attr', got {name!r}")
     return name, args.factory, {}
+
+
+def _cmd_input_load(args: argparse.Namespace) -> int:
+    """``fastpacket load --mode input``: players against the tick app."""
+    from fastpacket.cli.loadgen import input_load
+
+    progress = Progress()
+
+    def on_progress(p: Dict[str, Any]) -> None:
+        e = p["elapsed"] or 1.0
+        progress.show(f"{p['elapsed']:5.1f}/{args.seconds:g} s  {format_rate(p['sent'] / e)} INPUTs/s sent  "
+                      f"{format_rate(p['states'] / e)} STATEs/s received  {p['connections']} connections")
+
+    loop = new_event_loop(loop_kind(args))
+    try:
+        result = loop.run_until_complete(input_load(args.host, args.port, on_progress=on_progress,
+                                                    **input_load_kwargs(args)))
+    except ConnectionError as exc:
+        progress.clear()
+        print(f"fastpacket load: {exc}", file=sys.stderr)
+        return FAILED
+    finally:
+        loop.close()
+    progress.clear()
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        r = result
+        rows = [
+            ("load", f"{r.connections} players, {r.rate:g} INPUTs/s each, {r.seconds:.1f} s"),
+            ("packets/s sent", f"{format_rate(r.sent_per_s)} (INPUTs)"),
+            ("packets/s received", f"{format_rate(r.states_per_s)} (the players' own STATEs)"),
+            ("input -> STATE p50 / p95 / p99 / max", fmt_latency(r.latency_us)),
+            ("closes by reason", fmt_closes(r.closes)),
+        ]
+        print(format_report(f"fastpacket load (input) against {args.host}:{args.port}", rows))
+    for e in result.errors[:10]:
+        print(f"fastpacket load: {e}", file=sys.stderr)
+    return OK if result.ok else FAILED
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -197,11 +265,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return OK
 
 
-def _add_load_args(p: argparse.ArgumentParser, connections: int, seconds: float) -> None:
-    p.add_argument("--connections", type=int, default=connections, help=f"simulated players (default {connections})")
+def _add_load_args(p: argparse.ArgumentParser, seconds: float) -> None:
+    p.add_argument("--connections", type=int, default=None,
+                   help=f"simulated players (default {DEFAULT_CONNECTIONS['move']}; "
+                        f"{DEFAULT_CONNECTIONS['input']} for the tick app)")
     p.add_argument("--seconds", type=float, default=seconds, help=f"sending time (default {seconds:g})")
     p.add_argument("--rate", type=float, default=0.0,
-                   help="MOVE packets/s per connection; 0 (default): pipelined, --window in flight")
+                   help="MOVE packets/s per connection; 0 (default): pipelined, --window in flight "
+                        f"(tick app: INPUTs/s per player, default {DEFAULT_INPUT_RATE:g})")
     p.add_argument("--window", type=int, default=16, help="own MOVEs in flight per connection when pipelined (default 16)")
     p.add_argument("--payload", type=int, default=20, help="MOVE payload bytes, >= 20 (default 20)")
     p.add_argument("--rooms", type=int, default=None, help="rooms the players join (default: one per 10 players)")
@@ -210,6 +281,14 @@ def _add_load_args(p: argparse.ArgumentParser, connections: int, seconds: float)
                    help="compress a burst of at least this many bytes (default 256)")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _add_tick_args(p: argparse.ArgumentParser) -> None:
+    from fastpacket.apps.tick import DEFAULT_HZ
+
+    p.add_argument("--hz", type=float, default=DEFAULT_HZ, help=f"tick app: ticks per second (default {DEFAULT_HZ:g})")
+    p.add_argument("--radius", type=int, default=0,
+                   help="tick app: send each player the states within this distance (default 0: its own state)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,10 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="a game relay and a load generator on 127.0.0.1, then a table",
-                          description="Starts a game relay server (this process) and a load generator (another "
-                                      "process) on 127.0.0.1, runs for --seconds, prints what the server did.")
-    _add_load_args(demo, connections=50, seconds=10.0)
+    demo = sub.add_parser("demo", help="a game relay (or tick server) and a load generator on 127.0.0.1, then a table",
+                          description="Starts a game relay server (--app tick: the authoritative tick server) in "
+                                      "this process and a load generator in another on 127.0.0.1, runs for "
+                                      "--seconds, prints what the server did.")
+    _add_load_args(demo, seconds=10.0)
+    demo.add_argument("--app", choices=["relay", "tick"], default="relay",
+                      help="relay (default): MOVEs relayed to rooms; tick: the authoritative tick server")
+    _add_tick_args(demo)
     from fastpacket.cli.demo import cmd_demo
 
     demo.set_defaults(func=cmd_demo)
@@ -260,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"seconds a stop may take before open sessions are aborted "
                             f"(default {DEFAULT_GRACEFUL_TIMEOUT_S:g})")
     serve.add_argument("--rooms", type=int, default=16, help="relay rooms for players that move before joining (default 16)")
+    _add_tick_args(serve)
     serve.add_argument("--uvloop", action="store_true", help="run on uvloop")
     serve.add_argument("--compress", action="store_true", help="lz4 aggregation of outgoing bursts")
     serve.add_argument("--compress-threshold", type=int, default=256,
@@ -288,12 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default {d.handler_queue_bytes})")
     serve.set_defaults(func=_cmd_serve)
 
-    load = sub.add_parser("load", help="movement load against a relay or echo server",
+    load = sub.add_parser("load", help="movement load against a relay or echo server, input load against the "
+                                       "tick app",
                           description="Simulated players against a fastpacket relay (or any echo server speaking "
-                                      "the GAME layout); RTT is measured per MOVE from a timestamp in its payload.")
+                                      "the GAME layout); RTT is measured per MOVE from a timestamp in its payload. "
+                                      "--mode input: players against the tick app, sending INPUTs at --rate per "
+                                      "second; latency is from an INPUT to the STATE that acknowledges it.")
     load.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
     load.add_argument("--port", type=int, default=7777, help="server port (default 7777)")
-    _add_load_args(load, connections=50, seconds=10.0)
+    load.add_argument("--mode", choices=["move", "input"], default="move",
+                      help="move (default): MOVEs to a relay or echo server; input: INPUTs to the tick app")
+    _add_load_args(load, seconds=10.0)
     load.set_defaults(func=_cmd_load)
 
     top = sub.add_parser("top", help="live view of a running server (its /metrics URL or metrics file)",
