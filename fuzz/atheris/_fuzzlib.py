@@ -363,7 +363,11 @@ class StreamWriter(Writer):
         return self
 
     def aggregate(self, codec: int, packets: Sequence[Tuple[int, bytes]], corruption: int = CORRUPT_NONE,
-                  param: int = 0, seq: int = 0, pid: int = 0) -> "StreamWriter":
+                  param: int = 0, seq: int = 0, pid: int = 0, op: bool = True) -> "StreamWriter":
+        """An AGGREGATE record (without its op byte when not `op`: the
+        form fuzz_aggregator reads)."""
+        if op:
+            self.u8(OP_AGGREGATE)
         self.u8((min(codec, 3)) | (corruption << 2) | (len(packets) << 5))
         if codec >= 3:
             self.u8(codec)
