@@ -11,7 +11,8 @@ seeds (valid streams, aggregates, malformed cases) with the matching Writer.
 A Reader past the end of its input reads zeros and empty byte strings.
 
 Run a target with atheris installed (python fuzz/atheris/fuzz_feed.py
-[libFuzzer flags] [corpus dirs]); without atheris, the arguments are files or
+[libFuzzer flags] [corpus dirs]); without atheris, or with
+FASTPACKET_FUZZ_REPLAY=1 in the environment, the arguments are files or
 directories of inputs that are replayed once through the oracle.
 """
 
@@ -27,10 +28,13 @@ import types
 from types import ModuleType
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-try:
-    import atheris
-except ImportError:  # replay mode: run the oracles over given inputs
-    atheris = None
+if os.environ.get("FASTPACKET_FUZZ_REPLAY"):
+    atheris = None  # replay only (tests/test_fuzz_corpus.py): no instrumentation
+else:
+    try:
+        import atheris
+    except ImportError:  # replay mode: run the oracles over given inputs
+        atheris = None
 
 if atheris is not None:
     # Python-level coverage of the package (its argument checks, layout
@@ -435,7 +439,7 @@ def _instrument_oracles() -> None:
 def run(test_one_input: Callable[[bytes], None]) -> None:
     """atheris.Fuzz() over `test_one_input`, or, without atheris, one replay
     of every input file named on the command line (files or directories)."""
-    if atheris is not None and not os.environ.get("FASTPACKET_FUZZ_REPLAY"):
+    if atheris is not None:
         _instrument_oracles()
         atheris.Setup(sys.argv, test_one_input)
         atheris.Fuzz()
