@@ -162,7 +162,7 @@ def aggregator_seeds() -> Dict[str, bytes]:
     rng = random.Random(3)
     out: Dict[str, bytes] = {}
     game_pkts = [fz.ref_agg.ref_packet(i % 4, bytes(rng.randrange(3) for _ in range(90)), i, 5) for i in range(20)]
-    for codec, cname in CODECS:
+    for _, cname in CODECS:
         frame = fz.ref_agg.ref_pack(game_pkts, cname, threshold=0, min_saving=0.0)
         out[f"unpack-game-{cname}"] = fz.Writer().u8(0).raw(frame).bytes()
         out[f"unpack-game-{cname}-lz4block-bytearray"] = fz.Writer().u8(1 << 3 | 1 << 4).raw(frame).bytes()

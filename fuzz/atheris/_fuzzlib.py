@@ -74,6 +74,13 @@ LENGTH_SATURATION = 1 << 62
 #: error): tests/test_fuzz_regressions.py, lifted once the decoder bounds
 #: max_packet_size.
 MAX_FUZZ_PACKET_SIZE = 1 << 61
+#: A max_packet_size (bytes) for decoding streams a target built itself:
+#: above every packet they hold, the limit is not what is tested there.
+ANY_PACKET_SIZE = 1 << 40
+#: One past the largest unsigned 64-bit argument.
+U64_END = 1 << 64
+#: Corruption parameters (u8) are read as signed deltas around this.
+DELTA_ZERO = 128
 
 
 class OracleMismatch(AssertionError):
@@ -297,9 +304,9 @@ def build_aggregate(fl: FuzzLayout, inp: Reader) -> bytes:
     count, raw_size, flags = len(inner), len(body), 0
     on_wire = ref_agg.ref_compress(codec, body) if codec in (1, 2) else body
     if corruption == CORRUPT_RAW_SIZE:
-        raw_size = (raw_size + param - 128) % (1 << 32)
+        raw_size = (raw_size + param - DELTA_ZERO) % (1 << 32)
     elif corruption == CORRUPT_COUNT:
-        count = (count + param - 128) % (1 << 16)
+        count = (count + param - DELTA_ZERO) % (1 << 16)
     elif corruption == CORRUPT_FLAGS:
         flags = param | 1
     elif corruption == CORRUPT_FLIP and on_wire:

@@ -25,11 +25,13 @@ from typing import Any, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _fuzzlib import (  # noqa: E402
-    AGG_HEADER, AGGREGATE_TYPE, LENGTH_SATURATION, FuzzLayout, Reader, batch_rows, build_aggregate,
+    AGG_HEADER, AGGREGATE_TYPE, ANY_PACKET_SIZE, LENGTH_SATURATION, FuzzLayout, Reader, batch_rows, build_aggregate,
     encode_packet, expect, fp, read_layout, ref, ref_agg, run, use_lz4_direct,
 )
 
 DEFAULT_MAX_RAW_SIZE = 1 << 20
+#: A max_raw_size (bytes) above anything a u32 raw_size announces.
+ANY_RAW_SIZE = 1 << 32
 CODEC_NAMES = ("none", "lz4", "zlib")
 #: Packets one pack input holds at most.
 MAX_PACKETS = 200
@@ -112,7 +114,7 @@ def check_pack(inp: Reader, fl: FuzzLayout, raw_limit: int, direct: bool) -> Non
         encoded = encode_packet(fl, t, inp.take(n), s, p)
         if encoded is not None:
             packets.append(encoded)
-    batch = fp.FrameDecoder(fl.native, max_packet_size=1 << 40).feed(b"".join(packets))
+    batch = fp.FrameDecoder(fl.native, max_packet_size=ANY_PACKET_SIZE).feed(b"".join(packets))
     subset = mode >> 1 & 3
     if subset == 1:
         batch, packets = batch[::2], packets[::2]  # not back to back: the body is gathered
@@ -168,7 +170,7 @@ def check_pack(inp: Reader, fl: FuzzLayout, raw_limit: int, direct: bool) -> Non
 
 def open_and_compare(frame: bytes, fl: FuzzLayout, rows: List[Any], nested: bool) -> None:
     try:
-        opened = [fl.row(p) for p in ref_agg.ref_unpack(frame, max_raw_size=1 << 32, layout=fl.ref)]
+        opened = [fl.row(p) for p in ref_agg.ref_unpack(frame, max_raw_size=ANY_RAW_SIZE, layout=fl.ref)]
     except ref_agg.RefAggregateError as e:
         # a batch holding aggregate-typed packets packs into a frame every
         # receiver refuses: the one refusal allowed

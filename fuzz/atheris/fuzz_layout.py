@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _fuzzlib import FuzzLayout, Reader, batch_rows, expect, fp, ref, run  # noqa: E402
+from _fuzzlib import MAX_FUZZ_PACKET_SIZE, FuzzLayout, Reader, batch_rows, expect, fp, ref, run  # noqa: E402
 
 NAMES: Tuple[Any, ...] = ("len", "size", "type", "seq", "player_id", "a", "b", "class", "", "1x", "a b",
                           "é", 5, None, "type", "len")
@@ -183,9 +183,9 @@ def check_layout(inp: Reader, layout: Any, fields: List[Tuple[str, str]], length
     built = fp.PacketBatch.build([p[0] for p in packets], [p[3] for p in packets], seqs=[p[1] for p in packets],
                                  player_ids=[p[2] for p in packets], layout=layout)
     expect(built.to_bytes() == want_stream, "PacketBatch.build differs from encode()")
-    decoded, bad, tail = ref.decode_stream(model, want_stream, 1 << 62)
+    decoded, bad, tail = ref.decode_stream(model, want_stream, MAX_FUZZ_PACKET_SIZE)
     expect(bad is None and tail == 0, "the reference cannot decode its own packets")
-    batch = fp.FrameDecoder(layout, max_packet_size=1 << 61).feed(want_stream)
+    batch = fp.FrameDecoder(layout, max_packet_size=MAX_FUZZ_PACKET_SIZE).feed(want_stream)
     rows = batch_rows(batch, fl)
     expect(rows == [tuple(d[n] for n, _ in renamed) + (d["payload"],) for d in decoded], "decoded rows differ")
     for p, (t, s, pid, _), row in zip(batch, packets, rows):

@@ -30,7 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _fuzzlib import FuzzLayout, Reader, encode_packet, expect, fp, read_layout, ref, run  # noqa: E402
+from _fuzzlib import (  # noqa: E402
+    ANY_PACKET_SIZE, U64_END, FuzzLayout, Reader, encode_packet, expect, fp, read_layout, ref, run,
+)
 
 MAX_OPS = 300
 (OP_SEND, OP_BROADCAST, OP_SEND_BATCH, OP_FLUSH, OP_SHOULD_FLUSH, OP_NEXT_SEQ, OP_CLEAR, OP_RELEASE,
@@ -41,7 +43,7 @@ OPS = 9
 #: False once they raise, so floats join the bad arguments.
 KNOWN_FLOAT_TRUNCATION = True
 #: Argument values outside every field: negative, past u64, not an int.
-BAD_INTS: Tuple[Any, ...] = (-1, 1 << 64, "7", -1 if KNOWN_FLOAT_TRUNCATION else 1.5)
+BAD_INTS: Tuple[Any, ...] = (-1, U64_END, "7", -1 if KNOWN_FLOAT_TRUNCATION else 1.5)
 RATIOS = (0.0, 0.5, 0.8, 1.0, 2.0, -1.0, math.inf, math.nan)
 ID_DTYPES = ("list", "tuple", "u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", ">u1", ">u4", "f8", "2d")
 ArgErrors = (TypeError, ValueError, OverflowError)  # OverflowError: issue 14 item 6 turns it into ValueError
@@ -148,7 +150,7 @@ def step(inp: Reader, sb: Any, spec: SendSpec, held: List[Tuple[memoryview, byte
         seq: Optional[Any] = None if seq_sel & 1 else int_arg(inp)
         payload = inp.take(inp.u8())
         buf = bytearray(payload) if seq_sel & 2 else payload
-        if not all(isinstance(v, int) and 0 <= v < 1 << 64 for v in (t, pid) + ((seq,) if seq is not None else ())):
+        if not all(isinstance(v, int) and 0 <= v < U64_END for v in (t, pid) + ((seq,) if seq is not None else ())):
             ok, _ = attempt(lambda: sb.send(t, buf, player_id=pid, seq=seq), set(ArgErrors), sb, spec)
             expect(not ok, "send() took a bad argument", t, pid, seq)
             return
@@ -220,10 +222,10 @@ def broadcast(sb: Any, spec: SendSpec, t: Any, payload: bytes, kind: str, raw_id
         for v in raw_ids:
             if not isinstance(v, int):
                 errors.add(TypeError)
-            elif not 0 <= v < 1 << 64:
+            elif not 0 <= v < U64_END:
                 errors.add(ValueError)
     else:
-        u64 = np.array([v % (1 << 64) if isinstance(v, int) else 7 for v in raw_ids], dtype=np.uint64)
+        u64 = np.array([v % U64_END if isinstance(v, int) else 7 for v in raw_ids], dtype=np.uint64)
         if kind == "2d":
             ids = u64.reshape(len(u64), 1)
             values = [int(v) for v in ids.ravel().tolist()]
@@ -235,7 +237,7 @@ def broadcast(sb: Any, spec: SendSpec, t: Any, payload: bytes, kind: str, raw_id
                 errors.add(TypeError)
     if "player_id" not in fl.names:
         errors.add(ValueError)
-    if not (isinstance(t, int) and 0 <= t < 1 << 64):
+    if not (isinstance(t, int) and 0 <= t < U64_END):
         errors |= {TypeError, ValueError, OverflowError}
     count = len(values)
     if count and not errors:
@@ -283,10 +285,10 @@ def send_batch(inp: Reader, sb: Any, spec: SendSpec) -> None:
             stream = b"".join(fp.encode(1, b"x" * (i % 5), layout=layout) for i in range(len(packets)))
         except ValueError:  # a layout that cannot encode these: an empty batch of it
             stream = b""
-        batch = fp.FrameDecoder(layout, max_packet_size=1 << 40).feed(stream)
+        batch = fp.FrameDecoder(layout, max_packet_size=ANY_PACKET_SIZE).feed(stream)
         wire = [batch[i].to_bytes() for i in range(len(batch))]
     else:
-        batch = fp.FrameDecoder(layout, max_packet_size=1 << 40).feed(b"".join(packets))
+        batch = fp.FrameDecoder(layout, max_packet_size=ANY_PACKET_SIZE).feed(b"".join(packets))
         wire = packets
     if shape & 1:
         batch, wire = batch[::2], wire[::2]  # not back to back: copied run by run
