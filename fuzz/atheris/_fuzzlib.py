@@ -1,9 +1,12 @@
 """What the atheris targets share: the reference models, the input format,
 fuzzed header layouts, a stream builder and the run loop.
 
-The oracles are the pure-Python reference models of tests/ (written from
-DESIGN.md, independently of the native code), loaded by path so that no
-other installed package called ``tests`` can shadow them.
+The stream and aggregate oracles are the pure-Python reference models of
+tests/ (reference.py, reference_aggregate.py: written from DESIGN.md,
+independently of the native code), loaded by path so that no other
+installed package called ``tests`` can shadow them. The ring and send
+buffer targets carry their own models (tests/reference_buffers.py knows
+neither pinned views nor layouts other than GAME).
 
 Inputs are read by a small Reader rather than atheris' FuzzedDataProvider:
 its format is fixed and documented here, so fuzz/make_corpus.py can write
@@ -61,7 +64,6 @@ def _load_reference(name: str) -> ModuleType:
 
 ref = _load_reference("reference")
 ref_agg = _load_reference("reference_aggregate")
-ref_buf = _load_reference("reference_buffers")
 
 AGGREGATE_TYPE = 0xFFFF
 AGG_HEADER = struct.Struct("<BBHI")  # codec, flags, count, raw_size (DESIGN.md)
@@ -437,7 +439,7 @@ def _instrument_oracles() -> None:
     without a fuzzer-instrumented native build the decoders' branches are
     invisible to it, but the reference's branches (which check failed,
     which record was built) are the same decisions seen from the spec."""
-    ours = {"__main__", __name__, "_streams", ref.__name__, ref_agg.__name__, ref_buf.__name__}
+    ours = {"__main__", __name__, "_streams", ref.__name__, ref_agg.__name__}
     for obj in gc.get_objects():
         if isinstance(obj, types.FunctionType) and getattr(obj, "__module__", None) in ours:
             atheris.instrument_func(obj)
