@@ -239,10 +239,13 @@ public:
     }
 
     /// Appends `count` whole frames as they are (headers untouched), one
-    /// memcpy per run of frames that lie back to back in `base`. All or
-    /// nothing.
+    /// memcpy per run of frames that lie back to back in `base`. With
+    /// `renumber`, each copy's seq field (if the layout has one) gets the
+    /// next automatic seq instead, as if each packet had been send() here:
+    /// a group send reaches every member with that member's own numbering.
+    /// All or nothing.
     SendStatus append_frames(const std::uint8_t* base, const std::int64_t* offsets, const std::uint32_t* sizes,
-                             std::size_t count) noexcept {
+                             std::size_t count, bool renumber = false) noexcept {
         std::uint64_t total = 0;
         for (std::size_t i = 0; i < count; ++i) total += sizes[i];
         const SendStatus room = room_for(total);
@@ -257,6 +260,18 @@ public:
             std::memcpy(dst, base + start, static_cast<std::size_t>(run));
             dst += run;
             i = j;
+        }
+        if (renumber && layout_.seq_index >= 0) {
+            // the copies are back to back now: walk them by their sizes
+            const Field& f = layout_.fields[layout_.seq_index];
+            std::uint8_t* frame = buf_ + used_;
+            std::uint64_t seq = next_seq_;
+            for (std::size_t k = 0; k < count; ++k) {
+                detail::store_field(frame + f.offset, f.width, layout_.big_endian, seq);
+                frame += sizes[k];
+                seq = (seq + 1) & seq_mask_;
+            }
+            next_seq_ = seq;
         }
         used_ += static_cast<std::size_t>(total);
         count_ += count;
@@ -279,5 +294,17 @@ private:
     std::size_t count_ = 0;
     std::uint64_t next_seq_ = 0;
 };
+
+/// A group's fan-out: appends the same `count` frames to each of the `n`
+/// send buffers `targets` (SendBuffer::append_frames, renumbered per buffer
+/// when `renumber`), one status per target in `status`. A target that
+/// fails (full, say) is left as it was and does not stop the others. Plain
+/// copies, no allocation: callers release the GIL around it for large
+/// fan-outs.
+inline void fanout_frames(SendBuffer* const* targets, std::size_t n, const std::uint8_t* base,
+                          const std::int64_t* offsets, const std::uint32_t* sizes, std::size_t count,
+                          bool renumber, SendStatus* status) noexcept {
+    for (std::size_t t = 0; t < n; ++t) status[t] = targets[t]->append_frames(base, offsets, sizes, count, renumber);
+}
 
 }  // namespace fastpacket

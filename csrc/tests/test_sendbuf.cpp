@@ -522,6 +522,84 @@ void flush_policy() {
     CHECK(!sb.should_flush(11, 0.8));
 }
 
+void renumbered_fanout() {
+    // a group's fan-out: the same frames into several buffers, each copy
+    // numbered by its buffer's own counter (renumber) or kept as it is
+    const Layout l = game_layout();
+    std::vector<std::uint8_t> src(4096);
+    SendBuffer maker(l, src.size());
+    maker.attach(src.data());
+    maker.set_next_seq(900);
+    for (std::size_t i = 0; i < 4; ++i) CHECK(send(maker, 7, bytes(i * 5)) == SendStatus::ok);
+    const auto all = decode(maker);
+    std::vector<std::int64_t> offsets;
+    std::vector<std::uint32_t> sizes;
+    std::int64_t off = 0;
+    for (const auto& p : all) {
+        offsets.push_back(off);
+        sizes.push_back(static_cast<std::uint32_t>(l.header_size + p.payload.size()));
+        off += sizes.back();
+    }
+    std::vector<std::uint8_t> mem_a(1000), mem_b(1000), mem_c(40);
+    SendBuffer a(l, mem_a.size()), b(l, mem_b.size()), c(l, mem_c.size());
+    a.attach(mem_a.data());
+    b.attach(mem_b.data());
+    c.attach(mem_c.data());
+    a.set_next_seq(kU32Max - 1);  // wraps within the fan-out
+    b.set_next_seq(10);
+    SendBuffer* targets[] = {&a, &b, &c};
+    SendStatus status[3];
+    fanout_frames(targets, 3, src.data(), offsets.data(), sizes.data(), 4, true, status);
+    CHECK(status[0] == SendStatus::ok);
+    CHECK(status[1] == SendStatus::ok);
+    CHECK(status[2] == SendStatus::never_fits);  // 12 + 17 + 22 + 27 > 40: left as it was
+    CHECK_EQ(c.count(), 0u);
+    CHECK_EQ(c.next_seq(), 0u);
+    const auto got_a = decode(a);
+    const auto got_b = decode(b);
+    CHECK_EQ(got_a.size(), 4u);
+    CHECK_EQ(got_b.size(), 4u);
+    const std::uint64_t want_a[] = {kU32Max - 1, kU32Max, 0, 1};
+    for (std::size_t i = 0; i < 4 && i < got_a.size() && i < got_b.size(); ++i) {
+        CHECK_EQ(got_a[i].seq, want_a[i]);
+        CHECK_EQ(got_b[i].seq, 10 + i);
+        CHECK(got_a[i].payload == all[i].payload);
+        CHECK_EQ(got_b[i].type, 7u);
+    }
+    CHECK_EQ(a.next_seq(), 2u);
+    CHECK_EQ(b.next_seq(), 14u);
+    // without renumber the headers travel as they are and the counters stay
+    fanout_frames(targets, 2, src.data(), offsets.data(), sizes.data(), 2, false, status);
+    CHECK(status[0] == SendStatus::ok && status[1] == SendStatus::ok);
+    const auto again = decode(b);
+    CHECK_EQ(again.size(), 6u);
+    if (again.size() == 6) {
+        CHECK_EQ(again[4].seq, 900u);
+        CHECK_EQ(again[5].seq, 901u);
+    }
+    CHECK_EQ(b.next_seq(), 14u);
+    // a big-endian layout's narrower seq field wraps at its own width
+    const Layout be = big_endian_layout();
+    std::vector<std::uint8_t> bsrc(256), bmem(256);
+    SendBuffer bmaker(be, bsrc.size()), bsb(be, bmem.size());
+    bmaker.attach(bsrc.data());
+    bsb.attach(bmem.data());
+    CHECK(send(bmaker, 3, bytes(4)) == SendStatus::ok);
+    CHECK(send(bmaker, 3, bytes(6)) == SendStatus::ok);
+    bsb.set_next_seq(0xFFFF);
+    const std::int64_t boff[] = {0, static_cast<std::int64_t>(be.header_size + 4)};
+    const std::uint32_t bsize[] = {static_cast<std::uint32_t>(be.header_size + 4),
+                                   static_cast<std::uint32_t>(be.header_size + 6)};
+    CHECK(bsb.append_frames(bsrc.data(), boff, bsize, 2, true) == SendStatus::ok);
+    const auto bgot = decode(bsb);
+    CHECK_EQ(bgot.size(), 2u);
+    if (bgot.size() == 2) {
+        CHECK_EQ(bgot[0].seq, 0xFFFFu);
+        CHECK_EQ(bgot[1].seq, 0u);
+        CHECK_EQ(bgot[1].payload.size(), 6u);
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -534,5 +612,6 @@ int main() {
     records();
     relay_frames();
     flush_policy();
+    renumbered_fanout();
     return fastpacket_test::finish("sendbuf");
 }

@@ -69,14 +69,23 @@ class SendSpec:
     def fits(self, name: str, value: int) -> bool:
         return name not in self.fl.names or value <= self.fl.ref.field_max(name)
 
-    def encode_errors(self, t: int, payload_len: int) -> Set[Type[BaseException]]:
+    def type_errors(self, t: Optional[int], value: bool = True) -> Set[Type[BaseException]]:
+        """Errors of the type argument alone: an int on a layout with a type
+        field (TypeError for None), None on one without (ValueError for an
+        int: the payload is framed alone); with `value`, an int too large
+        for the field (checked when a header is encoded, beside the room)."""
+        if "type" not in self.fl.names:
+            return set() if t is None else {ValueError}
+        if t is None:
+            return {TypeError}
+        return set() if not value or self.fits("type", t) else {ValueError}
+
+    def encode_errors(self, t: Optional[int], payload_len: int) -> Set[Type[BaseException]]:
         """Errors of a header for `payload_len` bytes of type `t`, values aside."""
         frame = self.fl.hs + payload_len
         length = self.fl.ref.length_value(frame)
-        out: Set[Type[BaseException]] = set()
+        out = self.type_errors(t)
         if not 0 <= length <= self.fl.ref.field_max(self.fl.ref.length_field):
-            out.add(ValueError)
-        if "type" not in self.fl.names or not self.fits("type", t):
             out.add(ValueError)
         return out
 
@@ -97,6 +106,12 @@ def int_arg(inp: Reader, wide: bool = True) -> Any:
     if wide and sel & 1:
         v |= inp.u32() << 32
     return v
+
+
+def type_arg(inp: Reader, fl: FuzzLayout) -> Any:
+    """A packet type argument: int_arg, or None now and then (what a layout
+    without a type field takes)."""
+    return None if inp.u8() & 1 else int_arg(inp)
 
 
 def test_one_input(data: bytes) -> None:
@@ -145,12 +160,13 @@ def step(inp: Reader, sb: Any, spec: SendSpec, held: List[Tuple[memoryview, byte
     fl = spec.fl
     op = inp.u8() % OPS
     if op == OP_SEND:
-        t, pid = int_arg(inp), int_arg(inp)
+        t, pid = type_arg(inp, fl), int_arg(inp)
         seq_sel = inp.u8()
         seq: Optional[Any] = None if seq_sel & 1 else int_arg(inp)
         payload = inp.take(inp.u8())
         buf = bytearray(payload) if seq_sel & 2 else payload
-        if not all(isinstance(v, int) and 0 <= v < U64_END for v in (t, pid) + ((seq,) if seq is not None else ())):
+        if not all(isinstance(v, int) and 0 <= v < U64_END
+                   for v in (() if t is None else (t,)) + (pid,) + ((seq,) if seq is not None else ())):
             ok, _ = attempt(lambda: sb.send(t, buf, player_id=pid, seq=seq), set(ArgErrors), sb, spec)
             expect(not ok, "send() took a bad argument", t, pid, seq)
             return
@@ -162,11 +178,11 @@ def step(inp: Reader, sb: Any, spec: SendSpec, held: List[Tuple[memoryview, byte
         if ok:
             expect(not errors, "send() succeeded where the model fails", errors, t, pid, seq, len(payload))
             expect(got == used, "send() returned another seq", got, used)
-            spec.queued.append(ref.encode_packet(fl.ref, t, payload, used, pid))
+            spec.queued.append(ref.encode_packet(fl.ref, 0 if t is None else t, payload, used, pid))
             if seq is None:
                 spec.next_seq = (spec.next_seq + 1) & spec.seq_max
     elif op == OP_BROADCAST:
-        t = int_arg(inp)
+        t = type_arg(inp, fl)
         payload = inp.take(inp.u8())
         kind = ID_DTYPES[inp.u8() % len(ID_DTYPES)]
         raw_ids = [int_arg(inp, wide=False) for _ in range(inp.u8() % 24)]
@@ -237,8 +253,10 @@ def broadcast(sb: Any, spec: SendSpec, t: Any, payload: bytes, kind: str, raw_id
                 errors.add(TypeError)
     if "player_id" not in fl.names:
         errors.add(ValueError)
-    if not (isinstance(t, int) and 0 <= t < U64_END):
+    if t is not None and not (isinstance(t, int) and 0 <= t < U64_END):
         errors |= {TypeError, ValueError, OverflowError}
+    else:
+        errors |= spec.type_errors(t, value=False)  # checked early, whatever the count
     count = len(values)
     if count and not errors:
         frame = fl.hs + len(payload)
@@ -250,7 +268,7 @@ def broadcast(sb: Any, spec: SendSpec, t: Any, payload: bytes, kind: str, raw_id
         expect(not errors, "broadcast() succeeded where the model fails", errors, kind, values)
         expect(got == spec.next_seq, "broadcast() returned another first seq", got, spec.next_seq)
         for v in values:
-            spec.queued.append(ref.encode_packet(fl.ref, t, payload, spec.next_seq, v))
+            spec.queued.append(ref.encode_packet(fl.ref, 0 if t is None else t, payload, spec.next_seq, v))
             spec.next_seq = (spec.next_seq + 1) & spec.seq_max
 
 

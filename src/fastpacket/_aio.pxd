@@ -3,6 +3,7 @@
 # fastpacket.aio.Session).
 
 cdef class SessionBase
+cdef class Group
 
 
 @cython.final
@@ -46,6 +47,14 @@ cdef class Hub:
     cdef object _flush_handle
     cdef bint _flush_soon               # _flush_handle runs at the end of this loop iteration
     cdef object _idle_handle
+    # groups and the bus
+    cdef object _groups                 # weakref.WeakValueDictionary: name -> Group
+    cdef list _dirty_groups             # groups with packets gathered for the bus this iteration
+    cdef readonly object bus            # the bus (fastpacket.aio.Bus), or None
+    cdef uint64_t _bus_sender           # the bus's sender id: this server's own publishes
+    cdef Aggregator _bus_agg            # packs publishes (None: the layout has no type field)
+    cdef FrameDecoder _bus_decoder      # opens messages from the bus
+    cdef SendBuffer _scratch            # Group.send encodes its packet here, once (made on first use)
 
     cdef RingBuffer _lend_ring(self)
     cdef int _return_ring(self, RingBuffer ring) except -1
@@ -60,6 +69,8 @@ cdef class Hub:
     cdef int _slow_consumer(self, SessionBase session) except -1
     cdef int _arm_idle_sweep(self) except -1
     cdef int _schedule_session_flush(self, SessionBase session) except -1
+    cdef int _publish_group(self, Group group) except -1
+    cdef int _publish_groups(self) except -1
 
 
 cdef class SessionBase:
@@ -92,6 +103,7 @@ cdef class SessionBase:
     cdef bint _queue_paused             # reading paused: _work is over the handler queue's bounds
     cdef bint _lost                     # the connection is gone; closing is finished once _task ends
     cdef object _drain_reason           # close with this reason once _task ends (graceful shutdown)
+    cdef list _groups                   # the groups it is a member of, or None
 
     cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1
     cdef int _dispatch(self, PacketBatch batch) except -1
@@ -111,3 +123,4 @@ cdef class SessionBase:
     cdef int _send_failed(self, BaseException exc, size_t n) except -1
     cdef int _close(self, object reason) except -1
     cdef int _abort(self, object reason) except -1
+    cdef int _leave_groups(self) except -1

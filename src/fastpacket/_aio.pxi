@@ -11,6 +11,7 @@ import collections as _collections
 import logging as _logging
 import re as _re
 import socket as _socket
+import weakref as _weakref
 
 from cpython.sequence cimport PySequence_Fast_ITEMS
 
@@ -32,6 +33,10 @@ cdef double IDLE_SWEEP_MIN_S = 0.01
 cdef double IDLE_SWEEP_MAX_S = 1.0
 
 cdef uint64_t _NS_PER_S = 1000000000
+# Largest message the bus decoder accepts per frame, in bytes: an aggregate
+# frame's raw body is at most the aggregator's max_raw_size (1 MiB) plus headers.
+cdef enum:
+    BUS_MAX_FRAME_BYTES = 2 << 20
 
 
 cdef inline double _seconds(uint64_t ns) noexcept nogil:
@@ -68,7 +73,7 @@ cdef int _refuse_awaitable(object fn, object result) except -1:
 
 
 cdef class Hub:
-    """Hub(loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None, async_handler=False, async_types=())
+    """Hub(loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None, async_handler=False, async_types=(), bus=None)
 
     What the sessions of one server (or one client session) share: the
     checked options, the handlers, the pools, the list of sessions with
@@ -77,11 +82,12 @@ cdef class Hub:
     and connect(); `metrics` is a dict of registry metrics by role, or None.
     `async_handler` says that `handler` is an async function, `async_types`
     which types of `handlers` have one (fastpacket.aio classifies them).
+    `bus` (a fastpacket.aio.Bus) carries group sends to other servers.
     """
 
     @cython.embedsignature(False)  # Cython 3.3 misplaces the `*` of an __init__; the docstring has it
     def __init__(self, loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None,
-                 async_handler=False, async_types=()):
+                 async_handler=False, async_types=(), bus=None):
         self.loop = loop
         self.options = options
         self.sessions = set()
@@ -118,6 +124,15 @@ cdef class Hub:
         self._flush_handle = None
         self._flush_soon = False
         self._idle_handle = None
+        self._groups = _weakref.WeakValueDictionary()
+        self._dirty_groups = []
+        self.bus = bus
+        if bus is not None:
+            self._bus_sender = bus.sender_id
+            if self._layout.c.type_index >= 0 and bus.aggregator is not None:
+                self._bus_agg = _aggregator_arg(bus.aggregator)
+            limit = BUS_MAX_FRAME_BYTES if self._bus_agg is not None else max(self._send_buffer, self._max_packet_size)
+            self._bus_decoder = FrameDecoder(self._layout, limit, self._bus_agg)
         if self._idle_timeout_ns:
             self._arm_idle_sweep()
 
@@ -161,6 +176,8 @@ cdef class Hub:
             self._flush_handle.cancel()
             self._flush_handle = None
         self._flush_soon = False
+        if self._dirty_groups:
+            self._publish_groups()
         dirty = self._dirty
         self._dirty = []
         try:
@@ -178,8 +195,109 @@ cdef class Hub:
         return 0
 
     def flush_dirty(self):
-        """Flush every session with queued output (end of loop iteration or timer)."""
+        """Flush every session with queued output and publish what the
+        groups gathered for the bus (end of loop iteration or timer)."""
         self._flush_dirty()
+
+    # -- groups and the bus ------------------------------------------------------
+
+    def group(self, name):
+        """group(name) -> Group: the group of that name (str or int), made on
+        first use; the same object while it lives."""
+        name = _group_name(name)
+        g = self._groups.get(name)
+        if g is None:
+            g = _new_group(self, name)
+            self._groups[name] = g
+        return g
+
+    @property
+    def groups(self):
+        """{name: Group} of the groups alive (a snapshot)."""
+        return dict(self._groups)
+
+    cdef int _publish_group(self, Group group) except -1:
+        """Hands what `group` gathered to the bus, as one message. A bus
+        error is logged, never raised into the caller (a send or the loop's
+        flush): the bus counts what it could not publish."""
+        cdef Py_ssize_t packets = group._pub._c.count()
+        msg = group._take_message()
+        if msg is None:
+            return 0
+        try:
+            self.bus.publish(group, msg, packets)
+        except Exception:
+            _aio_log.exception("the bus failed to take a publish for group %r", group.name)
+        return 0
+
+    cdef int _publish_groups(self) except -1:
+        cdef Group g
+        dirty = self._dirty_groups
+        self._dirty_groups = []
+        for g in dirty:
+            if g._dirty:
+                self._publish_group(g)
+        return 0
+
+    def deliver(self, group, data):
+        """deliver(group, data) -> int
+
+        A message from the bus for `group` (a Group of this hub): its packets
+        go to the group's members here, as the sending server sent them (in
+        order; send() packets with each member's own seq, send_batch()
+        packets as they are), written at the end of this loop iteration.
+        Returns the packets delivered: 0 for this server's own messages
+        (its members got them directly). A malformed message raises
+        ProtocolError and delivers nothing."""
+        if not isinstance(group, Group) or (<Group>group)._hub is not self:
+            raise TypeError("deliver() takes a group of this server")
+        cdef Group g = <Group>group
+        cdef const uint8_t* p
+        cdef Py_ssize_t n, nruns, i, begin, total = 0
+        cdef uint32_t run
+        cdef PacketBatch batch
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        n = len(<bytes>data)
+        if n < BUS_HEADER_BYTES:
+            raise ProtocolError(f"bus message of {n} bytes: shorter than its {BUS_HEADER_BYTES}-byte header")
+        magic, version, flags, nruns, sender = _BUS_HEADER.unpack_from(data)
+        if magic != BUS_MAGIC or version != BUS_VERSION:
+            raise ProtocolError(f"not a fastpacket bus message of version {BUS_VERSION} "
+                                f"(magic {magic:#06x}, version {version})")
+        if sender == self._bus_sender:
+            return 0
+        if nruns > BUS_MAX_RUNS or n < BUS_HEADER_BYTES + 4 * nruns:
+            raise ProtocolError(f"bus message of {n} bytes cannot hold its {nruns} runs")
+        runs = _struct.unpack_from(f"<{nruns}I", data, BUS_HEADER_BYTES)
+        for run in runs:
+            total += run & ~BUS_RUN_RENUMBER
+        if bool(flags & BUS_FLAG_AGGREGATED) != (self._bus_agg is not None):
+            raise ProtocolError("bus message packed differently from this server's bus (aggregated or "
+                                "not): the servers sharing a bus need the same layout")
+        self._bus_decoder.reset()
+        try:
+            batch = self._bus_decoder.feed(memoryview(data)[BUS_HEADER_BYTES + 4 * nruns:])
+        finally:
+            pending = self._bus_decoder.pending
+            self._bus_decoder.reset()
+        if pending or batch._count != total:
+            raise ProtocolError(f"bus message announces {total} packets, holds {batch._count}"
+                                f"{f' and {pending} bytes of an incomplete one' if pending else ''}")
+        if not g._members:
+            return 0
+        begin = 0
+        self._in_burst = True  # one flush at the end of this iteration, not one schedule per member
+        try:
+            for run in runs:
+                i = run & ~BUS_RUN_RENUMBER
+                g._fanout_batch(batch, begin, begin + i, (run & BUS_RUN_RENUMBER) != 0, None, False)
+                begin += i
+        finally:
+            self._in_burst = False
+        if self._dirty:
+            self._schedule_flush(True)
+        return total
 
     cdef int _schedule_flush(self, bint soon) except -1:
         """Flush the dirty sessions at the end of this loop iteration (soon),
@@ -366,6 +484,7 @@ cdef class SessionBase:
         if self._close_reason is None:
             self._close_reason = f"connection lost: {exc}" if exc else "peer closed"
         self._closing = True
+        self._leave_groups()
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
@@ -485,7 +604,7 @@ cdef class SessionBase:
         # out once at the end of this loop iteration, coalesced with what
         # other bursts of the same iteration add for them
         self._flush()
-        if hub._dirty:
+        if hub._dirty or hub._dirty_groups:
             hub._schedule_flush(True)
         if error is not None:
             self._close(f"protocol error: {error}")
@@ -711,6 +830,11 @@ cdef class SessionBase:
             self.dropped_out += count - done
         return done
 
+    def group(self, name):
+        """group(name) -> Group: the group `name` of this session's server
+        (``server.group(name)``), for handlers that have the session only."""
+        return self._hub.group(name)
+
     def broadcast(self, type, payload, sessions=None, *, player_id=0, include_self=False):
         """broadcast(type, payload, sessions=None, *, player_id=0, include_self=False) -> int
 
@@ -772,6 +896,7 @@ cdef class SessionBase:
         if self._close_reason is None:
             self._close_reason = f"send error: {_error_text(exc)}"
         self._closing = True
+        self._leave_groups()
         if self.transport is not None:
             self.transport.close()  # what was written before goes out; nothing more is queued
         return 0
@@ -787,6 +912,7 @@ cdef class SessionBase:
             return 0
         self._drop_work()
         self._closing = True
+        self._leave_groups()
         if self._close_reason is None:
             self._close_reason = reason or "aborted"
         if self.transport is not None:
@@ -802,6 +928,7 @@ cdef class SessionBase:
             return 0
         self._drop_work()
         self._closing = True
+        self._leave_groups()
         if self._close_reason is None:
             self._close_reason = reason or "closed"
         if self.transport is not None:
@@ -814,6 +941,22 @@ cdef class SessionBase:
             if self.transport is not None:
                 self.transport.close()
         return 0
+
+    cdef int _leave_groups(self) except -1:
+        """The session is closing: it leaves every group it is in."""
+        cdef Group g
+        groups = self._groups
+        if groups:
+            self._groups = None
+            for g in groups:
+                if self in g._index:
+                    g._remove(self)
+        return 0
+
+    @property
+    def groups(self):
+        """The groups this session is a member of (a snapshot)."""
+        return list(self._groups) if self._groups else []
 
     # -- state -------------------------------------------------------------------
 
@@ -919,7 +1062,7 @@ async def _run_async_handlers(SessionBase s, object fn, PacketBatch batch):
                 finally:
                     s._in_burst = False
             s._flush()
-            if hub._dirty:
+            if hub._dirty or hub._dirty_groups:
                 hub._schedule_flush(True)
             item = s._next_work()
             if item is None:

@@ -185,8 +185,11 @@ cdef extern from "fastpacket/sendbuf.hpp" namespace "fastpacket" nogil:
                                       ptrdiff_t row_stride, const Id* ids, size_t id_stride, uint64_t* first_seq,
                                       size_t* bad_index, EncodeError* err)
         SendStatus append_frames(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
-                                 size_t count)
+                                 size_t count, cpp_bool renumber)
         cpp_bool should_flush(size_t min_packets, double fill_ratio)
+
+    void fanout_frames(CppSendBuffer* const* targets, size_t n, const uint8_t* base, const int64_t* offsets,
+                       const uint32_t* sizes, size_t count, cpp_bool renumber, SendStatus* status)
 
 
 cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:

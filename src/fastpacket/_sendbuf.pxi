@@ -182,16 +182,17 @@ cdef class SendBuffer:
                              f"differently")
         if b._count == 0:
             return
-        cdef SendStatus st = self._c.append_frames(b._base, b._cols.offsets, b._cols.sizes, b._count)
+        cdef SendStatus st = self._c.append_frames(b._base, b._cols.offsets, b._cols.sizes, b._count, False)
         if st != SendStatus.ok:
             self._fail(st, EncodeError.none, b.nbytes, f"a batch of {b._count} packets", 0, 0, 0, 0)
 
-    def broadcast(self, uint64_t type, payload, player_ids):
+    def broadcast(self, type, payload, player_ids):
         """broadcast(type, payload, player_ids) -> int
 
         Queue the same payload once per player id (any integer sequence or
         numpy integer array), each packet with the next automatic seq;
-        returns the first seq used. All or nothing: BufferFull when the
+        returns the first seq used. `type` as for send() (None on a layout
+        without a type field). All or nothing: BufferFull when the
         packets do not fit now, ValueError when together they exceed
         max_bytes or an id does not fit the player_id field.
         """
@@ -203,8 +204,10 @@ cdef class SendBuffer:
         cdef SendStatus st
         cdef uint64_t* scratch = NULL
         cdef Py_ssize_t i
+        cdef uint64_t type_
         if self._layout.c.player_id_index < 0:
             raise ValueError(f"layout {self._layout.name} has no player_id field to broadcast to")
+        _type_arg(self._layout, type, &type_)
         get_contiguous_buffer(payload, &pv, "SendBuffer.broadcast")
         try:
             ids_obj = player_ids
@@ -218,7 +221,7 @@ cdef class SendBuffer:
                 if iv.ndim > 1:
                     raise ValueError(f"player_ids must be one-dimensional, got {iv.ndim} dimensions")
                 count = iv.len // iv.itemsize if iv.itemsize else 0
-                st = _broadcast_typed(self._c, type, <const uint8_t*>pv.buf, pv.len, iv.buf, count,
+                st = _broadcast_typed(self._c, type_, <const uint8_t*>pv.buf, pv.len, iv.buf, count,
                                       _int_kind(iv.format, iv.itemsize), &first, &bad, &err)
             else:
                 ids_obj = player_ids if isinstance(player_ids, (list, tuple)) else list(player_ids)
@@ -227,7 +230,7 @@ cdef class SendBuffer:
                 if scratch == NULL:
                     raise MemoryError(f"cannot allocate {count} player ids")
                 _ids_from_sequence(ids_obj, scratch, count)
-                st = self._c.broadcast[uint64_t](type, <const uint8_t*>pv.buf, pv.len, scratch, count,
+                st = self._c.broadcast[uint64_t](type_, <const uint8_t*>pv.buf, pv.len, scratch, count,
                                                  &first, &bad, &err)
             if st == SendStatus.encode_error and err == EncodeError.player_id_range:
                 raise ValueError(f"player_ids[{bad}] = {ids_obj[bad]} does not fit field "
@@ -235,7 +238,7 @@ cdef class SendBuffer:
                                  f"(max {self._layout.c.field_max(self._layout.c.player_id_index)})")
             if st != SendStatus.ok:
                 self._fail(st, err, (self._layout.c.header_size + pv.len) * count,
-                           f"a broadcast to {count} players", type, first, 0, pv.len)
+                           f"a broadcast to {count} players", type_, first, 0, pv.len)
             return first
         finally:
             free(scratch)

@@ -17,7 +17,8 @@ from fastpacket.system import new_event_loop
 from fastpacket.cli.report import (FAILED, OK, USAGE, Progress, fmt_closes, fmt_latency, fmt_rtt, fmt_savings,
                                    format_markdown, format_rate, format_report, format_table)
 
-__all__ = ["build_parser", "main", "load_kwargs", "input_load_kwargs", "check_load_args"]
+__all__ = ["build_parser", "main", "load_kwargs", "input_load_kwargs", "check_load_args", "parse_address",
+           "fmt_delivery"]
 
 #: Players a load (and the demo) plays when --connections is not given: the
 #: relay's movement load, the tick app's input load.
@@ -121,10 +122,15 @@ def _cmd_load(args: argparse.Namespace) -> int:
                       f"{format_rate(p['received'] / p['elapsed'] if p['elapsed'] else 0)} received  "
                       f"{p['connections']} connections")
 
+    try:
+        servers = [parse_address(a) for a in args.server] if args.server else None
+    except ValueError as exc:
+        print(f"fastpacket load: {exc}", file=sys.stderr)
+        return USAGE
     loop = new_event_loop(loop_kind(args))
     try:
         result = loop.run_until_complete(move_load(args.host, args.port, on_progress=on_progress,
-                                                   **load_kwargs(args)))
+                                                   servers=servers, **load_kwargs(args)))
     except ConnectionError as exc:
         progress.clear()
         print(f"fastpacket load: {exc}", file=sys.stderr)
@@ -143,13 +149,32 @@ def _cmd_load(args: argparse.Namespace) -> int:
             ("round trips/s", format_rate(r.echoed_per_s)),
             ("MB/s sent / received", f"{r.bytes_sent / r.seconds / 1e6:.1f} / {r.bytes_received / r.seconds / 1e6:.1f}"),
             ("RTT p50 / p95 / p99 / max", fmt_rtt(r.rtt_us)),
+            ("delivery check", fmt_delivery(r)),
             ("compression savings", fmt_savings(r.compression)),
             ("closes by reason", fmt_closes(r.closes)),
         ]
-        print(format_report(f"fastpacket load against {args.host}:{args.port}", rows))
+        against = ", ".join(args.server) if args.server else f"{args.host}:{args.port}"
+        print(format_report(f"fastpacket load against {against}", rows))
     for e in result.errors[:10]:
         print(f"fastpacket load: {e}", file=sys.stderr)
     return OK if result.ok else FAILED
+
+
+def parse_address(text: str) -> Tuple[str, int]:
+    """(host, port) of ``HOST:PORT`` (``[::1]:PORT`` for IPv6); ValueError naming it."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--server takes HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def fmt_delivery(r: Any) -> str:
+    """The delivery check of a move load, as a table cell."""
+    if not r.delivery_checked:
+        return "not checked (no player heard another: an echo server, not a relay)"
+    verdict = "ok" if not (r.missing or r.duplicates or r.out_of_order) else "FAILED"
+    return (f"{verdict}: {r.delivered:,} of {r.expected:,} MOVEs delivered; {r.missing:,} missing, "
+            f"{r.duplicates:,} duplicated, {r.out_of_order:,} out of order")
 
 
 def _resolve_app(args: argparse.Namespace) -> Tuple[str, bool, Dict[str, Any]]:
@@ -239,6 +264,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         where = f"{len(workers)} workers (pids {' '.join(map(str, workers))})" if workers else f"pid {info['pid']}"
         address = f"unix:{info['path']}" if "path" in info else format_address(info["host"], info["port"])
         line = f"fastpacket serve: {label} on {address}{' (TLS)' if info.get('tls') else ''}, {where}"
+        if args.bus:
+            from fastpacket.cluster import mask_url
+
+            line += f", bus {mask_url(args.bus)}"
         if "metrics_port" in info:
             line += f", metrics at http://{format_address(args.metrics_host, info['metrics_port'])}/metrics"
         if "metrics_file" in info:
@@ -251,7 +280,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             ssl_keyfile_password=args.ssl_keyfile_password, ssl_ca_certs=args.ssl_ca_certs, loop=loop_kind(args),
             metrics_port=args.metrics_port, metrics_host=args.metrics_host, metrics_file=args.metrics_file,
             graceful_timeout=args.graceful_timeout, compress=args.compress,
-            compress_threshold=args.compress_threshold, on_ready=on_ready, **options)
+            compress_threshold=args.compress_threshold, on_ready=on_ready, bus=args.bus, **options)
     except (ValueError, TypeError) as exc:
         print(f"fastpacket serve: {exc}", file=sys.stderr)
         return USAGE
@@ -342,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--graceful-timeout", type=float, default=DEFAULT_GRACEFUL_TIMEOUT_S, metavar="S",
                        help=f"seconds a stop may take before open sessions are aborted "
                             f"(default {DEFAULT_GRACEFUL_TIMEOUT_S:g})")
+    serve.add_argument("--bus", default=None, metavar="URL",
+                       help="share the app's groups (the relay's rooms) with every worker and server on this "
+                            "Redis: redis://host:port/db, or redis+cluster://host:port for a Redis Cluster "
+                            "(needs pip install 'fastpacket[redis]')")
     serve.add_argument("--rooms", type=int, default=16, help="relay rooms for players that move before joining (default 16)")
     _add_tick_args(serve)
     serve.add_argument("--uvloop", action="store_true", help="run on uvloop")
@@ -382,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--port", type=int, default=7777, help="server port (default 7777)")
     load.add_argument("--mode", choices=["move", "input"], default="move",
                       help="move (default): MOVEs to a relay or echo server; input: INPUTs to the tick app")
+    load.add_argument("--server", action="append", default=None, metavar="HOST:PORT",
+                      help="spread the players over these servers instead (repeat it; each room's players "
+                           "are split over them): servers sharing a bus form one relay")
     _add_load_args(load, seconds=10.0)
     load.set_defaults(func=_cmd_load)
 

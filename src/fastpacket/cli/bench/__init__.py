@@ -25,6 +25,7 @@ SECTIONS: Dict[str, str] = {
     "metrics": "fastpacket.cli.bench.metrics",
     "echo": "fastpacket.cli.bench.echo",
     "tick": "fastpacket.cli.bench.tick",
+    "cluster": "fastpacket.cli.bench.cluster",
 }
 
 
