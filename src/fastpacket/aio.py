@@ -674,9 +674,10 @@ async def serve(
     if handler is None and not handlers:
         raise TypeError("serve() needs a handler or handlers")
     hub = _new_hub(handler, handlers, options, on_connect, on_close, _bus_arg(bus))
-    server = await hub.loop.create_server(lambda: Session(hub), host, port, ssl=ssl, sock=sock, backlog=backlog,
-                                          reuse_port=reuse_port or None, ssl_handshake_timeout=ssl_handshake_timeout,
-                                          start_serving=start_serving)
+    loop: Any = hub.loop  # typeshed's overloads split (host, port) from sock; the checks above keep them apart
+    server = await loop.create_server(lambda: Session(hub), host, port, ssl=ssl, sock=sock, backlog=backlog,
+                                      reuse_port=reuse_port or None, ssl_handshake_timeout=ssl_handshake_timeout,
+                                      start_serving=start_serving)
     return await _start_bus(PacketServer(server, hub))
 
 
@@ -777,7 +778,7 @@ async def connect(
     of the loop iteration (requests are not held back). The remaining
     keywords are the fields of ``Options``."""
     session = _client_session(handler, handlers, _options(locals()))
-    loop = asyncio.get_running_loop()
+    loop: Any = asyncio.get_running_loop()  # typeshed's overloads split (host, port) from sock
     await loop.create_connection(lambda: session, host, port, ssl=ssl, server_hostname=server_hostname, sock=sock,
                                  local_addr=local_addr, ssl_handshake_timeout=ssl_handshake_timeout)
     return session

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple
 
 from fastpacket import __version__
 
@@ -27,7 +27,7 @@ DEFAULT_CONNECTIONS = {"move": 50, "input": 1000}
 DEFAULT_INPUT_RATE = 30.0
 
 
-def loop_kind(args: argparse.Namespace) -> str:
+def loop_kind(args: argparse.Namespace) -> Literal["asyncio", "uvloop"]:
     """The event loop kind the --uvloop flag asks for."""
     return "uvloop" if getattr(args, "uvloop", False) else "asyncio"
 
