@@ -15,28 +15,9 @@ import pytest
 
 import fastpacket as fp
 from fastpacket import aio
+from tests.loops import run  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
-LOOPS = ["asyncio", "uvloop"]
-TEST_TIMEOUT = 60.0
-
-
-@pytest.fixture(params=LOOPS)
-def run(request):
-    """run(coro): runs the coroutine on a fresh loop of the parametrised kind."""
-    if request.param == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-
-    def runner(coro, timeout=TEST_TIMEOUT):
-        return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-    yield runner
-    loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
 
 
 def echo(session, batch):
