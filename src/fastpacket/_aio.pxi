@@ -1051,6 +1051,16 @@ cdef class SessionBase:
         return self.transport.get_extra_info("peername") if self.transport is not None else None
 
     @property
+    def write_path(self):
+        """How flushes reach the socket: "native" (one send(2) from native
+        code, asyncio's selector loop over TCP or a Unix socket, no TLS),
+        "transport" (transport.write: uvloop, TLS, other transports), or
+        None once the connection is gone."""
+        if self.transport is None:
+            return None
+        return "native" if self._fd >= 0 else "transport"
+
+    @property
     def queued_bytes(self):
         """Bytes queued in this session's send buffer, not yet written."""
         return self._sendbuf._c.size()
