@@ -114,11 +114,18 @@ RECONNECT_MAX_S = 0.5
 CLOSE_DRAIN_S = 1.0
 #: ... looking this often, in seconds.
 CLOSE_POLL_S = 0.005
-#: Most messages one pipeline (one write, one round trip) carries.
+#: Most messages one publish batch (one write, one round trip) carries.
 PIPELINE_MAX_MESSAGES = 512
+#: A publish Redis refuses is logged on the first refusal and then every
+#: this many (a refusal is usually permanent: an ACL, a moved slot).
+REFUSED_LOG_EVERY = 1000
 #: URL schemes that name a Redis Cluster (sharded pub/sub).
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _PLAIN_SCHEMES = ("redis", "rediss", "unix")
+#: The Redis protocol the bus speaks: RESP2, whose pub/sub messages are
+#: plain replies (redis-py 8 defaults to RESP3, whose pushes it hands to a
+#: logging handler one by one).
+RESP_VERSION = 2
 _PROBE = struct.Struct("<QQ")  # sender id, send time (monotonic ns)
 _MISSING_EXTRA = ("the bus needs redis-py with hiredis: pip install 'fastpacket[redis]' "
                   "(or pip install 'redis[hiredis]')")
@@ -154,8 +161,9 @@ class _Link:
         self.bus = bus
         self.name = name                      # host:port, for messages
         self.kwargs = kwargs                  # redis.asyncio.Redis(**kwargs) connects to the node
-        self.client: Any = None
-        self.pubsub: Any = None
+        self.client: Any = None               # redis.asyncio.Redis: URL, TLS and auth handling, PING
+        self.pub: Any = None                  # its Connection that publishes (the writer task's)
+        self.sub: Any = None                  # its Connection that is subscribed (the reader task's)
         self.wanted: Dict[bytes, Group] = {}  # channels subscribed (or to be) on this node
         self.confirmed: Set[bytes] = set()    # ... and confirmed by Redis
         self.waiters: Dict[bytes, List["asyncio.Future[bool]"]] = {}
@@ -173,42 +181,56 @@ class _Link:
     # -- connection ----------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open both connections, PING, subscribe to every wanted channel."""
+        """Open both connections, PING, subscribe to every wanted channel.
+
+        The bus talks to redis-py's Connection objects directly rather than
+        through Pipeline and PubSub: a publish batch is one packed write and
+        its replies are read in order, and the subscribed connection is read
+        in a loop that hiredis parses, with none of the per-message work
+        (timeouts, retries, observability hooks) those wrappers add. RESP2
+        (``protocol=2``): pub/sub messages are plain arrays, not RESP3
+        pushes, which redis-py routes through a logging handler each."""
         aioredis = self.bus._redis
         client = aioredis.Redis(**self.kwargs)
+        pub = sub = None
         try:
             await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
-            pubsub = client.pubsub()
+            pool = client.connection_pool
+            pub = pool.make_connection()
+            sub = pool.make_connection()
+            await asyncio.wait_for(pub.connect(), CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(sub.connect(), CONNECT_TIMEOUT_S)
             channels = list(self.wanted)
             probe = self.bus._probe_channel if self.bus._probe_link is self else None
             if probe is not None:
                 channels.append(probe)
             if channels:
-                await asyncio.wait_for(self._subscribe(pubsub, channels), CONNECT_TIMEOUT_S)
-            else:  # a pub/sub connection that holds no subscription yet: make it now
-                await asyncio.wait_for(pubsub.connect(), CONNECT_TIMEOUT_S)
+                # confirmed by the reader task, as they come back
+                await asyncio.wait_for(self._subscribe(sub, channels), CONNECT_TIMEOUT_S)
         except BaseException:
+            for conn in (sub, pub):
+                if conn is not None:
+                    await _disconnect_quietly(conn)
             await _close_quietly(client)
             raise
         self.client = client
-        self.pubsub = pubsub
+        self.pub = pub
+        self.sub = sub
         self.confirmed.clear()
         self.control.clear()  # the wanted set is subscribed as it is now
         self.connected = True
 
-    async def _subscribe(self, pubsub: Any, channels: List[bytes]) -> None:
+    async def _subscribe(self, sub: Any, channels: List[bytes]) -> None:
         if self.bus.sharded:
-            # SSUBSCRIBE takes channels of one slot per call
-            for ch in channels:
-                await pubsub.ssubscribe(ch)
+            # SSUBSCRIBE takes channels of one slot per command
+            await sub.send_packed_command(sub.pack_commands([("SSUBSCRIBE", ch) for ch in channels]),
+                                          check_health=False)
         else:
-            await pubsub.subscribe(*channels)
+            await sub.send_packed_command(sub.pack_command("SUBSCRIBE", *channels), check_health=False)
 
-    async def _unsubscribe(self, pubsub: Any, channel: bytes) -> None:
-        if self.bus.sharded:
-            await pubsub.sunsubscribe(channel)
-        else:
-            await pubsub.unsubscribe(channel)
+    async def _unsubscribe(self, sub: Any, channel: bytes) -> None:
+        await sub.send_packed_command(sub.pack_command("SUNSUBSCRIBE" if self.bus.sharded else "UNSUBSCRIBE",
+                                                       channel), check_health=False)
 
     def start_tasks(self) -> None:
         loop = asyncio.get_running_loop()
@@ -251,12 +273,7 @@ class _Link:
         self.connected = False
         self.confirmed.clear()
         self.bus._update_connected()
-        pubsub, client = self.pubsub, self.client
-        self.pubsub = self.client = None
-        if pubsub is not None:
-            await _close_quietly(pubsub)
-        if client is not None:
-            await _close_quietly(client)
+        await self._disconnect()
         if was_connected:
             self.lost_at = time.monotonic()
             self.dropped_in_outage = 0
@@ -276,23 +293,34 @@ class _Link:
     # -- receive -----------------------------------------------------------------------
 
     async def _read(self) -> None:
-        """Reads the pub/sub connection: messages from other servers go to
-        the server (natively), probes are timed, confirmations noted."""
+        """Reads the subscribed connection: messages from other servers go
+        to the server (natively), probes are timed, confirmations noted.
+        Every message already received is handled without awaiting the
+        socket again (hiredis parses them out of one read), and the sends
+        they cause are flushed once, at the end of the loop iteration."""
+        from redis.exceptions import ResponseError
+
         bus = self.bus
-        pubsub = self.pubsub
+        read = self.sub.read_response
+        wanted = self.wanted
+        deliver = bus._deliver
         probe = bus._probe_channel
         while True:
-            response = await pubsub.parse_response(block=True)
-            if not response:
+            try:
+                response = await read()
+            except ResponseError as exc:  # a (un)subscribe refused (an ACL): the connection is fine
+                log.warning("bus: Redis at %s refused a subscription change: %s", self.name, exc)
                 continue
+            if type(response) is not list or len(response) < 3:
+                continue  # not a pub/sub reply (nothing else is sent on this connection)
             kind = response[0]
             if kind == b"message" or kind == b"smessage":
-                channel, data = response[1], response[2]
-                group = self.wanted.get(channel)
+                channel = response[1]
+                group = wanted.get(channel)
                 if group is not None:
-                    bus._deliver(group, data)
+                    deliver(group, response[2])
                 elif channel == probe:
-                    bus._probe_back(data)
+                    bus._probe_back(response[2])
             elif kind == b"subscribe" or kind == b"ssubscribe":
                 self._confirmed(response[1])
 
@@ -333,43 +361,81 @@ class _Link:
         # while down: connect() subscribes to the wanted set as it is then
 
     async def _write(self) -> None:
-        """Publishes the queue in order, a pipeline (one write, one round
-        trip) at a time, and applies subscription changes in order."""
+        """Publishes the queue in order, up to PIPELINE_MAX_MESSAGES
+        commands in one write (packed by the connection) and their replies
+        read in order, and applies subscription changes in order."""
+        from redis.exceptions import ResponseError
+
         bus = self.bus
-        client = self.client
-        pubsub = self.pubsub
+        pub = self.pub
+        sub = self.sub
         command = "SPUBLISH" if bus.sharded else "PUBLISH"
         assert self.wake is not None
         wake = self.wake
+        queue = self.queue
         generation = self.generation
         while self.generation == generation:  # a new connection (or close) ends this writer
-            if not self.queue and not self.control:
+            if not queue and not self.control:
                 wake.clear()
                 await wake.wait()
                 continue
             while self.control:
                 subscribe, channel = self.control.popleft()
                 if subscribe:
-                    await self._subscribe(pubsub, [channel])
+                    await self._subscribe(sub, [channel])
                 else:
-                    await self._unsubscribe(pubsub, channel)
-            if not self.queue:
+                    await self._unsubscribe(sub, channel)
+            if not queue:
                 continue
-            n = min(len(self.queue), PIPELINE_MAX_MESSAGES)
-            batch = [self.queue.popleft() for _ in range(n)]
+            n = min(len(queue), PIPELINE_MAX_MESSAGES)
+            batch = [queue.popleft() for _ in range(n)]
+            nbytes = 0
             for _, message, _ in batch:
-                self.queued_bytes -= len(message)
-            pipe = client.pipeline(transaction=False)
-            for channel, message, _ in batch:
-                pipe.execute_command(command, channel, message)
+                nbytes += len(message)
+            self.queued_bytes -= nbytes
+            refused: List[Tuple[Tuple[bytes, bytes, int], Exception]] = []
             try:
-                await pipe.execute()
+                await pub.send_packed_command(pub.pack_commands([(command, ch, msg) for ch, msg, _ in batch]),
+                                              check_health=False)
+                for item in batch:
+                    try:
+                        await pub.read_response()
+                    except ResponseError as exc:  # refused by Redis; the connection is fine
+                        refused.append((item, exc))
             except BaseException:
-                for _, message, packets in batch:  # in flight when the connection broke: dropped
+                # in flight when the connection broke: dropped (those Redis
+                # already took may still reach the others: at most once)
+                for _, message, packets in batch:
                     self.dropped_in_outage += packets
                     bus._count_drop("disconnected", packets, len(message))
                 raise
+            if refused:
+                self._refused(refused)
+                batch = [item for item in batch if all(item is not r for r, _ in refused)]
             bus._count_published(batch)
+
+    def _refused(self, refused: List[Tuple[Tuple[bytes, bytes, int], Exception]]) -> None:
+        """Redis answered publishes with an error (an ACL that forbids
+        them, a cluster slot that moved): those messages are dropped and
+        counted (reason "error"), logged on the first and every
+        REFUSED_LOG_EVERY-th one, not per message."""
+        bus = self.bus
+        for (channel, message, packets), exc in refused:
+            bus._count_drop("error", packets, len(message))
+            bus._refusals += 1
+            if bus._refusals == 1 or bus._refusals % REFUSED_LOG_EVERY == 0:
+                log.warning("bus: Redis at %s refused a publish to %s (%d refused so far; dropped, counted in "
+                            "bus_dropped_packets_total{reason=\"error\"}): %s", self.name,
+                            channel.decode(errors="replace"), bus._refusals, exc)
+
+    async def _disconnect(self) -> None:
+        sub, pub, client = self.sub, self.pub, self.client
+        self.sub = self.pub = self.client = None
+        for conn in (sub, pub):
+            if conn is not None:
+                await _disconnect_quietly(conn)
+        if client is not None:
+            await _close_quietly(client)
 
     async def close(self) -> None:
         if self.runner is not None:
@@ -384,10 +450,7 @@ class _Link:
         self.tasks = []
         self.drop_queue("disconnected")
         self.connected = False
-        for conn in (self.pubsub, self.client):
-            if conn is not None:
-                await _close_quietly(conn)
-        self.pubsub = self.client = None
+        await self._disconnect()
         for waiters in self.waiters.values():
             for fut in waiters:
                 if not fut.done():
@@ -411,6 +474,13 @@ async def _stop_tasks(tasks: List["asyncio.Task[None]"]) -> None:
     for t in tasks:
         if t.done() and not t.cancelled():
             t.exception()  # retrieved: a connection error of a link going down is expected
+
+
+async def _disconnect_quietly(conn: Any) -> None:
+    try:
+        await asyncio.wait_for(conn.disconnect(), CLOSE_DRAIN_S)
+    except BaseException:  # a connection to a Redis that is gone: nothing left to close cleanly
+        pass
 
 
 async def _close_quietly(conn: Any) -> None:
@@ -472,6 +542,7 @@ class RedisBus(Bus):
         self._links: Dict[str, _Link] = {}         # node name -> link
         self._link_of: Dict[bytes, _Link] = {}     # channel -> link
         self._closing = False
+        self._refusals = 0                         # publishes Redis answered with an error
         self._probe_channel = f"{namespace}:probe:{self.sender_id:016x}".encode()
         self._probe_link: Optional[_Link] = None
         self._probe_task: Optional["asyncio.Task[None]"] = None
@@ -754,7 +825,8 @@ def _client_kwargs(url: str) -> Dict[str, Any]:
     from redis.retry import Retry
 
     kwargs.update(socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
-                  health_check_interval=0, decode_responses=False, single_connection_client=False)
+                  health_check_interval=0, decode_responses=False, single_connection_client=False,
+                  protocol=RESP_VERSION)
     return kwargs
 
 
