@@ -116,6 +116,13 @@ CLOSE_DRAIN_S = 1.0
 CLOSE_POLL_S = 0.005
 #: Most messages one publish batch (one write, one round trip) carries.
 PIPELINE_MAX_MESSAGES = 512
+#: Seconds a publish batch may wait for its replies before the link
+#: counts Redis as lost and reconnects (redis-py's default socket timeout) ...
+REPLY_TIMEOUT_S = 5.0
+#: ... checked this often, in seconds (the connections themselves have no
+#: socket timeout: the subscribed one is idle by nature, and a timer around
+#: every read costs more than the read).
+WATCH_INTERVAL_S = 1.0
 #: A publish Redis refuses is logged on the first refusal and then every
 #: this many (a refusal is usually permanent: an ACL, a moved slot).
 REFUSED_LOG_EVERY = 1000
@@ -177,6 +184,7 @@ class _Link:
         self.runner: Optional["asyncio.Task[None]"] = None
         self.tasks: List["asyncio.Task[None]"] = []
         self.generation = 0                   # bumped when the connection goes: its writer stops
+        self.sent_at: Optional[float] = None  # monotonic time the batch awaiting replies was sent
 
     # -- connection ----------------------------------------------------------------
 
@@ -233,10 +241,15 @@ class _Link:
                                                        channel), check_health=False)
 
     def start_tasks(self) -> None:
-        loop = asyncio.get_running_loop()
         self.wake = self.wake or asyncio.Event()
-        self.tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
-        self.runner = loop.create_task(self._supervise())
+        self._start_io()
+        self.runner = asyncio.get_running_loop().create_task(self._supervise())
+
+    def _start_io(self) -> None:
+        """The tasks of one connection: its reader, its writer, its watch."""
+        loop = asyncio.get_running_loop()
+        self.sent_at = None
+        self.tasks = [loop.create_task(self._read()), loop.create_task(self._write()), loop.create_task(self._watch())]
 
     async def _supervise(self) -> None:
         """Waits for a task to fail (the connection is lost), then
@@ -257,12 +270,11 @@ class _Link:
                     delay = min(delay * 2, RECONNECT_MAX_S)
                     continue
                 self._back()
-                loop = asyncio.get_running_loop()
-                self.tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
+                self._start_io()
                 break
 
     async def _drop_connections(self, exc: Optional[BaseException]) -> None:
-        """The connection is lost: stop both tasks, close both connections,
+        """The connection is lost: stop its tasks, close both connections,
         drop what waits to be published (counted), log once."""
         self.generation += 1
         if self.wake is not None:
@@ -394,6 +406,7 @@ class _Link:
                 nbytes += len(message)
             self.queued_bytes -= nbytes
             refused: List[Tuple[Tuple[bytes, bytes, int], Exception]] = []
+            self.sent_at = time.monotonic()
             try:
                 await pub.send_packed_command(pub.pack_commands([(command, ch, msg) for ch, msg, _ in batch]),
                                               check_health=False)
@@ -409,10 +422,22 @@ class _Link:
                     self.dropped_in_outage += packets
                     bus._count_drop("disconnected", packets, len(message))
                 raise
+            self.sent_at = None
             if refused:
                 self._refused(refused)
                 batch = [item for item in batch if all(item is not r for r, _ in refused)]
             bus._count_published(batch)
+
+    async def _watch(self) -> None:
+        """Ends (so the link reconnects) when a publish batch has waited
+        for its replies longer than REPLY_TIMEOUT_S: a Redis that stopped
+        answering without closing the connection. One timer per
+        WATCH_INTERVAL_S instead of a timeout around every read."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            sent_at = self.sent_at
+            if sent_at is not None and time.monotonic() - sent_at > REPLY_TIMEOUT_S:
+                raise TimeoutError(f"no reply from Redis at {self.name} within {REPLY_TIMEOUT_S:g} s")
 
     def _refused(self, refused: List[Tuple[Tuple[bytes, bytes, int], Exception]]) -> None:
         """Redis answered publishes with an error (an ACL that forbids
@@ -826,7 +851,7 @@ def _client_kwargs(url: str) -> Dict[str, Any]:
 
     kwargs.update(socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
                   health_check_interval=0, decode_responses=False, single_connection_client=False,
-                  protocol=RESP_VERSION)
+                  protocol=RESP_VERSION, socket_timeout=None)
     return kwargs
 
 
