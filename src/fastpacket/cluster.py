@@ -446,6 +446,8 @@ class _Link:
         REFUSED_LOG_EVERY-th one, not per message."""
         bus = self.bus
         for (channel, message, packets), exc in refused:
+            if channel == bus._probe_channel:
+                continue  # a probe is no group's traffic: the next one tries again
             bus._count_drop("error", packets, len(message))
             bus._refusals += 1
             if bus._refusals == 1 or bus._refusals % REFUSED_LOG_EVERY == 0:
