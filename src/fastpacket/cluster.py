@@ -114,8 +114,6 @@ RECONNECT_MAX_S = 0.5
 CLOSE_DRAIN_S = 1.0
 #: ... looking this often, in seconds.
 CLOSE_POLL_S = 0.005
-#: Most messages one publish batch (one write, one round trip) carries.
-PIPELINE_MAX_MESSAGES = 512
 #: Seconds a publish batch may wait for its replies before the link
 #: counts Redis as lost and reconnects (redis-py's default socket timeout) ...
 REPLY_TIMEOUT_S = 5.0
@@ -153,6 +151,7 @@ def mask_url(url: str) -> str:
 
 def _import_redis() -> Any:
     try:
+        import hiredis  # noqa: F401  (the bus parses with it)
         import redis.asyncio as aioredis
     except ImportError:
         return None
@@ -160,44 +159,53 @@ def _import_redis() -> Any:
 
 
 class _Link:
-    """The bus's connections to one Redis node: one client that publishes
-    (one task, in order) and one pub/sub connection that receives (one
-    task), the channels subscribed there, and the publish backlog."""
+    """The bus's connections to one Redis node: one that publishes and one
+    that is subscribed, the channels subscribed there, and the publish
+    backlog.
+
+    Both connections are opened, authenticated and set up by redis-py
+    (``make_connection().connect()``: URL, TLS, AUTH, SELECT), then read
+    by callbacks: each is handed to a protocol of the bus that feeds what
+    arrives to its own hiredis Reader and handles every reply parsed out
+    of one read at once, in that loop callback: no task wake-up, future or
+    coroutine per message, and the sends a delivery causes share the
+    server's end-of-iteration flush with what its own players sent in the
+    same iteration. Commands are packed by the connection
+    (``pack_command``/``pack_commands``) and written to the transport: the
+    publishes of one loop iteration are one write, their replies matched
+    in order. RESP2 (``protocol=2``): pub/sub messages are plain replies."""
 
     def __init__(self, bus: "RedisBus", name: str, kwargs: Dict[str, Any]) -> None:
         self.bus = bus
         self.name = name                      # host:port, for messages
         self.kwargs = kwargs                  # redis.asyncio.Redis(**kwargs) connects to the node
         self.client: Any = None               # redis.asyncio.Redis: URL, TLS and auth handling, PING
-        self.pub: Any = None                  # its Connection that publishes (the writer task's)
-        self.sub: Any = None                  # its Connection that is subscribed (the reader task's)
+        self.pub: Any = None                  # its Connection that publishes ...
+        self.sub: Any = None                  # ... and the one that is subscribed
+        self.pub_transport: Any = None        # their transports, read by _ReplyProtocol
+        self.sub_transport: Any = None
         self.wanted: Dict[bytes, Group] = {}  # channels subscribed (or to be) on this node
         self.confirmed: Set[bytes] = set()    # ... and confirmed by Redis
         self.waiters: Dict[bytes, List["asyncio.Future[bool]"]] = {}
-        self.queue: Deque[Tuple[bytes, bytes, int]] = collections.deque()  # (channel, message, packets)
+        # messages to publish at the end of this loop iteration, then
+        # written and awaiting their replies, in order: (channel, message, packets)
+        self.queue: Deque[Tuple[bytes, bytes, int]] = collections.deque()
         self.queued_bytes = 0
-        self.control: Deque[Tuple[bool, bytes]] = collections.deque()  # (subscribe?, channel), in order
-        self.wake: Optional[asyncio.Event] = None
+        self.inflight: Deque[Tuple[bytes, bytes, int]] = collections.deque()
+        self.inflight_bytes = 0
+        self.send_soon = False                # a _send is scheduled
+        self.last_reply_at = 0.0              # monotonic time of the last reply (or of the first write after none)
+        self.lost: Optional["asyncio.Future[None]"] = None  # done when a connection of this link is lost
         self.connected = False
         self.lost_at: Optional[float] = None  # monotonic time of the outage, while down
         self.dropped_in_outage = 0
         self.runner: Optional["asyncio.Task[None]"] = None
-        self.tasks: List["asyncio.Task[None]"] = []
-        self.generation = 0                   # bumped when the connection goes: its writer stops
-        self.sent_at: Optional[float] = None  # monotonic time the batch awaiting replies was sent
+        self.tasks: List["asyncio.Future[None]"] = []
 
     # -- connection ----------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open both connections, PING, subscribe to every wanted channel.
-
-        The bus talks to redis-py's Connection objects directly rather than
-        through Pipeline and PubSub: a publish batch is one packed write and
-        its replies are read in order, and the subscribed connection is read
-        in a loop that hiredis parses, with none of the per-message work
-        (timeouts, retries, observability hooks) those wrappers add. RESP2
-        (``protocol=2``): pub/sub messages are plain arrays, not RESP3
-        pushes, which redis-py routes through a logging handler each."""
+        """Open both connections, PING, subscribe to every wanted channel."""
         aioredis = self.bus._redis
         client = aioredis.Redis(**self.kwargs)
         pub = sub = None
@@ -208,53 +216,51 @@ class _Link:
             sub = pool.make_connection()
             await asyncio.wait_for(pub.connect(), CONNECT_TIMEOUT_S)
             await asyncio.wait_for(sub.connect(), CONNECT_TIMEOUT_S)
-            channels = list(self.wanted)
-            probe = self.bus._probe_channel if self.bus._probe_link is self else None
-            if probe is not None:
-                channels.append(probe)
-            if channels:
-                # confirmed by the reader task, as they come back
-                await asyncio.wait_for(self._subscribe(sub, channels), CONNECT_TIMEOUT_S)
+            lost: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+            pub_transport = await _take_transport(pub, _ReplyProtocol(self, lost, self._on_publish_reply))
+            sub_transport = await _take_transport(sub, _ReplyProtocol(self, lost, self._on_pubsub))
         except BaseException:
             for conn in (sub, pub):
                 if conn is not None:
                     await _disconnect_quietly(conn)
             await _close_quietly(client)
             raise
-        self.client = client
-        self.pub = pub
-        self.sub = sub
+        self.client, self.pub, self.sub = client, pub, sub
+        self.pub_transport, self.sub_transport = pub_transport, sub_transport
+        self.lost = lost
         self.confirmed.clear()
-        self.control.clear()  # the wanted set is subscribed as it is now
+        channels = list(self.wanted)
+        probe = self.bus._probe_channel if self.bus._probe_link is self else None
+        if probe is not None:
+            channels.append(probe)
+        if channels:  # confirmed as they come back
+            self._subscribe(channels)
         self.connected = True
 
-    async def _subscribe(self, sub: Any, channels: List[bytes]) -> None:
-        if self.bus.sharded:
-            # SSUBSCRIBE takes channels of one slot per command
-            await sub.send_packed_command(sub.pack_commands([("SSUBSCRIBE", ch) for ch in channels]),
-                                          check_health=False)
+    def _subscribe(self, channels: List[bytes]) -> None:
+        sub = self.sub
+        if self.bus.sharded:  # SSUBSCRIBE takes channels of one slot per command
+            self.sub_transport.writelines(sub.pack_commands([("SSUBSCRIBE", ch) for ch in channels]))
         else:
-            await sub.send_packed_command(sub.pack_command("SUBSCRIBE", *channels), check_health=False)
+            self.sub_transport.writelines(sub.pack_command("SUBSCRIBE", *channels))
 
-    async def _unsubscribe(self, sub: Any, channel: bytes) -> None:
-        await sub.send_packed_command(sub.pack_command("SUNSUBSCRIBE" if self.bus.sharded else "UNSUBSCRIBE",
-                                                       channel), check_health=False)
+    def _unsubscribe(self, channel: bytes) -> None:
+        self.sub_transport.writelines(self.sub.pack_command("SUNSUBSCRIBE" if self.bus.sharded else "UNSUBSCRIBE",
+                                                            channel))
 
     def start_tasks(self) -> None:
-        self.wake = self.wake or asyncio.Event()
-        self._start_io()
+        self._start_watch()
         self.runner = asyncio.get_running_loop().create_task(self._supervise())
 
-    def _start_io(self) -> None:
-        """The tasks of one connection: its reader, its writer, its watch."""
-        loop = asyncio.get_running_loop()
-        self.sent_at = None
-        self.tasks = [loop.create_task(self._read()), loop.create_task(self._write()), loop.create_task(self._watch())]
+    def _start_watch(self) -> None:
+        assert self.lost is not None
+        self.last_reply_at = time.monotonic()
+        self.tasks = [self.lost, asyncio.get_running_loop().create_task(self._watch())]
 
     async def _supervise(self) -> None:
-        """Waits for a task to fail (the connection is lost), then
-        reconnects with capped backoff until it is back, forever (until
-        the bus closes)."""
+        """Waits for the connection to be lost (or to stop answering),
+        then reconnects with capped backoff until it is back, forever
+        (until the bus closes)."""
         while not self.bus._closing:
             done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
             if self.bus._closing:
@@ -270,15 +276,12 @@ class _Link:
                     delay = min(delay * 2, RECONNECT_MAX_S)
                     continue
                 self._back()
-                self._start_io()
+                self._start_watch()
                 break
 
     async def _drop_connections(self, exc: Optional[BaseException]) -> None:
-        """The connection is lost: stop its tasks, close both connections,
-        drop what waits to be published (counted), log once."""
-        self.generation += 1
-        if self.wake is not None:
-            self.wake.set()
+        """The connection is lost: close both connections, drop what waits
+        to be published or awaits its reply (counted), log once."""
         await _stop_tasks(self.tasks)
         self.tasks = []
         was_connected = self.connected
@@ -302,39 +305,36 @@ class _Link:
         self.lost_at = None
         self.bus._update_connected()
 
+    async def _watch(self) -> None:
+        """Ends (so the link reconnects) when publishes have waited for a
+        reply longer than REPLY_TIMEOUT_S: a Redis that stopped answering
+        without closing the connection. One timer per WATCH_INTERVAL_S
+        instead of a timeout around every read."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if self.inflight and time.monotonic() - self.last_reply_at > REPLY_TIMEOUT_S:
+                raise TimeoutError(f"no reply from Redis at {self.name} within {REPLY_TIMEOUT_S:g} s")
+
     # -- receive -----------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        """Reads the subscribed connection: messages from other servers go
-        to the server (natively), probes are timed, confirmations noted.
-        Every message already received is handled without awaiting the
-        socket again (hiredis parses them out of one read), and the sends
-        they cause are flushed once, at the end of the loop iteration."""
-        from redis.exceptions import ResponseError
-
-        bus = self.bus
-        read = self.sub.read_response
-        wanted = self.wanted
-        deliver = bus._deliver
-        probe = bus._probe_channel
-        while True:
-            try:
-                response = await read()
-            except ResponseError as exc:  # a (un)subscribe refused (an ACL): the connection is fine
-                log.warning("bus: Redis at %s refused a subscription change: %s", self.name, exc)
-                continue
-            if type(response) is not list or len(response) < 3:
-                continue  # not a pub/sub reply (nothing else is sent on this connection)
-            kind = response[0]
-            if kind == b"message" or kind == b"smessage":
-                channel = response[1]
-                group = wanted.get(channel)
-                if group is not None:
-                    deliver(group, response[2])
-                elif channel == probe:
-                    bus._probe_back(response[2])
-            elif kind == b"subscribe" or kind == b"ssubscribe":
-                self._confirmed(response[1])
+    def _on_pubsub(self, reply: Any) -> None:
+        """A reply on the subscribed connection: a message from another
+        server goes to the server (natively), a probe is timed, a
+        confirmation noted."""
+        if type(reply) is not list or len(reply) < 3:
+            if isinstance(reply, Exception):  # a (un)subscribe refused (an ACL): the connection is fine
+                log.warning("bus: Redis at %s refused a subscription change: %s", self.name, reply)
+            return
+        kind = reply[0]
+        if kind == b"message" or kind == b"smessage":
+            channel = reply[1]
+            group = self.wanted.get(channel)
+            if group is not None:
+                self.bus._deliver(group, reply[2])
+            elif channel == self.bus._probe_channel:
+                self.bus._probe_back(reply[2])
+        elif kind == b"subscribe" or kind == b"ssubscribe":
+            self._confirmed(reply[1])
 
     def _confirmed(self, channel: bytes) -> None:
         if channel in self.wanted or channel == self.bus._probe_channel:
@@ -350,114 +350,77 @@ class _Link:
             self.dropped_in_outage += packets
             self.bus._count_drop("disconnected", packets, len(message))
             return
-        if self.queued_bytes + len(message) > self.bus.max_backlog_bytes:
+        if self.queued_bytes + self.inflight_bytes + len(message) > self.bus.max_backlog_bytes:
             self.bus._count_drop("backlog", packets, len(message))
             return
         self.queue.append((channel, message, packets))
         self.queued_bytes += len(message)
-        assert self.wake is not None
-        self.wake.set()
+        if not self.send_soon:
+            # the other groups of this iteration publish too: one write for all
+            self.send_soon = True
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        """Writes the queued publishes, packed by the connection, in one
+        write; they await their replies in order."""
+        self.send_soon = False
+        if not self.connected or not self.queue:
+            return
+        batch = list(self.queue)
+        self.queue.clear()
+        if not self.inflight:
+            self.last_reply_at = time.monotonic()  # the watch times from the first write awaiting a reply
+        self.inflight.extend(batch)
+        self.inflight_bytes += self.queued_bytes
+        self.queued_bytes = 0
+        command = "SPUBLISH" if self.bus.sharded else "PUBLISH"
+        self.pub_transport.writelines(self.pub.pack_commands([(command, ch, msg) for ch, msg, _ in batch]))
+
+    def _on_publish_reply(self, reply: Any) -> None:
+        """The reply to the oldest publish in flight: published (counted),
+        or refused by Redis (an ACL that forbids it, a cluster slot that
+        moved): dropped and counted (reason "error"), logged on the first
+        and every REFUSED_LOG_EVERY-th refusal, not per message."""
+        if not self.inflight:
+            return  # a reply to no publish: nothing else is sent on this connection
+        channel, message, packets = self.inflight.popleft()
+        self.inflight_bytes -= len(message)
+        self.last_reply_at = time.monotonic()
+        bus = self.bus
+        if channel == bus._probe_channel:
+            return  # a probe is no group's traffic (a refused one: the next one tries again)
+        if not isinstance(reply, Exception):
+            bus._count_published(packets, len(message))
+            return
+        bus._count_drop("error", packets, len(message))
+        bus._refusals += 1
+        if bus._refusals == 1 or bus._refusals % REFUSED_LOG_EVERY == 0:
+            log.warning("bus: Redis at %s refused a publish to %s (%d refused so far; dropped, counted in "
+                        "bus_dropped_packets_total{reason=\"error\"}): %s", self.name,
+                        channel.decode(errors="replace"), bus._refusals, reply)
 
     def drop_queue(self, reason: str) -> None:
-        for _, message, packets in self.queue:
-            self.dropped_in_outage += packets
-            self.bus._count_drop(reason, packets, len(message))
-        self.queue.clear()
-        self.queued_bytes = 0
+        """Drops (and counts) what waits to be published or awaits its
+        reply: in flight when the connection broke, those Redis already
+        took may still reach the others (at most once)."""
+        for queue in (self.inflight, self.queue):
+            for _, message, packets in queue:
+                self.dropped_in_outage += packets
+                self.bus._count_drop(reason, packets, len(message))
+            queue.clear()
+        self.queued_bytes = self.inflight_bytes = 0
 
     def change_subscription(self, subscribe: bool, channel: bytes) -> None:
         if self.connected:
-            self.control.append((subscribe, channel))
-            assert self.wake is not None
-            self.wake.set()
+            if subscribe:
+                self._subscribe([channel])
+            else:
+                self._unsubscribe(channel)
         # while down: connect() subscribes to the wanted set as it is then
-
-    async def _write(self) -> None:
-        """Publishes the queue in order, up to PIPELINE_MAX_MESSAGES
-        commands in one write (packed by the connection) and their replies
-        read in order, and applies subscription changes in order."""
-        from redis.exceptions import ResponseError
-
-        bus = self.bus
-        pub = self.pub
-        sub = self.sub
-        command = "SPUBLISH" if bus.sharded else "PUBLISH"
-        assert self.wake is not None
-        wake = self.wake
-        queue = self.queue
-        generation = self.generation
-        while self.generation == generation:  # a new connection (or close) ends this writer
-            if not queue and not self.control:
-                wake.clear()
-                await wake.wait()
-                continue
-            while self.control:
-                subscribe, channel = self.control.popleft()
-                if subscribe:
-                    await self._subscribe(sub, [channel])
-                else:
-                    await self._unsubscribe(sub, channel)
-            if not queue:
-                continue
-            n = min(len(queue), PIPELINE_MAX_MESSAGES)
-            batch = [queue.popleft() for _ in range(n)]
-            nbytes = 0
-            for _, message, _ in batch:
-                nbytes += len(message)
-            self.queued_bytes -= nbytes
-            refused: List[Tuple[Tuple[bytes, bytes, int], Exception]] = []
-            self.sent_at = time.monotonic()
-            try:
-                await pub.send_packed_command(pub.pack_commands([(command, ch, msg) for ch, msg, _ in batch]),
-                                              check_health=False)
-                for item in batch:
-                    try:
-                        await pub.read_response()
-                    except ResponseError as exc:  # refused by Redis; the connection is fine
-                        refused.append((item, exc))
-            except BaseException:
-                # in flight when the connection broke: dropped (those Redis
-                # already took may still reach the others: at most once)
-                for _, message, packets in batch:
-                    self.dropped_in_outage += packets
-                    bus._count_drop("disconnected", packets, len(message))
-                raise
-            self.sent_at = None
-            if refused:
-                self._refused(refused)
-                batch = [item for item in batch if all(item is not r for r, _ in refused)]
-            bus._count_published(batch)
-
-    async def _watch(self) -> None:
-        """Ends (so the link reconnects) when a publish batch has waited
-        for its replies longer than REPLY_TIMEOUT_S: a Redis that stopped
-        answering without closing the connection. One timer per
-        WATCH_INTERVAL_S instead of a timeout around every read."""
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            sent_at = self.sent_at
-            if sent_at is not None and time.monotonic() - sent_at > REPLY_TIMEOUT_S:
-                raise TimeoutError(f"no reply from Redis at {self.name} within {REPLY_TIMEOUT_S:g} s")
-
-    def _refused(self, refused: List[Tuple[Tuple[bytes, bytes, int], Exception]]) -> None:
-        """Redis answered publishes with an error (an ACL that forbids
-        them, a cluster slot that moved): those messages are dropped and
-        counted (reason "error"), logged on the first and every
-        REFUSED_LOG_EVERY-th one, not per message."""
-        bus = self.bus
-        for (channel, message, packets), exc in refused:
-            if channel == bus._probe_channel:
-                continue  # a probe is no group's traffic: the next one tries again
-            bus._count_drop("error", packets, len(message))
-            bus._refusals += 1
-            if bus._refusals == 1 or bus._refusals % REFUSED_LOG_EVERY == 0:
-                log.warning("bus: Redis at %s refused a publish to %s (%d refused so far; dropped, counted in "
-                            "bus_dropped_packets_total{reason=\"error\"}): %s", self.name,
-                            channel.decode(errors="replace"), bus._refusals, exc)
 
     async def _disconnect(self) -> None:
         sub, pub, client = self.sub, self.pub, self.client
-        self.sub = self.pub = self.client = None
+        self.sub = self.pub = self.client = self.sub_transport = self.pub_transport = None
         for conn in (sub, pub):
             if conn is not None:
                 await _disconnect_quietly(conn)
@@ -468,15 +431,13 @@ class _Link:
         if self.runner is not None:
             self.runner.cancel()
         deadline = time.monotonic() + CLOSE_DRAIN_S
-        while self.queue and self.connected and time.monotonic() < deadline and all(not t.done() for t in self.tasks):
+        while ((self.queue or self.inflight) and self.connected and time.monotonic() < deadline
+               and all(not t.done() for t in self.tasks)):
             await asyncio.sleep(CLOSE_POLL_S)
-        self.generation += 1
-        if self.wake is not None:
-            self.wake.set()  # the writer sees it is done
         await _stop_tasks(self.tasks + ([self.runner] if self.runner is not None else []))
         self.tasks = []
-        self.drop_queue("disconnected")
         self.connected = False
+        self.drop_queue("disconnected")
         await self._disconnect()
         for waiters in self.waiters.values():
             for fut in waiters:
@@ -485,11 +446,75 @@ class _Link:
         self.waiters.clear()
 
 
+class _ReplyProtocol(asyncio.Protocol):
+    """Reads one connection of a link once redis-py has set it up: what
+    arrives is fed to a hiredis Reader and every reply parsed out of it is
+    handed to `on_reply` in order, in this callback (an error reply as a
+    redis ResponseError instance). The connection closing, or bytes that
+    are not RESP, end the link's connection (`lost`)."""
+
+    def __init__(self, link: _Link, lost: "asyncio.Future[None]", on_reply: Any) -> None:
+        import hiredis
+        from redis.exceptions import InvalidResponse, ResponseError
+
+        self.link = link
+        self.lost = lost
+        self.on_reply = on_reply
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self.transport: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        on_reply = self.on_reply
+        reader.feed(data)
+        try:
+            while True:
+                reply = reader.gets()
+                if reply is False:  # hiredis: no complete reply left
+                    return
+                on_reply(reply)
+        except Exception as exc:
+            log.exception("bus: connection to Redis at %s failed", self.link.name)
+            self._lose(exc)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._lose(exc or ConnectionError(f"Redis at {self.link.name} closed the connection"))
+
+    def _lose(self, exc: BaseException) -> None:
+        if not self.lost.done():
+            self.lost.set_exception(exc)
+            self.lost.exception()  # retrieved here: the link's supervisor reports it
+
+
+async def _take_transport(conn: Any, protocol: _ReplyProtocol) -> Any:
+    """The transport of redis-py Connection `conn` (connected, handshake
+    done, nothing left to read), from now on read by `protocol`. redis-py
+    keeps the transport in its private ``_writer`` (an asyncio
+    StreamWriter) in every version the bus supports (5.0 on); a version
+    without it fails the bus's start with this message rather than
+    misbehaving."""
+    writer = getattr(conn, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is None or not hasattr(transport, "set_protocol"):
+        raise RuntimeError("this redis-py keeps no asyncio transport in Connection._writer: the bus cannot read "
+                           "its connections (use redis-py 5.0 to 8)")
+    if await conn.can_read():
+        raise RuntimeError("unexpected data on a new Redis connection")
+    protocol.transport = transport
+    transport.set_protocol(protocol)
+    return transport
+
+
 #: Seconds a stopping link waits for its tasks to end after cancelling them.
 STOP_TASKS_S = 1.0
 
 
-async def _stop_tasks(tasks: List["asyncio.Task[None]"]) -> None:
+async def _stop_tasks(tasks: List["asyncio.Future[None]"]) -> None:
     """Cancel `tasks` and wait for them (STOP_TASKS_S at most): redis-py
     may swallow a cancellation that lands while it awaits a socket, so the
     tasks also watch the bus's closing flag, and the wait is bounded."""
@@ -505,7 +530,9 @@ async def _stop_tasks(tasks: List["asyncio.Task[None]"]) -> None:
 
 async def _disconnect_quietly(conn: Any) -> None:
     try:
-        await asyncio.wait_for(conn.disconnect(), CLOSE_DRAIN_S)
+        # nowait: the transport is read by a _ReplyProtocol now, and the
+        # StreamWriter's wait for its old protocol's close would not end
+        await asyncio.wait_for(conn.disconnect(nowait=True), CLOSE_DRAIN_S)
     except BaseException:  # a connection to a Redis that is gone: nothing left to close cleanly
         pass
 
@@ -743,20 +770,17 @@ class RedisBus(Bus):
                 self._m["delivered_packets"].inc(n)
                 self._m["delivered_bytes"].inc(len(data))
 
-    def _count_published(self, batch: List[Tuple[bytes, bytes, int]]) -> None:
+    def _count_published(self, packets: int, nbytes: int) -> None:
         stats = self.stats
+        stats["publishes"] += 1
+        stats["published_packets"] += packets
+        stats["published_bytes"] += nbytes
         m = self._m
-        for channel, message, packets in batch:
-            if channel == self._probe_channel:
-                continue
-            stats["publishes"] += 1
-            stats["published_packets"] += packets
-            stats["published_bytes"] += len(message)
-            if m is not None:
-                m["publishes"].inc()
-                m["published_packets"].inc(packets)
-                m["published_bytes"].inc(len(message))
-                m["batch"].record(packets)
+        if m is not None:
+            m["publishes"].inc()
+            m["published_packets"].inc(packets)
+            m["published_bytes"].inc(nbytes)
+            m["batch"].record(packets)
 
     def _count_drop(self, reason: str, packets: int, nbytes: int) -> None:
         self.stats["dropped_packets"] += packets
