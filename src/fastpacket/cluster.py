@@ -355,16 +355,19 @@ class _Link:
             return
         self.queue.append((channel, message, packets))
         self.queued_bytes += len(message)
-        if not self.send_soon:
+        if not self.send_soon and not self.inflight:
             # the other groups of this iteration publish too: one write for all
             self.send_soon = True
             asyncio.get_running_loop().call_soon(self._send)
 
     def _send(self) -> None:
         """Writes the queued publishes, packed by the connection, in one
-        write; they await their replies in order."""
+        write; they await their replies in order. One batch is in flight at
+        a time: what is published meanwhile goes in the next batch, sent
+        when the last reply comes back (batches grow with the load, by a
+        Redis round trip at most, rather than one write per iteration)."""
         self.send_soon = False
-        if not self.connected or not self.queue:
+        if not self.connected or not self.queue or self.inflight:
             return
         batch = list(self.queue)
         self.queue.clear()
@@ -386,6 +389,8 @@ class _Link:
         channel, message, packets = self.inflight.popleft()
         self.inflight_bytes -= len(message)
         self.last_reply_at = time.monotonic()
+        if not self.inflight and self.queue:
+            self._send()  # the next batch: what was published during this one's round trip
         bus = self.bus
         if channel == bus._probe_channel:
             return  # a probe is no group's traffic (a refused one: the next one tries again)
