@@ -23,12 +23,22 @@ How it works:
 - a server skips its own messages (its members got the packets directly)
   and delivers the others' to its members natively: ``send`` packets with
   each member's own seq, ``send_batch`` packets byte for byte;
-- one publishing connection per Redis node, used by one task in order, so
-  what one server sends to a group reaches every member in the order it
-  was sent;
-- the publish backlog is bounded (``max_backlog_bytes``): past it, new
-  messages are dropped and counted (``bus_dropped_packets_total{reason=
-  "backlog"}``), never queued without end.
+- one publishing connection per Redis node, written in order, so what one
+  server sends to a group reaches every member in the order it was sent;
+  one batch of PUBLISH commands is in flight at a time (one write), and
+  what is published during its round trip goes in the next one;
+- the publish backlog (messages waiting to be published or for Redis's
+  reply) is bounded (``max_backlog_bytes``): past it, new messages are
+  dropped and counted (``bus_dropped_packets_total{reason="backlog"}``),
+  never queued without end; a publish Redis refuses (an ACL, a moved
+  slot) is dropped and counted too (``reason="error"``, logged once per
+  REFUSED_LOG_EVERY).
+
+The Redis side is redis-py's (connection set-up: URL, TLS, AUTH, SELECT;
+command packing) and hiredis's (parsing); the bus reads both connections
+of a node with loop callbacks, not through Pipeline and PubSub objects,
+whose per-message work (a task wake-up, timeouts, retries) cost more CPU
+than the rest of a cross-server delivery (see README, "Cluster").
 
 Guarantees: while Redis is reachable, every packet sent to a group reaches
 every member on every server exactly once, and the packets one server sends
@@ -49,7 +59,7 @@ groups spread over the shards. redis-py's asyncio cluster client
 plain connection pair (publish, subscribe) per primary node and picks it by
 the channel's key slot. (redis-py 8's ``ClusterPubSub`` reads the shards'
 connections by polling each in turn with a timeout, which adds latency to
-a real-time bus; one reader task per shard does not.) The bus maps slots
+a real-time bus; one reader per shard does not.) The bus maps slots
 to primaries when it starts and keeps that map: a slot that moves while it
 runs (resharding, a failover to a replica) is not followed; restart the
 servers after changing the cluster's layout.
@@ -92,8 +102,8 @@ log = logging.getLogger("fastpacket.cluster")
 
 #: Prefix of every channel the bus uses: servers share groups only within one namespace.
 DEFAULT_NAMESPACE = "fastpacket"
-#: Bytes of messages waiting to be published past which new ones are
-#: dropped (per Redis node): about 8 ms of a 1 GB/s link, far more than a
+#: Bytes of messages waiting to be published (or for Redis's reply) past
+#: which new ones are dropped (per Redis node): about 8 ms of a 1 GB/s link, far more than a
 #: healthy loopback Redis ever holds, small enough to bound memory.
 DEFAULT_MAX_BACKLOG_BYTES = 8 << 20
 #: A message body of at least this many bytes is lz4-compressed when that
@@ -508,7 +518,9 @@ async def _take_transport(conn: Any, protocol: _ReplyProtocol) -> Any:
     if transport is None or not hasattr(transport, "set_protocol"):
         raise RuntimeError("this redis-py keeps no asyncio transport in Connection._writer: the bus cannot read "
                            "its connections (use redis-py 5.0 to 8)")
-    if await conn.can_read():
+    # can_read (redis-py 5.3 on) was can_read_destructive before
+    can_read = getattr(conn, "can_read", None) or getattr(conn, "can_read_destructive", None)
+    if can_read is not None and await can_read():
         raise RuntimeError("unexpected data on a new Redis connection")
     protocol.transport = transport
     transport.set_protocol(protocol)
@@ -559,8 +571,8 @@ class RedisBus(Bus):
     `url`: ``redis://[[user]:password@]host:port/db`` (``rediss://`` for
     TLS, ``unix:///path``), or ``redis+cluster://host:port`` for a Redis
     Cluster (sharded pub/sub). `namespace` prefixes every channel.
-    `max_backlog_bytes` bounds the messages waiting to be published per
-    Redis node (past it they are dropped and counted); message bodies of
+    `max_backlog_bytes` bounds the messages waiting to be published (or
+    for Redis's reply) per Redis node (past it they are dropped and counted); message bodies of
     `compress_threshold` bytes or more are lz4-compressed when it pays;
     every `probe_interval` seconds (0: never) a probe times the round trip
     through Redis. One RedisBus serves one server. BusUnavailable at
