@@ -103,8 +103,9 @@ log = logging.getLogger("fastpacket.cluster")
 #: Prefix of every channel the bus uses: servers share groups only within one namespace.
 DEFAULT_NAMESPACE = "fastpacket"
 #: Bytes of messages waiting to be published (or for Redis's reply) past
-#: which new ones are dropped (per Redis node): about 8 ms of a 1 GB/s link, far more than a
-#: healthy loopback Redis ever holds, small enough to bound memory.
+#: which new ones are dropped (per Redis node): about 8 ms of a 1 GB/s
+#: link, far more than a healthy loopback Redis ever holds, small enough
+#: to bound memory.
 DEFAULT_MAX_BACKLOG_BYTES = 8 << 20
 #: A message body of at least this many bytes is lz4-compressed when that
 #: saves 10% (the Aggregator's rule).
@@ -181,9 +182,10 @@ class _Link:
     coroutine per message, and the sends a delivery causes share the
     server's end-of-iteration flush with what its own players sent in the
     same iteration. Commands are packed by the connection
-    (``pack_command``/``pack_commands``) and written to the transport: the
-    publishes of one loop iteration are one write, their replies matched
-    in order. RESP2 (``protocol=2``): pub/sub messages are plain replies."""
+    (``pack_command``/``pack_commands``) and written to the transport: one
+    batch of publishes in flight (one write, its replies matched in order),
+    what is published meanwhile sent as the next batch when the last reply
+    comes back. RESP2 (``protocol=2``): pub/sub messages are plain replies."""
 
     def __init__(self, bus: "RedisBus", name: str, kwargs: Dict[str, Any]) -> None:
         self.bus = bus
@@ -197,14 +199,14 @@ class _Link:
         self.wanted: Dict[bytes, Group] = {}  # channels subscribed (or to be) on this node
         self.confirmed: Set[bytes] = set()    # ... and confirmed by Redis
         self.waiters: Dict[bytes, List["asyncio.Future[bool]"]] = {}
-        # messages to publish at the end of this loop iteration, then
-        # written and awaiting their replies, in order: (channel, message, packets)
+        # messages waiting to be written, then written and awaiting their
+        # replies, in order: (channel, message, packets)
         self.queue: Deque[Tuple[bytes, bytes, int]] = collections.deque()
         self.queued_bytes = 0
         self.inflight: Deque[Tuple[bytes, bytes, int]] = collections.deque()
         self.inflight_bytes = 0
         self.send_soon = False                # a _send is scheduled
-        self.last_reply_at = 0.0              # monotonic time of the last reply (or of the first write after none)
+        self.last_reply_at = 0.0              # monotonic time of the last reply (or of a write after none)
         self.lost: Optional["asyncio.Future[None]"] = None  # done when a connection of this link is lost
         self.connected = False
         self.lost_at: Optional[float] = None  # monotonic time of the outage, while down
@@ -572,8 +574,9 @@ class RedisBus(Bus):
     TLS, ``unix:///path``), or ``redis+cluster://host:port`` for a Redis
     Cluster (sharded pub/sub). `namespace` prefixes every channel.
     `max_backlog_bytes` bounds the messages waiting to be published (or
-    for Redis's reply) per Redis node (past it they are dropped and counted); message bodies of
-    `compress_threshold` bytes or more are lz4-compressed when it pays;
+    for Redis's reply) per Redis node (past it they are dropped and
+    counted); message bodies of `compress_threshold` bytes or more are
+    lz4-compressed when it pays;
     every `probe_interval` seconds (0: never) a probe times the round trip
     through Redis. One RedisBus serves one server. BusUnavailable at
     start when Redis cannot be reached or redis-py is missing.
