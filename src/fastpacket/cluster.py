@@ -205,7 +205,6 @@ class _Link:
         self.queued_bytes = 0
         self.inflight: Deque[Tuple[bytes, bytes, int]] = collections.deque()
         self.inflight_bytes = 0
-        self.send_soon = False                # a _send is scheduled
         self.last_reply_at = 0.0              # monotonic time of the last reply (or of a write after none)
         self.lost: Optional["asyncio.Future[None]"] = None  # done when a connection of this link is lost
         self.connected = False
@@ -367,10 +366,13 @@ class _Link:
             return
         self.queue.append((channel, message, packets))
         self.queued_bytes += len(message)
-        if not self.send_soon and not self.inflight:
-            # the other groups of this iteration publish too: one write for all
-            self.send_soon = True
-            asyncio.get_running_loop().call_soon(self._send)
+        # written by flush(), once the server published every group of this iteration
+
+    def flush(self) -> None:
+        """Writes what is queued now, unless a batch is in flight (then it
+        goes when that batch's last reply comes back)."""
+        if self.queue and not self.inflight and self.connected:
+            self._send()
 
     def _send(self) -> None:
         """Writes the queued publishes, packed by the connection, in one
@@ -378,9 +380,6 @@ class _Link:
         a time: what is published meanwhile goes in the next batch, sent
         when the last reply comes back (batches grow with the load, by a
         Redis round trip at most, rather than one write per iteration)."""
-        self.send_soon = False
-        if not self.connected or not self.queue or self.inflight:
-            return
         batch = list(self.queue)
         self.queue.clear()
         if not self.inflight:
@@ -747,9 +746,15 @@ class RedisBus(Bus):
 
     def publish(self, group: Group, message: bytes, packets: int) -> None:
         """Queue `message` for the group's channel (dropped and counted when
-        Redis is unreachable or the backlog is full)."""
+        Redis is unreachable or the backlog is full); flush() writes it."""
         channel = _channel_of(group)
         self._link_for(channel).publish(channel, message, packets)
+
+    def flush(self) -> None:
+        """Write what publish() queued this loop iteration: one write per
+        Redis node (or, while a batch is in flight there, with the next)."""
+        for link in self._links.values():
+            link.flush()
 
     async def wait_subscribed(self, group: Group, timeout: float = CONNECT_TIMEOUT_S) -> bool:
         """Wait until Redis confirmed this server's subscription to the
@@ -827,6 +832,7 @@ class RedisBus(Bus):
             if link is not None and link.connected:
                 # through the publish queue: the probe times what a group send goes through
                 link.publish(self._probe_channel, _PROBE.pack(self.sender_id, time.monotonic_ns()), 0)
+                link.flush()
 
     def _probe_back(self, data: bytes) -> None:
         if len(data) != _PROBE.size:
