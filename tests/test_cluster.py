@@ -369,8 +369,10 @@ def test_messages_among_subscribe_confirmations(run, redis_server):
         assert (await capture.get_message(timeout=5))["type"] == "subscribe"
         servers[1].group("room").send(5, b"captured", player_id=7)
         msg = None
+        deadline = time.monotonic() + 10
         while msg is None or msg["type"] != "message":
-            msg = await capture.get_message(timeout=5)
+            assert time.monotonic() < deadline, "server B's publish never reached Redis"
+            msg = await capture.get_message(timeout=1)
         await capture.aclose()
         assert [bytes(p.payload) for p in await recv_packets(a, 1)] == [b"captured"]
         (member,) = servers[0].sessions
