@@ -672,13 +672,14 @@ cdef class PacketBatch:
         cdef size_t hs = lc.header_size
         cdef Py_ssize_t i
         cdef uint64_t first
-        if self._count:
-            first = lc.read(hdr, lc.type_index)
-            i = 1
-            while i < self._count and lc.read(hdr + i * hs, lc.type_index) == first:
-                i += 1
-            if i == self._count:
-                return {first: self}
+        if self._count == 0:
+            return {}
+        first = lc.read(hdr, lc.type_index)
+        i = 1
+        while i < self._count and lc.read(hdr + i * hs, lc.type_index) == first:
+            i += 1
+        if i == self._count:
+            return {first: self}
         keys = np.ascontiguousarray(self.types, dtype=np.uint64)
         cdef cnp.uint64_t[::1] kv = keys
         order = np.empty(self._count, dtype=np.uint32)
