@@ -62,6 +62,7 @@ def test_write_path_is_native_on_the_selector_loop_only(run):
         got = await client.recv(5)
         assert [p.payload.tobytes() for p in got] == [b"x" * 20]
         client.close()
+        await asyncio.wait_for(client.wait_closed(), 5)
         await asyncio.wait_for(sessions[0].wait_closed(), 5)
         assert sessions[0].write_path is None
         server.close()
@@ -187,6 +188,7 @@ def test_unix_socket_uses_the_native_path_too(run, tmp_path):
         assert [p.payload.tobytes() for p in got] == [bytes([i]) * 30 for i in range(100)]
         assert sessions[0].write_path == expected_path(asyncio.get_running_loop())
         client.close()
+        await asyncio.wait_for(client.wait_closed(), 5)
         server.close()
         await server.wait_closed()
 
