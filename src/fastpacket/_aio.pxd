@@ -85,7 +85,7 @@ cdef class SessionBase:
     cdef dict _handlers
     cdef FrameDecoder _decoder
     cdef RingBuffer _ring               # lent while data is pending, else None
-    cdef SendBuffer _sendbuf
+    cdef SendBuffer _sendbuf            # made on the first send (idle connections hold none); _out() makes it
     cdef object _close_reason
     cdef bint _opened                   # accepted by the hub (not refused)
     cdef bint _closing
@@ -125,6 +125,7 @@ cdef class SessionBase:
                                Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except -1
     cdef bint _make_room(self) except -1
     cdef int _after_send(self) except -1
+    cdef SendBuffer _out(self)
     cdef int _flush(self) except -1
     cdef Py_ssize_t _write_through(self, size_t nbytes, size_t count) except -2
     cdef int _send_failed(self, BaseException exc, size_t n) except -1

@@ -464,7 +464,6 @@ cdef class SessionBase:
         self._handler = hub._handler
         self._handlers = hub._handlers
         self._decoder = FrameDecoder(hub._layout, hub._max_packet_size, hub._aggregator)
-        self._sendbuf = SendBuffer(hub._send_buffer, hub._layout)
         self._bucket = TokenBucket(hub._packets_per_s, hub._bytes_per_s, hub._rate_burst)
         self._rate_close = hub._rate_close
         self._last_activity_ns = monotonic_ns()
@@ -795,7 +794,7 @@ cdef class SessionBase:
             self.dropped_out += 1
             return None
         try:
-            s = self._sendbuf.send(type, payload, player_id=player_id, seq=seq)
+            s = self._out().send(type, payload, player_id=player_id, seq=seq)
         except BufferFull:
             if not self._make_room():
                 self.dropped_out += 1
@@ -813,7 +812,7 @@ cdef class SessionBase:
             self.dropped_out += len(batch)
             return
         try:
-            self._sendbuf.send_batch(batch)
+            self._out().send_batch(batch)
         except BufferFull:
             if not self._make_room():
                 self.dropped_out += len(batch)
@@ -837,14 +836,14 @@ cdef class SessionBase:
         records_view(arr, &rv)
         cdef U64Values ids
         keep = u64_values(player_ids, rv.count, "player_ids", &ids)
-        check_player_ids(self._sendbuf._layout, &ids, rv.count)
+        check_player_ids(self._hub._layout, &ids, rv.count)
         return self._send_rows(type, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride)
 
     cdef Py_ssize_t _send_rows(self, uint64_t type_, const uint8_t* rows, Py_ssize_t count, Py_ssize_t row_bytes,
                                Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except -1:
         """Queues rows as packets, flushing between runs that fill the
         buffer; the number queued (the rest dropped and counted)."""
-        cdef SendBuffer sb = self._sendbuf
+        cdef SendBuffer sb = self._out()
         cdef size_t frame = sb._layout.c.header_size + <size_t>row_bytes
         cdef Py_ssize_t done = 0, k
         if frame > sb._max:
@@ -910,6 +909,8 @@ cdef class SessionBase:
         counts the packets as dropped; it never propagates, so no caller
         (the read burst, the hub's end-of-iteration flush) is interrupted."""
         self._dirty = False
+        if self._sendbuf is None:
+            return 0  # nothing was ever sent
         cdef size_t n = self._sendbuf._c.count()
         if self._writing_paused or self.transport is None or n == 0:
             return 0
@@ -931,6 +932,13 @@ cdef class SessionBase:
         self.flushes += 1
         self.bytes_out += wire
         return 0
+
+    cdef SendBuffer _out(self):
+        """This session's send buffer, made on first use: an idle connection
+        holds none (its 64 KiB chunk is most of an idle session's memory)."""
+        if self._sendbuf is None:
+            self._sendbuf = SendBuffer(self._hub._send_buffer, self._hub._layout)
+        return self._sendbuf
 
     cdef Py_ssize_t _write_through(self, size_t nbytes, size_t count) except -2:
         """The native write path: one send(2) of the queued bytes while the
@@ -1068,7 +1076,7 @@ cdef class SessionBase:
     @property
     def queued_bytes(self):
         """Bytes queued in this session's send buffer, not yet written."""
-        return self._sendbuf._c.size()
+        return self._sendbuf._c.size() if self._sendbuf is not None else 0
 
     @property
     def unhandled_packets(self):
@@ -1195,7 +1203,7 @@ def _scatter(sessions, uint64_t type, records, player_ids, index, starts, bint f
             if not isinstance(<object>items[i], SessionBase):
                 raise TypeError(f"scatter targets are sessions (or None), not {(<object>items[i]).__class__.__name__!r} "
                                 f"(index {i})")
-            check_player_ids((<SessionBase>items[i])._sendbuf._layout, &ids, rv.count)
+            check_player_ids((<SessionBase>items[i])._hub._layout, &ids, rv.count)
     if index is None:
         if n != rv.count:
             raise ValueError(f"scatter needs one row per session: {n} sessions, {rv.count} rows")
@@ -1260,7 +1268,7 @@ def _broadcast_array(sessions, uint64_t type, records, player_ids, SessionBase s
         if s is not None and s is not skip:
             if not isinstance(s, SessionBase):
                 raise TypeError(f"broadcast targets are sessions, not {s.__class__.__name__!r}")
-            check_player_ids((<SessionBase>s)._sendbuf._layout, &ids, rv.count)
+            check_player_ids((<SessionBase>s)._hub._layout, &ids, rv.count)
     cdef Py_ssize_t queued = 0
     for s in targets:
         if s is None or s is skip:
