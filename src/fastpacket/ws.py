@@ -168,7 +168,7 @@ def _listener_class() -> Any:
     binary, continuation, text, close = (picows.WSMsgType.BINARY, picows.WSMsgType.CONTINUATION,
                                          picows.WSMsgType.TEXT, picows.WSMsgType.CLOSE)
 
-    class Listener(picows.WSListener):  # type: ignore[misc]
+    class Listener(picows.WSListener):  # type: ignore[misc,name-defined]
         """One WebSocket connection: frames in, a Session's packets out."""
 
         def __init__(self, session: Session, max_message_size: int) -> None:

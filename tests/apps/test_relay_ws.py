@@ -1,0 +1,59 @@
+"""The relay over WebSocket: ``fastpacket serve relay --ws-port`` in a
+subprocess, a Python client on the ``websockets`` library in the same room
+as a TCP client, each seeing the other's MOVEs; ``fastpacket.run(...,
+ws_port=)`` in code. Every wait bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+from websockets.asyncio.client import connect as ws_connect
+
+import fastpacket as fp
+from fastpacket import aio
+from fastpacket.apps.relay import JOIN, MOVE, MOVE_FORMAT
+from tests.loops import recv_packets
+from tests.served import Served
+
+WAIT_S = 10.0
+ROOM = 3
+
+
+def packets(message):
+    return [(p.type, p.player_id, bytes(p.payload)) for p in fp.FrameDecoder().feed(message)]
+
+
+async def ws_moves(ws, want):
+    """MOVE packets the websocket client receives until `want` of them."""
+    got = []
+    while len(got) < want:
+        got += [p for p in packets(await asyncio.wait_for(ws.recv(), WAIT_S)) if p[0] == MOVE]
+    return got
+
+
+def test_serve_relay_ws_port_websockets_and_tcp_share_a_room(tmp_path):
+    served = Served(["relay", "--ws-port", "0"], tmp_path)
+    try:
+        assert served.ws_port, served.line
+
+        async def main():
+            tcp = await aio.connect("127.0.0.1", served.port)
+            tcp.send(JOIN, struct.pack("<I", ROOM), player_id=1)
+            assert [p.type for p in await asyncio.wait_for(tcp.recv(), WAIT_S)] == [JOIN]
+            async with ws_connect(f"ws://127.0.0.1:{served.ws_port}/") as ws:
+                await ws.send(fp.encode(JOIN, struct.pack("<I", ROOM), player_id=2))
+                assert packets(await asyncio.wait_for(ws.recv(), WAIT_S))[0][0] == JOIN
+                tcp.send(MOVE, MOVE_FORMAT.pack(10, 20, 0, 123), player_id=1)
+                assert await ws_moves(ws, 1) == [(MOVE, 1, MOVE_FORMAT.pack(10, 20, 0, 123))]
+                await ws.send(fp.encode(MOVE, MOVE_FORMAT.pack(7, 8, 0, 456), player_id=2))
+                # the sender hears its own move (its acknowledgement), the TCP player too
+                assert await ws_moves(ws, 1) == [(MOVE, 2, MOVE_FORMAT.pack(7, 8, 0, 456))]
+                got = await recv_packets(tcp, 2, WAIT_S)  # its own move, then the browser's
+                assert [(p.type, p.player_id) for p in got] == [(MOVE, 1), (MOVE, 2)]
+            tcp.close()
+
+        asyncio.run(main())
+    finally:
+        code, out, err = served.stop()
+    assert code == 0, err
