@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing as mp
 import statistics
 import struct
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 from fastpacket.cli.bench._harness import Row
 from fastpacket.cli.bench.cluster import cpu_seconds_of
@@ -72,7 +73,7 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
             return await fp.aio.serve_ws(echo, "127.0.0.1", 0)
         import picows
 
-        class Echo(picows.WSListener):  # type: ignore[misc,name-defined]
+        class Echo(picows.WSListener):
             def on_ws_frame(self, transport: Any, frame: Any) -> None:
                 if frame.msg_type == picows.WSMsgType.BINARY:
                     transport.send(picows.WSMsgType.BINARY, frame.get_payload_as_memoryview())
@@ -116,7 +117,7 @@ async def _drive(impl: str, port: int, seconds: float, count: int, conn: Any) ->
     burst = b"".join(HEADER.pack(HEADER.size + PAYLOAD_BYTES, 1, i, 7) + bytes(PAYLOAD_BYTES) for i in range(count))
     loop = asyncio.get_running_loop()
     counters = [_Counter(len(burst)) for _ in range(CONNECTIONS)]
-    senders = []
+    senders: List[Callable[[], None]] = []
     if impl == "tcp":
         class Client(asyncio.Protocol):
             def __init__(self, counter: _Counter) -> None:
@@ -126,12 +127,12 @@ async def _drive(impl: str, port: int, seconds: float, count: int, conn: Any) ->
                 self.counter.received(len(data))
 
         for c in counters:
-            transport, _ = await loop.create_connection(lambda c=c: Client(c), "127.0.0.1", port)
-            senders.append(lambda t=transport: t.write(burst))
+            transport, _ = await loop.create_connection(functools.partial(Client, c), "127.0.0.1", port)
+            senders.append(functools.partial(transport.write, burst))
     else:
         import picows
 
-        class WSClient(picows.WSListener):  # type: ignore[misc,name-defined]
+        class WSClient(picows.WSListener):
             def __init__(self, counter: _Counter) -> None:
                 self.counter = counter
 
@@ -140,9 +141,9 @@ async def _drive(impl: str, port: int, seconds: float, count: int, conn: Any) ->
                     self.counter.received(frame.payload_size)
 
         for c in counters:
-            transport, _ = await picows.ws_connect(lambda c=c: WSClient(c), f"ws://127.0.0.1:{port}/",
-                                                   use_aiofastnet=False)
-            senders.append(lambda t=transport: t.send(picows.WSMsgType.BINARY, burst))
+            ws, _ = await picows.ws_connect(functools.partial(WSClient, c), f"ws://127.0.0.1:{port}/",
+                                            use_aiofastnet=False)
+            senders.append(functools.partial(ws.send, picows.WSMsgType.BINARY, burst))
     conn.send("ready")
     await loop.run_in_executor(None, conn.recv)  # "go": the parent read the server's CPU clock
     deadline = loop.time() + seconds
