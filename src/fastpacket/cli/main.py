@@ -344,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--app", choices=["relay", "tick"], default="relay",
                       help="relay (default): MOVEs relayed to rooms; tick: the authoritative tick server")
     _add_tick_args(demo)
+    demo.add_argument("--browser", action="store_true",
+                      help="also serve the relay's live view (a page over WebSocket, needs 'fastpacket[ws]') and "
+                           "print its URL: open it to watch the players move")
+    demo.add_argument("--ws-port", type=int, default=0, metavar="N",
+                      help="the live view's port with --browser (default 0: any free one)")
     from fastpacket.cli.demo import cmd_demo
 
     demo.set_defaults(func=cmd_demo)
