@@ -1,7 +1,8 @@
 """WebSocket: the fastpacket echo over WebSocket (fastpacket.ws on picows)
 against the same echo over TCP (fastpacket.aio), and against picows's own
 echo server (a WSListener that sends each frame back: WebSocket with no
-packets), on the same load, measured in one run with interleaved
+packets) and the ``websockets`` library's (the other common choice, where
+it is installed), on the same load, measured in one run with interleaved
 repetitions, each server in its own process on uvloop (asyncio's loop
 where uvloop is missing).
 
@@ -45,8 +46,9 @@ PAYLOAD_BYTES = 32
 START_TIMEOUT_S = 30.0
 #: The goal: WebSocket server CPU per packet at most this multiple of TCP's.
 GOAL_CPU_RATIO = 1.3
-IMPLS = ("tcp", "ws", "picows")
-LABELS = {"tcp": "fastpacket TCP", "ws": "fastpacket WebSocket", "picows": "picows echo (no packets)"}
+IMPLS = ("tcp", "ws", "picows", "websockets")
+LABELS = {"tcp": "fastpacket TCP", "ws": "fastpacket WebSocket", "picows": "picows echo (no packets)",
+          "websockets": "websockets echo (no packets)"}
 
 
 def _loop_kind() -> str:
@@ -71,6 +73,14 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
             return await fp.aio.serve(echo, "127.0.0.1", 0)
         if impl == "ws":
             return await fp.aio.serve_ws(echo, "127.0.0.1", 0)
+        if impl == "websockets":
+            from websockets.asyncio.server import serve
+
+            async def handler(ws: Any) -> None:
+                async for message in ws:
+                    await ws.send(message)
+
+            return await serve(handler, "127.0.0.1", 0, compression=None)
         import picows
 
         class Echo(picows.WSListener):
@@ -208,6 +218,14 @@ def measure(impl: str, seconds: float, count: int) -> Dict[str, float]:
     return {"packets_per_s": packets / elapsed, "cpu_us_per_packet": (cpu1 - cpu0) * 1e6 / n}
 
 
+def _has_websockets() -> bool:
+    try:
+        import websockets.asyncio.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(quick: bool = False) -> List[Row]:
     """The ws section's rows (see the module docstring)."""
     if not sys.platform.startswith("linux"):
@@ -227,16 +245,17 @@ def run(quick: bool = False) -> List[Row]:
 
 
 def _rows(count: int, seconds: float, repeat: int) -> List[Row]:
-    runs: Dict[str, List[Dict[str, float]]] = {impl: [] for impl in IMPLS}
+    impls = [impl for impl in IMPLS if impl != "websockets" or _has_websockets()]
+    runs: Dict[str, List[Dict[str, float]]] = {impl: [] for impl in impls}
     for _ in range(repeat):  # interleaved, so machine noise hits all alike
-        for impl in IMPLS:
+        for impl in impls:
             runs[impl].append(measure(impl, seconds, count))
     res = {impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()}
     base = res["tcp"]["cpu_us_per_packet"]
     rows = []
     case = (f"{_loop_kind()}: echo server CPU per packet, {CONNECTIONS} conns x {count}-packet "
             f"{'bursts' if count > 1 else 'messages'} ({PAYLOAD_BYTES} B payloads)")
-    for impl in IMPLS:
+    for impl in impls:
         r = res[impl]
         cpu_ratio = r["cpu_us_per_packet"] / base
         rows.append(Row("ws", case, LABELS[impl], 1e6 / r["cpu_us_per_packet"], "packets/CPU-s",
