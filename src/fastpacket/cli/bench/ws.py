@@ -44,6 +44,8 @@ BURSTS = (16, 1)
 PAYLOAD_BYTES = 32
 #: Seconds a server or the load may take to start.
 START_TIMEOUT_S = 30.0
+#: Seconds the load waits after closing its connections.
+CLOSE_GRACE_S = 0.2
 #: The goal: WebSocket server CPU per packet at most this multiple of TCP's.
 GOAL_CPU_RATIO = 1.3
 IMPLS = ("tcp", "ws", "picows", "websockets")
@@ -75,10 +77,14 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
             return await fp.aio.serve_ws(echo, "127.0.0.1", 0)
         if impl == "websockets":
             from websockets.asyncio.server import serve
+            from websockets.exceptions import ConnectionClosed
 
             async def handler(ws: Any) -> None:
-                async for message in ws:
-                    await ws.send(message)
+                try:
+                    async for message in ws:
+                        await ws.send(message)
+                except ConnectionClosed:  # the load process ends without a close handshake
+                    pass
 
             return await serve(handler, "127.0.0.1", 0, compression=None)
         import picows
@@ -128,6 +134,7 @@ async def _drive(impl: str, port: int, seconds: float, count: int, conn: Any) ->
     loop = asyncio.get_running_loop()
     counters = [_Counter(len(burst)) for _ in range(CONNECTIONS)]
     senders: List[Callable[[], None]] = []
+    closers: List[Callable[[], None]] = []
     if impl == "tcp":
         class Client(asyncio.Protocol):
             def __init__(self, counter: _Counter) -> None:
@@ -139,6 +146,7 @@ async def _drive(impl: str, port: int, seconds: float, count: int, conn: Any) ->
         for c in counters:
             transport, _ = await loop.create_connection(functools.partial(Client, c), "127.0.0.1", port)
             senders.append(functools.partial(transport.write, burst))
+            closers.append(transport.close)
     else:
         import picows
 
@@ -154,6 +162,7 @@ async def _drive(impl: str, port: int, seconds: float, count: int, conn: Any) ->
             ws, _ = await picows.ws_connect(functools.partial(WSClient, c), f"ws://127.0.0.1:{port}/",
                                             use_aiofastnet=False)
             senders.append(functools.partial(ws.send, picows.WSMsgType.BINARY, burst))
+            closers.append(functools.partial(ws.send_close, picows.WSCloseCode.OK))
     conn.send("ready")
     await loop.run_in_executor(None, conn.recv)  # "go": the parent read the server's CPU clock
     deadline = loop.time() + seconds
@@ -167,6 +176,9 @@ async def _drive(impl: str, port: int, seconds: float, count: int, conn: Any) ->
             counter.packets += count
 
     await asyncio.gather(*(one(c, s) for c, s in zip(counters, senders)))
+    for close in closers:
+        close()
+    await asyncio.sleep(CLOSE_GRACE_S)  # let the closes reach the server before the process exits
     return sum(c.packets for c in counters)
 
 
