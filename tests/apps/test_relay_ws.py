@@ -57,3 +57,61 @@ def test_serve_relay_ws_port_websockets_and_tcp_share_a_room(tmp_path):
     finally:
         code, out, err = served.stop()
     assert code == 0, err
+
+
+def test_ws_port_arguments_are_checked():
+    import pytest
+
+    from fastpacket.runtime import ServerConfig, run_config
+
+    with pytest.raises(ValueError, match="ws_port"):
+        ServerConfig(app="fastpacket.apps.relay:Relay", ws_port=70000).check()
+    with pytest.raises(ValueError, match="ws_port"):
+        ServerConfig(app="fastpacket.apps.relay:Relay", uds="/tmp/x.sock", ws_port=0).check()
+    with pytest.raises(ValueError, match="ws_port must be a fixed port"):
+        run_config(ServerConfig(app="fastpacket.apps.relay:Relay", port=0, ws_port=0), workers=2)
+
+
+def test_live_view_pages_are_served(tmp_path):
+    import urllib.request
+
+    served = Served(["relay", "--ws-port", "0"], tmp_path)
+    try:
+        for path, kind, marker in (("/", "text/html", b"fastpacketLive"),
+                                   ("/fastpacket.js", "text/javascript", b"export function connect")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{served.ws_port}{path}", timeout=WAIT_S) as r:
+                assert r.headers["Content-Type"].startswith(kind) and marker in r.read()
+    finally:
+        code, out, err = served.stop()
+    assert code == 0, err
+
+
+def test_watcher_gets_stats_and_every_room_move(tmp_path):
+    from fastpacket.apps.relay import ROOM, STATS, STATS_FORMAT, WATCH
+
+    served = Served(["relay", "--ws-port", "0"], tmp_path)
+    try:
+        async def main():
+            async with ws_connect(f"ws://127.0.0.1:{served.ws_port}/") as watcher:
+                await watcher.send(fp.encode(WATCH, b"clock123"))
+                got = packets(await asyncio.wait_for(watcher.recv(), WAIT_S))
+                assert [p[0] for p in got] == [WATCH, STATS] and got[0][2] == b"clock123"
+                connections, rooms, watchers, _, _ = STATS_FORMAT.unpack(got[1][2])
+                assert (connections, rooms, watchers) == (1, 0, 1)
+                tcp = await aio.connect("127.0.0.1", served.port)
+                tcp.send(JOIN, struct.pack("<I", ROOM_OF_TCP), player_id=9)
+                await asyncio.wait_for(tcp.recv(), WAIT_S)
+                tcp.send(MOVE, MOVE_FORMAT.pack(1, 2, 3, 4), player_id=9)
+                seen = []
+                while len(seen) < 2:
+                    seen += packets(await asyncio.wait_for(watcher.recv(), WAIT_S))
+                assert seen == [(ROOM, 0, struct.pack("<I", ROOM_OF_TCP)), (MOVE, 9, MOVE_FORMAT.pack(1, 2, 3, 4))]
+                tcp.close()
+
+        asyncio.run(main())
+    finally:
+        code, out, err = served.stop()
+    assert code == 0, err
+
+
+ROOM_OF_TCP = 11
