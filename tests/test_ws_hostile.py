@@ -42,10 +42,11 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, length: int = None) -> bytes:
+def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, length: int = None,
+          rsv1: bool = False) -> bytes:
     """One client frame (RFC 6455 5.2); `length` overrides the declared length."""
     n = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | opcode])
+    head = bytes([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
     bit = 0x80 if masked else 0
     if n < 126:
         head += bytes([bit | n])
@@ -243,3 +244,14 @@ def test_peer_that_never_answers_pings(run):
 
     closes = hostile(run, case, ping_interval=0.2, ping_timeout=0.2)
     assert any(r.startswith("idle timeout: ") and "ping" in r for r in closes), closes
+
+
+def test_compressed_frame_without_negotiation(run):
+    async def case(server):
+        reader, writer, _ = await raw_upgrade(server.port)
+        writer.write(frame(OP_BINARY, fp.encode(1, b"deflated, supposedly"), rsv1=True))
+        code, reason = await read_close(reader)
+        assert code == 1002 and "RSV" in reason, (code, reason)
+        writer.close()
+
+    hostile(run, case)

@@ -15,6 +15,10 @@ A server in a few lines::
 
     asyncio.run(main())
 
+Browsers: ``serve_ws(handler, host, port, *, path="/", ssl=None, ...)``
+and ``connect_ws(url)`` serve and reach the same sessions over WebSocket
+(fastpacket.ws, the ``fastpacket[ws]`` extra).
+
 Listening mirrors asyncio's ``start_server`` family: ``serve(handler,
 host, port, *, ssl=None, sock=None, ...)`` (TCP; ``ssl`` an
 ``ssl.SSLContext`` for TLS, ``sock`` an already bound socket, as systemd

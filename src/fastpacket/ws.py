@@ -33,7 +33,9 @@ messages and packets:
   more than MAX_FRAGMENTS fragments          1009  protocol error: more than ... fragments
   a message that ends inside a packet,       1002  protocol error: ...
   a bad packet (size out of range), an
-  unmasked frame, a bad opcode (picows)
+  unmasked frame, a bad opcode (picows),
+  RSV bits set (say, a compressed message:
+  no extension is negotiated)
   rate limit with ``rate_policy="close"``,   1008  rate limit exceeded / slow consumer
   a peer that does not read its output
   server shutdown, idle timeout, no pong     1001  server shutdown / idle timeout ...
@@ -192,6 +194,9 @@ def _listener_class() -> Any:
             if s.closed:
                 return
             kind = frame.msg_type
+            if frame.rsv1 or frame.rsv2 or frame.rsv3:  # RFC 6455 5.2: no extension is negotiated
+                self.fail(1002, "protocol error: a frame with RSV bits set (no extension was negotiated)")
+                return
             if kind is binary and frame.fin and not self.fragments:  # the common case: a whole message
                 left = s.feed_message(frame.get_payload_as_memoryview())
                 if left and not s.closed:
