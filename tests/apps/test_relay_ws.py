@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect as ws_connect
 import fastpacket as fp
 from fastpacket import aio
 from fastpacket.apps.relay import JOIN, MOVE, MOVE_FORMAT
+from tests.certs import certs  # noqa: F401  (the session's certificates)
 from tests.loops import recv_packets
 from tests.served import Served
 
@@ -115,3 +116,20 @@ def test_watcher_gets_stats_and_every_room_move(tmp_path):
 
 
 ROOM_OF_TCP = 11
+
+
+def test_serve_relay_wss_with_the_tls_flags(tmp_path, certs):
+    served = Served(["relay", "--ws-port", "0", "--ssl-certfile", str(certs.server_cert), "--ssl-keyfile",
+                     str(certs.server_key)], tmp_path)
+    try:
+        assert "WebSocket at wss://" in served.line, served.line
+
+        async def main():
+            async with ws_connect(f"wss://127.0.0.1:{served.ws_port}/", ssl=certs.client_context()) as ws:
+                await ws.send(fp.encode(JOIN, struct.pack("<I", ROOM), player_id=4))
+                assert packets(await asyncio.wait_for(ws.recv(), WAIT_S))[0][:2] == (JOIN, 4)
+
+        asyncio.run(main())
+    finally:
+        code, out, err = served.stop()
+    assert code == 0, err
