@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 PLAYERS = 24
 RATE = 30
 #: Seconds the demo's load runs: long enough for the page to load and draw.
-DEMO_SECONDS = 15
+DEMO_SECONDS = 20
 #: Seconds the page may take to draw every player and show moving counters.
 DRAW_TIMEOUT_S = 20.0
 WINDOW = "1280,900"
