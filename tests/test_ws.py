@@ -127,6 +127,7 @@ def test_groups_span_tcp_and_websocket_sessions(run):
             tcp.send(6, b"from tcp", player_id=3)
             assert decode(await asyncio.wait_for(ws.recv(), WAIT_S)) == [(6, 3, b"from tcp")]
         tcp.close()
+        await asyncio.wait_for(tcp.wait_closed(), WAIT_S)
         for s in (ws_server, server):
             s.close()
             await s.wait_closed()
@@ -251,6 +252,7 @@ def test_wss_with_tls(run, certs):
         client.send(4, b"picows")
         assert [bytes(p.payload) for p in await recv_packets(client, 1, WAIT_S)] == [b"picows"]
         client.close()
+        await asyncio.wait_for(client.wait_closed(), WAIT_S)
         server.close()
         await server.wait_closed()
 

@@ -10,6 +10,7 @@ is picows. Both event loops, every wait bounded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import socket
 import struct
@@ -84,6 +85,13 @@ async def read_close(reader) -> tuple:
             return struct.unpack(">H", payload[:2])[0], payload[2:].decode()
 
 
+async def closed(writer) -> None:
+    """Close our end and wait (bounded) until the transport is gone: nothing left for the GC to warn about."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await asyncio.wait_for(writer.wait_closed(), WAIT_S)
+
+
 class GoodClient:
     """A websockets client that echoes a packet every GOOD_PERIOD_S and checks every reply."""
 
@@ -147,7 +155,7 @@ def test_bad_handshake_refused(run, request_bytes, status):
         writer.write(request_bytes)
         response = await asyncio.wait_for(reader.read(), WAIT_S)  # until the server closes
         assert status in response.split(b"\r\n", 1)[0] if status else True, response
-        writer.close()
+        await closed(writer)
         assert len(server.sessions) == 1  # only the good client ever got a session
 
     hostile(run, case)
@@ -158,7 +166,7 @@ def test_handshake_that_never_ends_is_dropped(run):
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and nothing more
         assert await asyncio.wait_for(reader.read(), WAIT_S) == b""  # closed at handshake_timeout
-        writer.close()
+        await closed(writer)
 
     hostile(run, case, handshake_timeout=0.3)
 
@@ -170,7 +178,7 @@ def test_unmasked_client_frame(run):
         writer.write(frame(OP_BINARY, fp.encode(1, b"x"), masked=False))
         code, reason = await read_close(reader)
         assert code == 1002 and "un-masked" in reason
-        writer.close()
+        await closed(writer)
 
     closes = hostile(run, case)
     assert any(r.startswith("protocol error: ") and "un-masked" in r for r in closes), closes
@@ -182,7 +190,7 @@ def test_one_gib_declared_length(run):
         writer.write(frame(OP_BINARY, b"", length=1 << 30) + b"\x00" * 1000)
         code, reason = await read_close(reader)
         assert code == 1009, (code, reason)
-        writer.close()
+        await closed(writer)
 
     closes = hostile(run, case)
     assert any("1009" in r for r in closes), closes
@@ -196,7 +204,7 @@ def test_fragment_flood(run):
         writer.write(b"".join(frame(OP_CONT, b"\x00", fin=False) for _ in range(MAX_FRAGMENTS + 100)))
         code, reason = await read_close(reader)
         assert code == 1009 and "fragments" in reason, (code, reason)
-        writer.close()
+        await closed(writer)
 
     closes = hostile(run, case)
     assert any("fragments" in r for r in closes), closes
@@ -208,7 +216,7 @@ def test_text_message(run):
         writer.write(frame(OP_TEXT, b"hello"))
         assert await read_close(reader) == (1003, "protocol error: text message (packets travel in binary "
                                                   "messages)")
-        writer.close()
+        await closed(writer)
 
     hostile(run, case)
 
@@ -240,7 +248,7 @@ def test_peer_that_never_answers_pings(run):
         reader, writer, _ = await raw_upgrade(server.port)  # then silent: no pong
         code, reason = await read_close(reader)
         assert code == 1001 and "ping" in reason, (code, reason)
-        writer.close()
+        await closed(writer)
 
     closes = hostile(run, case, ping_interval=0.2, ping_timeout=0.2)
     assert any(r.startswith("idle timeout: ") and "ping" in r for r in closes), closes
@@ -252,6 +260,6 @@ def test_compressed_frame_without_negotiation(run):
         writer.write(frame(OP_BINARY, fp.encode(1, b"deflated, supposedly"), rsv1=True))
         code, reason = await read_close(reader)
         assert code == 1002 and "RSV" in reason, (code, reason)
-        writer.close()
+        await closed(writer)
 
     hostile(run, case)

@@ -53,6 +53,7 @@ def test_serve_relay_ws_port_websockets_and_tcp_share_a_room(tmp_path):
                 got = await recv_packets(tcp, 2, WAIT_S)  # its own move, then the browser's
                 assert [(p.type, p.player_id) for p in got] == [(MOVE, 1), (MOVE, 2)]
             tcp.close()
+            await asyncio.wait_for(tcp.wait_closed(), WAIT_S)
 
         asyncio.run(main())
     finally:
@@ -108,6 +109,7 @@ def test_watcher_gets_stats_and_every_room_move(tmp_path):
                     seen += packets(await asyncio.wait_for(watcher.recv(), WAIT_S))
                 assert seen == [(ROOM, 0, struct.pack("<I", ROOM_OF_TCP)), (MOVE, 9, MOVE_FORMAT.pack(1, 2, 3, 4))]
                 tcp.close()
+            await asyncio.wait_for(tcp.wait_closed(), WAIT_S)
 
         asyncio.run(main())
     finally:
