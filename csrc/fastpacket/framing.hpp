@@ -21,6 +21,19 @@ namespace fastpacket {
 /// Default max_packet_size, in bytes: the largest frame GAME's u16 size
 /// field can announce.
 constexpr std::size_t kDefaultMaxPacketSize = 0xFFFF;
+/// Largest max_packet_size a decoder takes, in bytes: a batch's sizes
+/// column is u32. Bounded so, every frame size a header can announce is
+/// compared exactly: a u64 length field's values from 2^62 up saturate
+/// (frame_size()), and 2^62 less any length_adjustment (|adj| <= 2^32)
+/// still exceeds this limit, so a saturated size is always too_large.
+constexpr std::size_t kMaxPacketSizeLimit = 0xFFFFFFFF;
+
+/// The one frame-size rule, shared by a stream's frames (the decoder) and
+/// the packets inside an aggregate frame (check_aggregate_body()): a frame
+/// is at least its header and at most max_size bytes.
+inline bool frame_size_ok(std::int64_t frame, std::size_t header_size, std::int64_t max_size) noexcept {
+    return frame >= static_cast<std::int64_t>(header_size) && frame <= max_size;
+}
 
 enum class FrameError : std::uint8_t {
     none = 0,
@@ -66,10 +79,9 @@ ScanResult scan_with(const std::uint8_t* data, std::size_t n, std::size_t header
                      std::int64_t max_size, Reader size_of) noexcept {
     ScanResult r;
     std::size_t pos = 0;
-    const auto hs = static_cast<std::int64_t>(header_size);
     while (n - pos >= header_size) {
         const std::int64_t frame = size_of(data + pos);
-        if (frame < hs || frame > max_size) {
+        if (!frame_size_ok(frame, header_size, max_size)) {
             r.error = true;
             break;
         }
@@ -235,8 +247,11 @@ inline EncodeError encode_header(const Layout& l, std::uint8_t* out, const Heade
 /// emitted; the decoder then refuses input (FrameError::failed) until reset().
 class FrameDecoder {
 public:
+    /// `max_packet_size` above kMaxPacketSizeLimit is taken as that limit
+    /// (the bindings refuse it with an error instead).
     FrameDecoder(const Layout& layout, std::size_t max_packet_size)
-        : layout_(layout), max_(static_cast<std::int64_t>(max_packet_size)) {}
+        : layout_(layout),
+          max_(static_cast<std::int64_t>(std::min(max_packet_size, kMaxPacketSizeLimit))) {}
 
     struct FeedPlan {
         bool head_complete = false;  // the pending frame completes with in[0, scan_begin)
@@ -367,9 +382,7 @@ private:
         return want < available ? want : available;
     }
 
-    bool size_ok(std::int64_t frame) const noexcept {
-        return frame >= static_cast<std::int64_t>(layout_.header_size) && frame <= max_;
-    }
+    bool size_ok(std::int64_t frame) const noexcept { return frame_size_ok(frame, layout_.header_size, max_); }
 
     void describe(ErrorInfo& e, std::uint64_t offset, std::int64_t frame, const std::uint8_t* header) const noexcept {
         e.kind = frame < static_cast<std::int64_t>(layout_.header_size) ? FrameError::too_small : FrameError::too_large;

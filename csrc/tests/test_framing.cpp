@@ -149,6 +149,34 @@ static void errors() {
     CHECK(encode_header(l, good, v, 0) == EncodeError::type_range);
 }
 
+// max_packet_size is at most kMaxPacketSizeLimit (sizes are u32), so a u64
+// length that saturates (2^62 and up), whatever its adjustment, is too large.
+static void huge_lengths() {
+    CHECK(frame_size_ok(12, 12, 12) && !frame_size_ok(11, 12, 100) && !frame_size_ok(101, 12, 100));
+    for (std::int64_t adjustment : {-(std::int64_t{1} << 32), std::int64_t{0}, std::int64_t{1} << 32}) {
+        Layout l;
+        l.nfields = 2;
+        l.header_size = 10;
+        l.fields[0] = {0, 8};
+        l.fields[1] = {8, 2};
+        l.length_index = 0;
+        l.type_index = 1;
+        l.length_adjustment = adjustment;
+        CHECK(l.valid());
+        FrameDecoder dec(l, ~std::size_t{0});  // taken as kMaxPacketSizeLimit
+        CHECK(dec.max_packet_size() == static_cast<std::int64_t>(kMaxPacketSizeLimit));
+        for (std::uint64_t announced : {std::uint64_t{1} << 34, (std::uint64_t{1} << 62) - 1, std::uint64_t{1} << 62,
+                                        std::uint64_t{1} << 63, ~std::uint64_t{0}}) {
+            std::vector<std::uint8_t> s(10 + 100, 'x');
+            store_unsigned(s.data(), 8, false, announced);
+            Decoded d = feed_all(dec, {s});
+            CHECK(d.error && d.info.kind == FrameError::too_large);
+            CHECK(dec.pending() == 0);  // refused at the header: nothing buffered
+            dec.reset();
+        }
+    }
+}
+
 static void garbage(const Layout& l, unsigned seed) {
     std::mt19937 rng(seed);
     for (int round = 0; round < 300; ++round) {
@@ -176,6 +204,7 @@ int main() {
     round_trip(big_u32_layout(), 700, 2);
     round_trip(tiny_u8_layout(), 255, 3);
     errors();
+    huge_lengths();
     garbage(game_layout(), 4);
     garbage(big_u32_layout(), 5);
     garbage(tiny_u8_layout(), 6);
