@@ -117,9 +117,10 @@ CALLS: Dict[str, Callable[..., Any]] = {
     "PacketBatch.build": lambda **kw: fp.PacketBatch.build(**{"types": [1], "payloads": [b"x"], **kw}),
     "PacketBatch.__getitem__": lambda index: _batch()[index],
     "PacketBatch.payload": lambda i: _batch().payload(i),
-    "FrameDecoder.__init__": lambda **kw: fp.FrameDecoder(**kw),
+    "FrameDecoder.__init__": lambda **kw: fp.FrameDecoder(**{"aggregator": fp.Aggregator(), **kw}),
     "Aggregator.__init__": lambda **kw: fp.Aggregator(**kw),
     "Aggregator.pack": lambda **kw: fp.Aggregator().pack(_batch(), **kw),
+    "Aggregator.unpack": lambda **kw: fp.Aggregator().unpack(fp.Aggregator().pack(_batch()), **kw),
     "Aggregator.pack_many": lambda **kw: fp.Aggregator().pack_many(_batch(), **kw),
     "RingBuffer.__init__": lambda **kw: fp.RingBuffer(**kw),
     "RingBuffer.commit": lambda n: fp.RingBuffer(4096).commit(n),
@@ -129,6 +130,7 @@ CALLS: Dict[str, Callable[..., Any]] = {
     "SendBuffer.__init__": lambda **kw: fp.SendBuffer(**kw),
     "SendBuffer.next_seq.setter": lambda seq: _set_next_seq(seq),
     "SendBuffer.send": lambda **kw: fp.SendBuffer().send(**{"type": 1, "payload": b"x", **kw}),
+    "SendBuffer.send_batch": lambda **kw: fp.SendBuffer().send_batch(_batch(), **kw),
     "SendBuffer.broadcast": lambda **kw: fp.SendBuffer().broadcast(**{"type": 1, "payload": b"x",
                                                                        "player_ids": [1, 2], **kw}),
     "SendBuffer.should_flush": lambda **kw: fp.SendBuffer().should_flush(**kw),
@@ -232,6 +234,7 @@ def test_numpy_integers_are_taken_as_ints(where, name, annotation):
     key = (where, name)
     value = {("RingBuffer.__init__", "capacity"): 4096, ("SendBuffer.__init__", "max_bytes"): 4096,
              ("FrameDecoder.__init__", "max_packet_size"): 4096, ("Timer.__init__", "ns_per_unit"): 1000,
+             ("Aggregator.unpack", "max_packet_size"): 4096,
              ("MetricsFile.init_header", "slots"): 4, ("Aggregator.__init__", "max_frame_size"): 4096,
              ("Aggregator.__init__", "acceleration"): 1, ("SessionBase.buffer_updated", "nbytes"): 0}.get(key, 1)
     if key == ("RingBuffer.commit", "n") or key == ("RingBuffer.consume", "n"):

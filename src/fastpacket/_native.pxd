@@ -37,6 +37,7 @@ cdef enum:
     NOGIL_MIN_BYTES = 16384
 
 include "_buffer.pxd"
+include "_args.pxd"
 include "_framing.pxd"
 include "_ring.pxd"
 include "_sendbuf.pxd"

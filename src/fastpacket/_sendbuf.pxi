@@ -67,11 +67,10 @@ cdef class SendBuffer:
     is allocated instead). Not thread-safe: use it from one thread.
     """
 
-    def __cinit__(self, Py_ssize_t max_bytes=kDefaultSendBufferBytes, layout=None):
+    def __cinit__(self, max_bytes=kDefaultSendBufferBytes, layout=None):
         cdef HeaderLayout nl = _layout_arg(layout)
-        if max_bytes < nl.c.header_size or max_bytes > SENDBUF_MAX_BYTES:
-            raise ValueError(f"max_bytes must be between the header size ({nl.c.header_size}) and "
-                             f"{SENDBUF_MAX_BYTES}, got {max_bytes}")
+        # from the header size (one empty packet) to SENDBUF_MAX_BYTES
+        max_bytes = ssize_arg(max_bytes, "max_bytes", nl.c.header_size, SENDBUF_MAX_BYTES)
         self._layout = nl
         self._max = max_bytes
         self._active = _new_chunk(max_bytes)
@@ -107,10 +106,8 @@ cdef class SendBuffer:
         return self._c.next_seq()
 
     @next_seq.setter
-    def next_seq(self, uint64_t seq):
-        if seq > self._c.seq_max():
-            raise ValueError(f"next_seq must be at most {self._c.seq_max()} (the seq field's max), got {seq}")
-        self._c.set_next_seq(seq)
+    def next_seq(self, seq):
+        self._c.set_next_seq(u64_arg(seq, "next_seq", self._c.seq_max()))  # at most the seq field's max
 
     def __len__(self):
         """Packets queued."""
@@ -129,7 +126,7 @@ cdef class SendBuffer:
                              f"never fit one flush")
         raise ValueError(_encode_error_text(err, self._layout, type_, seq, player_id, payload_len))
 
-    def send(self, type, payload, *, uint64_t player_id=0, seq=None):
+    def send(self, type, payload, *, player_id=0, seq=None):
         """send(type, payload, *, player_id=0, seq=None) -> int
 
         Queue one packet; returns the seq written (the next automatic one
@@ -146,30 +143,47 @@ cdef class SendBuffer:
         cdef SendStatus st
         cdef bint explicit_seq = seq is not None
         _type_arg(self._layout, type, &type_)
+        cdef uint64_t pid = u64_arg(player_id, "player_id")
         if explicit_seq:
-            given = seq
+            given = u64_arg(seq, "seq")
         if PyBytes_CheckExact(payload):
             p = <const uint8_t*>PyBytes_AS_STRING(payload)
             n = PyBytes_GET_SIZE(payload)
-            st = self._c.send(type_, p, n, player_id, explicit_seq, given, &used, &err)
+            st = self._c.send(type_, p, n, pid, explicit_seq, given, &used, &err)
         else:
             get_contiguous_buffer(payload, &view, "SendBuffer.send")
             try:
                 n = view.len
-                st = self._c.send(type_, <const uint8_t*>view.buf, n, player_id, explicit_seq, given,
+                st = self._c.send(type_, <const uint8_t*>view.buf, n, pid, explicit_seq, given,
                                   &used, &err)
             finally:
                 PyBuffer_Release(&view)
         if st != SendStatus.ok:
             self._fail(st, err, self._layout.c.header_size + n, "a packet", type_,
-                       given if explicit_seq else self._c.next_seq(), player_id, n)
+                       given if explicit_seq else self._c.next_seq(), pid, n)
         return used
 
-    def send_batch(self, batch):
-        """send_batch(batch): queue every packet of a PacketBatch as it is on
-        the wire (headers, seq included, untouched), one copy per run of
-        packets that lie back to back. All or nothing: BufferFull when the
-        batch does not fit now, ValueError when it exceeds max_bytes."""
+    def send_batch(self, batch, start=0):
+        """send_batch(batch, start=0) -> int
+
+        Queue the packets ``batch[start:]`` as they are on the wire
+        (headers, seq included, untouched), in order and whole, as many as
+        fit now (one copy per run of packets that lie back to back); returns
+        how many it queued. Like ``socket.send``: a batch of any size fits
+        by parts, so when the count is less than ``len(batch) - start``,
+        flush() and call again with `start` advanced by it::
+
+            i = 0
+            while i < len(batch):
+                i += sb.send_batch(batch, i)   # BufferFull: nothing fitted
+                if i < len(batch):
+                    transport.write(sb.flush())
+
+        (``Session.send_batch`` runs this loop with its transport.)
+        Raises BufferFull, queueing nothing, when not even the first packet
+        fits now (flush and retry); ValueError, before queueing anything,
+        when one of the packets is larger than max_bytes (no flush makes
+        room for it) or the batch's layout is not this buffer's."""
         if not isinstance(batch, PacketBatch):
             raise TypeError(f"send_batch needs a fastpacket.PacketBatch, not {type(batch).__name__!r}")
         cdef PacketBatch b = <PacketBatch>batch
@@ -180,13 +194,22 @@ cdef class SendBuffer:
             raise ValueError(f"the batch's layout {b._layout.name} is not this SendBuffer's layout "
                              f"{self._layout.name}: relayed byte for byte, its packets would be framed "
                              f"differently")
-        if b._count == 0:
-            return
-        cdef SendStatus st = self._c.append_frames(b._base, b._cols.offsets, b._cols.sizes, b._count)
-        if st != SendStatus.ok:
-            self._fail(st, EncodeError.none, b.nbytes, f"a batch of {b._count} packets", 0, 0, 0, 0)
+        cdef Py_ssize_t first = ssize_arg(start, "start", 0, b._count), i
+        cdef size_t queued
+        for i in range(first, b._count):
+            if b._cols.sizes[i] > self._max:
+                raise ValueError(f"packet {i} of the batch needs {b._cols.sizes[i]} bytes, more than "
+                                 f"max_bytes={self._max}: it can never fit one flush")
+        if first == b._count:
+            return 0
+        queued = self._c.append_frames_fitting(b._base, b._cols.offsets + first, b._cols.sizes + first,
+                                               b._count - first)
+        if queued == 0:
+            raise BufferFull(f"packet {first} of the batch needs {b._cols.sizes[first]} bytes but only "
+                             f"{self._c.free_bytes()} of {self._max} are free; flush() and retry")
+        return queued
 
-    def broadcast(self, uint64_t type, payload, player_ids):
+    def broadcast(self, type, payload, player_ids):
         """broadcast(type, payload, player_ids) -> int
 
         Queue the same payload once per player id (any integer sequence or
@@ -203,6 +226,7 @@ cdef class SendBuffer:
         cdef SendStatus st
         cdef uint64_t* scratch = NULL
         cdef Py_ssize_t i
+        cdef uint64_t type_ = u64_arg(type, "type")
         if self._layout.c.player_id_index < 0:
             raise ValueError(f"layout {self._layout.name} has no player_id field to broadcast to")
         get_contiguous_buffer(payload, &pv, "SendBuffer.broadcast")
@@ -218,7 +242,7 @@ cdef class SendBuffer:
                 if iv.ndim > 1:
                     raise ValueError(f"player_ids must be one-dimensional, got {iv.ndim} dimensions")
                 count = iv.len // iv.itemsize if iv.itemsize else 0
-                st = _broadcast_typed(self._c, type, <const uint8_t*>pv.buf, pv.len, iv.buf, count,
+                st = _broadcast_typed(self._c, type_, <const uint8_t*>pv.buf, pv.len, iv.buf, count,
                                       _int_kind(iv.format, iv.itemsize), &first, &bad, &err)
             else:
                 ids_obj = player_ids if isinstance(player_ids, (list, tuple)) else list(player_ids)
@@ -227,7 +251,7 @@ cdef class SendBuffer:
                 if scratch == NULL:
                     raise MemoryError(f"cannot allocate {count} player ids")
                 _ids_from_sequence(ids_obj, scratch, count)
-                st = self._c.broadcast[uint64_t](type, <const uint8_t*>pv.buf, pv.len, scratch, count,
+                st = self._c.broadcast[uint64_t](type_, <const uint8_t*>pv.buf, pv.len, scratch, count,
                                                  &first, &bad, &err)
             if st == SendStatus.encode_error and err == EncodeError.player_id_range:
                 raise ValueError(f"player_ids[{bad}] = {ids_obj[bad]} does not fit field "
@@ -235,7 +259,7 @@ cdef class SendBuffer:
                                  f"(max {self._layout.c.field_max(self._layout.c.player_id_index)})")
             if st != SendStatus.ok:
                 self._fail(st, err, (self._layout.c.header_size + pv.len) * count,
-                           f"a broadcast to {count} players", type, first, 0, pv.len)
+                           f"a broadcast to {count} players", type_, first, 0, pv.len)
             return first
         finally:
             free(scratch)
@@ -243,12 +267,13 @@ cdef class SendBuffer:
                 PyBuffer_Release(&iv)
             PyBuffer_Release(&pv)
 
-    def should_flush(self, Py_ssize_t min_packets=kDefaultFlushMinPackets,
-                     double fill_ratio=kDefaultFlushFillRatio):
+    def should_flush(self, min_packets=kDefaultFlushMinPackets, fill_ratio=kDefaultFlushFillRatio):
         """should_flush(min_packets=10, fill_ratio=0.8) -> bool: True when at
         least `min_packets` packets or fill_ratio * max_bytes bytes are
-        queued; never when empty."""
-        return self._c.should_flush(min_packets if min_packets > 0 else 0, fill_ratio)
+        queued; never when empty. min_packets is an int >= 0, fill_ratio a
+        number in [0, 1]."""
+        return self._c.should_flush(ssize_arg(min_packets, "min_packets", 0, PY_SSIZE_T_MAX),
+                                    double_arg(fill_ratio, "fill_ratio", 0.0, 1.0))
 
     def flush(self):
         """flush() -> memoryview: the queued packets as one read-only view,

@@ -58,7 +58,7 @@ def test_demo_short_run_prints_the_table(tmp_path):
     for row in ("packets/s in", "packets/s out", "MB/s in / out", "RTT p50 / p95 / p99 / max",
                 "server CPU per packet", "server RSS", "compression savings", "closes by reason"):
         assert row in out, f"{row!r} missing from:\n{out}"
-    assert "peer closed: 10" in out
+    assert "peer_closed: 10" in out
     assert "fan-out 10.0" in out  # 10 players in one room, every MOVE goes to all 10
     assert "\r" not in out  # no progress line when stdout is not a TTY
 
