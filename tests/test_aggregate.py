@@ -541,14 +541,20 @@ def test_aggregate_frames_may_be_larger_than_max_packet_size(codec):
     assert wide.frame_limit == 10 + 8 + 4096  # header + aggregate header + max_raw_size
 
 
-def test_plain_packet_over_max_packet_size_with_an_aggregator_is_refused_once_whole():
+def test_plain_packet_over_max_packet_size_with_an_aggregator_is_refused_at_its_header():
+    """Aggregate frames pass the scan up to frame_limit; a plain packet
+    over max_packet_size is still refused as soon as its header arrives."""
     dec = fp.FrameDecoder(max_packet_size=1024, aggregator=fp.Aggregator())
     ok = ref_packet(1, b"a")
     big = ref_packet(2, b"b" * 2000)
-    assert packets_of(dec.feed(ok + big[:1000])) == [ok]
+    with pytest.raises(fp.ProtocolError, match="packet size 2012 at stream offset 13 exceeds max_packet_size 1024") \
+            as exc:
+        dec.feed(ok + big[:12])  # its header only
+    assert packets_of(exc.value.batch) == [ok] and dec.pending == 0 and dec.failed
+    dec = fp.FrameDecoder(max_packet_size=1024, aggregator=fp.Aggregator())
+    assert packets_of(dec.feed(ok + big[:5])) == [ok]  # the header completes in the next feed
     with pytest.raises(fp.ProtocolError, match="packet size 2012 at stream offset 13 exceeds max_packet_size 1024"):
-        dec.feed(big[1000:])
-    assert dec.failed
+        dec.feed(big[5:12])
     with pytest.raises(fp.ProtocolError, match="exceeds max_packet_size 1024 and the largest aggregate frame 60018"):
         fp.FrameDecoder(WIDE, max_packet_size=1024, aggregator=fp.Aggregator(max_raw_size=60000)).feed(
             struct.pack(">IHI", 70000, 1, 0))

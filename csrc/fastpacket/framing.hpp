@@ -35,6 +35,21 @@ inline bool frame_size_ok(std::int64_t frame, std::size_t header_size, std::int6
     return frame >= static_cast<std::int64_t>(header_size) && frame <= max_size;
 }
 
+/// Which frames a decoder that unwraps aggregate frames (type 0xFFFF)
+/// takes above max_packet_size: aggregate frames only, up to the larger
+/// limit it scans with (they carry many packets; each packet inside is
+/// checked against max_packet_size when unwrapped). A plain packet over
+/// plain_max is refused as soon as its header arrives, as without one.
+struct AggregateAllowance {
+    std::int64_t plain_max;  // max_packet_size: frames above it must be aggregates
+    const Layout* layout;    // whose type field says so
+
+    static AggregateAllowance none(const Layout& l, std::int64_t max) noexcept { return {max, &l}; }
+    bool is_aggregate(const std::uint8_t* header) const noexcept {
+        return layout->type_index >= 0 && layout->read(header, layout->type_index) == kAggregateType;
+    }
+};
+
 enum class FrameError : std::uint8_t {
     none = 0,
     too_small = 1,  // announced frame size below the header size
@@ -76,12 +91,14 @@ struct LengthReader {
 
 template <class Reader>
 ScanResult scan_with(const std::uint8_t* data, std::size_t n, std::size_t header_size,
-                     std::int64_t max_size, Reader size_of) noexcept {
+                     std::int64_t max_size, Reader size_of, const AggregateAllowance& allow) noexcept {
     ScanResult r;
     std::size_t pos = 0;
     while (n - pos >= header_size) {
         const std::int64_t frame = size_of(data + pos);
-        if (!frame_size_ok(frame, header_size, max_size)) {
+        // one compare more per frame; the allowance's type read only past max_packet_size
+        if (!frame_size_ok(frame, header_size, max_size) ||
+            (frame > allow.plain_max && !allow.is_aggregate(data + pos))) {
             r.error = true;
             break;
         }
@@ -94,32 +111,40 @@ ScanResult scan_with(const std::uint8_t* data, std::size_t n, std::size_t header
 }
 
 template <unsigned W, bool BE>
-ScanResult scan_fixed(const Layout& l, const std::uint8_t* d, std::size_t n, std::int64_t max) noexcept {
+ScanResult scan_fixed(const Layout& l, const std::uint8_t* d, std::size_t n, std::int64_t max,
+                      const AggregateAllowance& allow) noexcept {
     LengthReader<W, BE> reader{l.fields[l.length_index].offset, l.frame_bias()};
-    return scan_with(d, n, l.header_size, max, reader);
+    return scan_with(d, n, l.header_size, max, reader, allow);
 }
 
 }  // namespace detail
 
 /// Scans `data[0, n)` for complete frames of layout `l`; stops at the first
 /// incomplete frame or at the first bad header (result.error, at result.end).
+/// With an `allow`ance, frames above its plain_max (up to max_packet_size)
+/// must be aggregate frames.
 inline ScanResult scan_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
-                              std::int64_t max_packet_size) noexcept {
+                              std::int64_t max_packet_size, const AggregateAllowance& allow) noexcept {
     const unsigned w = l.fields[l.length_index].width;
     if (l.big_endian) {
         switch (w) {
-            case 1: return detail::scan_fixed<1, true>(l, data, n, max_packet_size);
-            case 2: return detail::scan_fixed<2, true>(l, data, n, max_packet_size);
-            case 4: return detail::scan_fixed<4, true>(l, data, n, max_packet_size);
-            default: return detail::scan_fixed<8, true>(l, data, n, max_packet_size);
+            case 1: return detail::scan_fixed<1, true>(l, data, n, max_packet_size, allow);
+            case 2: return detail::scan_fixed<2, true>(l, data, n, max_packet_size, allow);
+            case 4: return detail::scan_fixed<4, true>(l, data, n, max_packet_size, allow);
+            default: return detail::scan_fixed<8, true>(l, data, n, max_packet_size, allow);
         }
     }
     switch (w) {
-        case 1: return detail::scan_fixed<1, false>(l, data, n, max_packet_size);
-        case 2: return detail::scan_fixed<2, false>(l, data, n, max_packet_size);
-        case 4: return detail::scan_fixed<4, false>(l, data, n, max_packet_size);
-        default: return detail::scan_fixed<8, false>(l, data, n, max_packet_size);
+        case 1: return detail::scan_fixed<1, false>(l, data, n, max_packet_size, allow);
+        case 2: return detail::scan_fixed<2, false>(l, data, n, max_packet_size, allow);
+        case 4: return detail::scan_fixed<4, false>(l, data, n, max_packet_size, allow);
+        default: return detail::scan_fixed<8, false>(l, data, n, max_packet_size, allow);
     }
+}
+
+inline ScanResult scan_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
+                              std::int64_t max_packet_size) noexcept {
+    return scan_frames(l, data, n, max_packet_size, AggregateAllowance::none(l, max_packet_size));
 }
 
 /// Column storage for `count` frames: offsets into the data, whole sizes and
@@ -248,10 +273,13 @@ inline EncodeError encode_header(const Layout& l, std::uint8_t* out, const Heade
 class FrameDecoder {
 public:
     /// `max_packet_size` above kMaxPacketSizeLimit is taken as that limit
-    /// (the bindings refuse it with an error instead).
-    FrameDecoder(const Layout& layout, std::size_t max_packet_size)
+    /// (the bindings refuse it with an error instead). A decoder whose
+    /// caller unwraps aggregate frames passes `max_aggregate_size`: aggregate
+    /// frames up to that size pass the scan (AggregateAllowance).
+    FrameDecoder(const Layout& layout, std::size_t max_packet_size, std::size_t max_aggregate_size = 0)
         : layout_(layout),
-          max_(static_cast<std::int64_t>(std::min(max_packet_size, kMaxPacketSizeLimit))) {}
+          plain_max_(static_cast<std::int64_t>(std::min(max_packet_size, kMaxPacketSizeLimit))),
+          max_(std::max(plain_max_, static_cast<std::int64_t>(std::min(max_aggregate_size, kMaxPacketSizeLimit)))) {}
 
     struct FeedPlan {
         bool head_complete = false;  // the pending frame completes with in[0, scan_begin)
@@ -263,7 +291,9 @@ public:
     };
 
     const Layout& layout() const noexcept { return layout_; }
-    std::int64_t max_packet_size() const noexcept { return max_; }
+    std::int64_t max_packet_size() const noexcept { return plain_max_; }
+    /// The largest frame scanned: max_packet_size, or the aggregate frames' limit.
+    std::int64_t frame_limit() const noexcept { return max_; }
     std::size_t pending() const noexcept { return pending_.size(); }
     std::uint64_t stream_offset() const noexcept { return stream_offset_; }
     bool failed() const noexcept { return failed_; }
@@ -303,7 +333,7 @@ public:
                 }
             }
             const std::int64_t frame = layout_.frame_size(header);
-            if (!size_ok(frame)) {
+            if (!size_ok(frame, header)) {
                 p.scan_begin = p.scan_end = used;
                 describe(p.error, stream_offset_, frame, header);
                 return p;
@@ -317,7 +347,7 @@ public:
             p.data_bytes = want;
         }
         p.scan_begin = used;
-        const ScanResult r = scan_frames(layout_, in + used, n - used, max_);
+        const ScanResult r = scan_frames(layout_, in + used, n - used, max_, AggregateAllowance{plain_max_, &layout_});
         p.scan_end = used + r.end;
         p.count += r.count;
         p.data_bytes += r.end;
@@ -382,7 +412,10 @@ private:
         return want < available ? want : available;
     }
 
-    bool size_ok(std::int64_t frame) const noexcept { return frame_size_ok(frame, layout_.header_size, max_); }
+    bool size_ok(std::int64_t frame, const std::uint8_t* header) const noexcept {
+        return frame_size_ok(frame, layout_.header_size, max_) &&
+               (frame <= plain_max_ || AggregateAllowance{plain_max_, &layout_}.is_aggregate(header));
+    }
 
     void describe(ErrorInfo& e, std::uint64_t offset, std::int64_t frame, const std::uint8_t* header) const noexcept {
         e.kind = frame < static_cast<std::int64_t>(layout_.header_size) ? FrameError::too_small : FrameError::too_large;
@@ -392,7 +425,8 @@ private:
     }
 
     Layout layout_;
-    std::int64_t max_;
+    std::int64_t plain_max_;  // max_packet_size
+    std::int64_t max_;        // frame_limit(): plain_max_, or the aggregate frames' limit
     std::vector<std::uint8_t> pending_;
     std::uint64_t stream_offset_ = 0;  // stream offset of the first byte not yet emitted
     bool failed_ = false;

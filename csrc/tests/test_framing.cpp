@@ -177,6 +177,38 @@ static void huge_lengths() {
     }
 }
 
+// A decoder whose caller unwraps aggregates scans aggregate frames up to
+// their own limit, and still refuses a plain packet over max_packet_size at
+// its header, whole or split.
+static void aggregate_allowance() {
+    const Layout l = game_layout();
+    std::vector<std::uint8_t> agg(3000, 0), plain(3000, 0);
+    HeaderValues v;
+    v.type = kAggregateType;
+    CHECK(encode_header(l, agg.data(), v, agg.size() - 12) == EncodeError::none);
+    v.type = 1;
+    CHECK(encode_header(l, plain.data(), v, plain.size() - 12) == EncodeError::none);
+    FrameDecoder dec(l, 1024, 4096);
+    CHECK(dec.max_packet_size() == 1024 && dec.frame_limit() == 4096);
+    Decoded d = feed_all(dec, {agg});
+    CHECK(!d.error && d.types.size() == 1 && d.types[0] == kAggregateType);
+    for (std::size_t cut : {std::size_t{3000}, std::size_t{12}, std::size_t{5}}) {
+        FrameDecoder p(l, 1024, 4096);
+        std::vector<std::vector<std::uint8_t>> chunks;
+        chunks.emplace_back(plain.begin(), plain.begin() + static_cast<std::ptrdiff_t>(cut));
+        if (cut < 12) chunks.emplace_back(plain.begin() + static_cast<std::ptrdiff_t>(cut), plain.begin() + 12);
+        Decoded e = feed_all(p, chunks);
+        CHECK(e.error && e.info.kind == FrameError::too_large && e.info.frame_size == 3000);
+        CHECK(p.pending() <= 12);  // the header at most, never its payload
+    }
+    std::vector<std::uint8_t> huge(12, 0);
+    v.type = kAggregateType;
+    CHECK(encode_header(l, huge.data(), v, 5000 - 12) == EncodeError::none);
+    FrameDecoder q(l, 1024, 4096);
+    Decoded f = feed_all(q, {huge});
+    CHECK(f.error && f.info.kind == FrameError::too_large && f.info.frame_size == 5000);  // over frame_limit
+}
+
 static void garbage(const Layout& l, unsigned seed) {
     std::mt19937 rng(seed);
     for (int round = 0; round < 300; ++round) {
@@ -205,6 +237,7 @@ int main() {
     round_trip(tiny_u8_layout(), 255, 3);
     errors();
     huge_lengths();
+    aggregate_allowance();
     garbage(game_layout(), 4);
     garbage(big_u32_layout(), 5);
     garbage(tiny_u8_layout(), 6);

@@ -362,8 +362,8 @@ cdef class Hub:
         cdef uint64_t partial_before = now - self._packet_timeout_ns if now > self._packet_timeout_ns else 0
         for session in list(self.sessions):
             s = <SessionBase>session
-            if s._task is not None or s._closing:  # a session being handled is not idle
-                continue
+            if s._task is not None or s._closing or not s._may_read():
+                continue  # being handled, or not read from by our choice (write_timeout's case): not idle
             if self._idle_timeout_ns and s._last_packet_ns < idle_before:
                 s._close("idle timeout")
             elif self._packet_timeout_ns and s._partial_since_ns and s._partial_since_ns < partial_before:
@@ -414,8 +414,9 @@ cdef class SessionBase:
         self._handler = hub._handler
         self._handlers = hub._handlers
         # aggregates are unwrapped by _unwrapper, after the rate limit charged what they declare
-        self._decoder = FrameDecoder(hub._layout, hub._frame_limit)
+        self._decoder = FrameDecoder(hub._layout, hub._max_packet_size)
         if hub._aggregator is not None:
+            self._decoder._allow_aggregates(hub._frame_limit)
             self._unwrapper = _Unwrapper(hub._aggregator, hub._layout, hub._max_packet_size, hub._inflate_budget)
         self._sendbuf = SendBuffer(hub._send_buffer, hub._layout)
         self._bucket = TokenBucket(hub._packets_per_s, hub._bytes_per_s, hub._rate_burst)

@@ -88,9 +88,10 @@ cdef extern from "fastpacket/framing.hpp" namespace "fastpacket" nogil:
             size_t data_bytes
             ErrorInfo error
 
-        CppFrameDecoder(const Layout& layout, size_t max_packet_size)
+        CppFrameDecoder(const Layout& layout, size_t max_packet_size, size_t max_aggregate_size)
         const Layout& layout()
         int64_t max_packet_size()
+        int64_t frame_limit()
         size_t pending()
         uint64_t stream_offset()
         cpp_bool failed()

@@ -60,9 +60,9 @@ cdef class FrameDecoder:
     cdef HeaderLayout _layout
     cdef Aggregator _aggregator         # unwraps aggregate frames, or None
     cdef _Unwrapper _unwrapper          # with an aggregator: unwraps them (and holds what waits)
-    cdef Py_ssize_t _max_packet_size    # every packet delivered; the C++ decoder's limit is frame_limit
     cdef bint _aggregate_failed         # a bad aggregate frame: the stream is untrustworthy until reset()
 
+    cdef int _allow_aggregates(self, Py_ssize_t limit) except -1
     cdef int _check_usable(self) except -1
     cdef PacketBatch _decode_span(self, const uint8_t* p, size_t n, bytes immutable, bint keep_tail,
                                   size_t* taken, ErrorInfo* error)

@@ -697,8 +697,8 @@ cdef class FrameDecoder:
     (an inner one over it fails the aggregate's "max_packet_size" check),
     while the aggregate frames themselves may be as large as a peer packs
     them (header + aggregate header + max_raw_size, within what the length
-    field announces: `frame_limit`), so a plain packet over max_packet_size
-    is then refused once whole rather than at its header. A bad aggregate
+    field announces: `frame_limit`); a plain packet over max_packet_size is
+    still refused at its header. A bad aggregate
     raises AggregateError with the packets before it as `exc.batch` and
     fails the decoder until reset(). Without an aggregator, aggregates pass
     through as ordinary packets.
@@ -722,10 +722,9 @@ cdef class FrameDecoder:
         cdef Py_ssize_t max_size = ssize_arg(max_packet_size, "max_packet_size", nl.c.header_size,
                                              kMaxPacketSizeLimit)
         cdef uint64_t budget = 0
-        cdef Py_ssize_t frame_limit = max_size
+        cdef Py_ssize_t frame_limit = 0
         self._layout = nl
         self._aggregator = _aggregator_arg(aggregator)
-        self._max_packet_size = max_size
         if max_inflate_bytes is not None:
             if self._aggregator is None:
                 raise ValueError("max_inflate_bytes bounds what an aggregator inflates: it needs aggregator=")
@@ -734,11 +733,20 @@ cdef class FrameDecoder:
                 raise ValueError("max_inflate_bytes must be >= 1 (None: no budget)")
         if self._aggregator is not None:
             self._unwrapper = _Unwrapper(self._aggregator, nl, max_size, budget)
-            frame_limit = max(max_size, self._aggregator._outer_frame_limit(nl, budget))
-        self._dec = new CppFrameDecoder(nl.c, frame_limit)
+            frame_limit = self._aggregator._outer_frame_limit(nl, budget)
+        self._dec = new CppFrameDecoder(nl.c, max_size, frame_limit)
 
     def __dealloc__(self):
         del self._dec
+
+    cdef int _allow_aggregates(self, Py_ssize_t limit) except -1:
+        """Let aggregate frames up to `limit` bytes through the scan, for a
+        caller that unwraps them itself (the asyncio adapter, which charges
+        the rate limit in between). Only on a fresh decoder."""
+        cdef CppFrameDecoder* dec = new CppFrameDecoder(self._layout.c, self._dec.max_packet_size(), limit)
+        del self._dec
+        self._dec = dec
+        return 0
 
     @property
     def layout(self):
@@ -748,14 +756,14 @@ cdef class FrameDecoder:
     @property
     def max_packet_size(self):
         """Largest packet delivered, header included, in bytes."""
-        return self._max_packet_size
+        return self._dec.max_packet_size()
 
     @property
     def frame_limit(self):
         """Largest frame the stream may carry, in bytes: max_packet_size, or
         with an aggregator the larger of it and the largest aggregate frame
         (what the decoder may hold while a frame arrives)."""
-        return self._dec.max_packet_size()
+        return self._dec.frame_limit()
 
     @property
     def deferred(self):
@@ -903,14 +911,14 @@ cdef class FrameDecoder:
             msg = (f"packet size {e.frame_size} at stream offset {e.stream_offset} is below the "
                    f"header size {c.header_size} (length field {field!r} = {e.length_value})")
             limit = c.header_size
-        elif self._dec.max_packet_size() == self._max_packet_size:
+        elif e.frame_size <= self._dec.frame_limit():  # a plain packet over max_packet_size
             msg = (f"packet size {e.frame_size} at stream offset {e.stream_offset} exceeds "
-                   f"max_packet_size {self._max_packet_size} (length field {field!r} = {e.length_value})")
-            limit = self._max_packet_size
+                   f"max_packet_size {self._dec.max_packet_size()} (length field {field!r} = {e.length_value})")
+            limit = self._dec.max_packet_size()
         else:
             msg = (f"packet size {e.frame_size} at stream offset {e.stream_offset} exceeds "
-                   f"max_packet_size {self._max_packet_size} and the largest aggregate frame "
-                   f"{self._dec.max_packet_size()} (length field {field!r} = {e.length_value})")
-            limit = self._dec.max_packet_size()
+                   f"max_packet_size {self._dec.max_packet_size()} and the largest aggregate frame "
+                   f"{self._dec.frame_limit()} (length field {field!r} = {e.length_value})")
+            limit = self._dec.frame_limit()
         return ProtocolError(msg, offset=e.stream_offset, value=e.frame_size, limit=limit,
                              batch=delivered)
