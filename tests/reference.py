@@ -108,3 +108,22 @@ def chunk(stream: bytes, cuts: Sequence[int]) -> List[bytes]:
 
 def encode_all(layout: RefLayout, packets: Iterable[Tuple[int, int, int, bytes]]) -> bytes:
     return b"".join(encode_packet(layout, t, p, s, pid) for t, s, pid, p in packets)
+
+
+def payload_records(payloads: Sequence[bytes], itemsize: int) -> Tuple[bytes, List[bool]]:
+    """Payload records as the spec of PacketBatch.payload_array reads them:
+    the first `itemsize` bytes of each payload, back to back (zeros in place
+    of a payload shorter than that), and which payloads were long enough."""
+    out = []
+    valid = []
+    for p in payloads:
+        ok = len(p) >= itemsize
+        valid.append(ok)
+        out.append(bytes(p[:itemsize]) if ok else bytes(itemsize))
+    return b"".join(out), valid
+
+
+def encode_rows(layout: RefLayout, types: Sequence[int], rows: Sequence[bytes], seqs: Sequence[int],
+                player_ids: Sequence[int]) -> bytes:
+    """One packet per row, as PacketBatch.build and send_array write them."""
+    return b"".join(encode_packet(layout, t, r, s, pid) for t, r, s, pid in zip(types, rows, seqs, player_ids))

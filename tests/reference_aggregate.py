@@ -5,14 +5,16 @@ header, and a decoder that makes the receiver's checks in the same order
 as fastpacket and names the failed one.
 
 Layouts are described by a struct format whose first field is the length
-(whole packet, header included) and second the type, as in GAME "<HHII".
+(whole packet, header included) and second the type, as in GAME "<HHII",
+or (unpacking) by a tests/reference.py RefLayout: any length field, the
+field named "type" as the type (none: no packet is an aggregate).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from typing import List, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import lz4.block
 
@@ -87,16 +89,42 @@ class RefAggregateError(Exception):
         self.check = check
 
 
-def ref_unpack(frame: bytes, *, max_raw_size: int = 1 << 20, fmt: str = GAME_FORMAT) -> List[bytes]:
-    """The packets of one aggregate frame, or RefAggregateError(check)."""
-    h = struct.Struct(fmt)
-    hs = h.size
+def _size_and_type(fmt: str, layout: Any) -> Tuple[int, Callable[[bytes, int], Tuple[int, Optional[int]]]]:
+    """(header size, read) where read(buf, pos) gives the whole size and the
+    type (None without a type field) of the packet at buf[pos]."""
+    if layout is None:
+        h = struct.Struct(fmt)
+
+        def read_fmt(buf: bytes, pos: int) -> Tuple[int, Optional[int]]:
+            size, ptype = h.unpack_from(buf, pos)[:2]
+            return size, ptype
+
+        return h.size, read_fmt
+    s = layout.struct
+    names = [name for name, _ in layout.fields]
+    length_at = names.index(layout.length_field)
+    type_at = names.index("type") if "type" in names else None
+
+    def read_layout(buf: bytes, pos: int) -> Tuple[int, Optional[int]]:
+        values = s.unpack_from(buf, pos)
+        return layout.frame_size(values[length_at]), None if type_at is None else values[type_at]
+
+    return s.size, read_layout
+
+
+def ref_unpack(frame: bytes, *, max_raw_size: int = 1 << 20, fmt: str = GAME_FORMAT,
+               layout: Any = None, max_packet_size: Optional[int] = None) -> List[bytes]:
+    """The packets of one aggregate frame, or RefAggregateError(check).
+    `layout` (a RefLayout), when given, replaces `fmt`; with
+    `max_packet_size`, a packet inside larger than it fails the check
+    "max_packet_size" (wire format 3.3, check 12)."""
+    hs, size_and_type = _size_and_type(fmt, layout)
     if len(frame) < hs + AGG_HEADER.size:
         raise RefAggregateError("frame")
-    fields = h.unpack_from(frame)
-    if fields[0] != len(frame):
+    size, ptype = size_and_type(frame, 0)
+    if size != len(frame):
         raise RefAggregateError("frame")
-    if fields[1] != AGGREGATE_TYPE:
+    if ptype != AGGREGATE_TYPE:
         raise RefAggregateError("type")
     codec, flags, count, raw_size = AGG_HEADER.unpack_from(frame, hs)
     if flags != 0:
@@ -138,8 +166,12 @@ def ref_unpack(frame: bytes, *, max_raw_size: int = 1 << 20, fmt: str = GAME_FOR
     for _ in range(count):
         if len(body) - pos < hs:
             raise RefAggregateError("count" if pos == len(body) else "packet_size")
-        size, ptype = h.unpack_from(body, pos)[:2]
-        if size < hs or size > len(body) - pos:
+        size, ptype = size_and_type(body, pos)
+        if size < hs:
+            raise RefAggregateError("packet_size")
+        if max_packet_size is not None and size > max_packet_size:
+            raise RefAggregateError("max_packet_size")
+        if size > len(body) - pos:
             raise RefAggregateError("packet_size")
         if ptype == AGGREGATE_TYPE:
             raise RefAggregateError("nested")

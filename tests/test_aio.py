@@ -715,3 +715,123 @@ def test_options_refuse_combinations_that_cannot_work(run):
             await server.wait_closed()
 
     run(main())
+
+
+# -- arrays as packets: send_array, scatter, broadcast_array (issue 15) ---------
+
+STATE = np.dtype([("tick", "<u4"), ("x", "<i4"), ("y", "<i4")])
+
+
+def states(n, tick=0):
+    rows = np.zeros(n, dtype=STATE)
+    rows["tick"] = tick
+    rows["x"] = np.arange(n)
+    rows["y"] = -np.arange(n)
+    return rows
+
+
+def test_session_send_array_any_size(run):
+    async def main():
+        rows = states(20000)  # 480 KB: many flushes of the 64 KiB send buffer
+
+        def reply(session, batch):
+            n = int(batch.payload_array("<u4")[0])
+            assert session.send_array(5, rows[:n], player_ids=np.arange(n) % 1000) == n
+
+        server = await aio.serve(reply, "127.0.0.1", 0)
+        client = await aio.connect("127.0.0.1", server.port)
+        for n in (3, 20000):
+            client.send(1, struct.pack("<I", n))
+            got = await recv_packets(client, n)
+            batch = fp.PacketBatch.build([p.type for p in got], [bytes(p.payload) for p in got],
+                                         seqs=[p.seq for p in got], player_ids=[p.player_id for p in got])
+            assert np.array_equal(batch.payload_array(STATE), rows[:n])
+            assert batch.player_ids.tolist() == (np.arange(n) % 1000).tolist()
+            first = 0 if n == 3 else 3
+            assert batch.seqs.tolist() == list(range(first, first + n))  # the session's seq, as usual
+        with pytest.raises(ValueError, match="never fit"):
+            next(iter(server.sessions)).send_array(5, np.zeros((1, 70000), dtype=np.uint8))
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+async def _clients(port, n):
+    return [await aio.connect("127.0.0.1", port) for _ in range(n)]
+
+
+async def _wait_sessions(server, n, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(server.sessions) < n and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    assert len(server.sessions) == n
+
+
+def test_scatter_rows_and_neighbour_lists(run):
+    async def main():
+        order = []
+        server = await aio.serve(echo, "127.0.0.1", 0, on_connect=order.append)
+        clients = await _clients(server.port, 4)
+        await _wait_sessions(server, 4)
+        rows = states(4, tick=9)
+        ids = np.array([10, 11, 12, 13], dtype=np.uint32)
+        # one row each; a None entry is skipped
+        assert aio.scatter(order[:3] + [None], 2, rows, player_ids=ids, flush=True) == 3
+        for i, c in enumerate(clients[:3]):
+            (p,) = await recv_packets(c, 1)
+            assert (p.type, p.player_id, bytes(p.payload)) == (2, 10 + i, rows[i].tobytes())
+        # neighbour lists (CSR): session k gets rows index[starts[k]:starts[k+1]]
+        index = np.array([1, 2, 0, 3, 2, 1, 0])
+        starts = np.array([0, 2, 2, 5, 7])
+        assert server.scatter(3, rows, order, player_ids=ids, index=index, starts=starts) == 3
+        for k, c in enumerate(clients):
+            want = index[starts[k]:starts[k + 1]]
+            got = await recv_packets(c, len(want)) if len(want) else []
+            assert [p.player_id for p in got] == ids[want].tolist()
+            assert b"".join(bytes(p.payload) for p in got) == rows[want].tobytes()
+        with pytest.raises(ValueError, match="one row per session"):
+            aio.scatter(order, 2, rows[:3])
+        with pytest.raises(ValueError, match="not a row"):
+            aio.scatter(order, 2, rows, index=[0, 4], starts=[0, 1, 2, 2, 2])
+        with pytest.raises(ValueError, match="starts"):
+            aio.scatter(order, 2, rows, index=[0], starts=[0, 1])
+        with pytest.raises(TypeError, match="go together"):
+            aio.scatter(order, 2, rows, index=[0])
+        with pytest.raises(ValueError, match=r"player_ids\[0\]"):
+            aio.scatter(order, 2, rows, player_ids=np.full(4, 2**32, dtype=np.uint64))
+        with pytest.raises(TypeError, match="sessions"):
+            aio.scatter(order[:3] + ["x"], 2, rows)
+        assert all(s.queued_bytes == 0 for s in order)  # the refused calls queued nothing
+        for c in clients:
+            c.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_broadcast_array_to_every_session(run):
+    async def main():
+        server = await aio.serve(echo, "127.0.0.1", 0)
+        clients = await _clients(server.port, 3)
+        await _wait_sessions(server, 3)
+        rows = states(50, tick=1)
+        assert server.broadcast_array(4, rows, player_ids=7) == 3
+        for c in clients:
+            got = await recv_packets(c, 50)
+            assert b"".join(bytes(p.payload) for p in got) == rows.tobytes()
+            assert {p.player_id for p in got} == {7} and [p.seq for p in got] == list(range(50))
+        sessions = list(server.sessions)
+        sessions[0].close()
+        # a closed session drops (and counts) its rows; the others get them
+        assert aio.broadcast_array(sessions, 4, rows[:2], flush=True) == 2
+        assert sessions[0].dropped_out == 2
+        for c in clients:
+            c.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())

@@ -6,7 +6,9 @@ silently truncated to an int.
 The entry points and their numeric parameters are read from _native.pyi
 (test_native_stubs.py keeps it equal to the module), so a new one cannot be
 forgotten: test_every_numeric_parameter_is_walked fails until CALLS below
-says how to call it (or EXEMPT why not).
+says how to call it (or EXEMPT why not). The public wrappers of private
+native functions (fastpacket.aio.scatter and broadcast_array over _scatter
+and _broadcast_array) are listed in WRAPPERS.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ STUB = pathlib.Path(fp.__file__).with_name("_native.pyi")
 SCALAR_INT = {"int", "Optional[int]", "Union[str, int]"}
 SCALAR_REAL = {"float", "Optional[float]", "MetricValue"}
 COLUMN = {"IntColumn"}
+# Header values for n packets: one int for all, or one per packet.
+VALUES = {"Optional[IntValues]"}
 
 
 def _numeric_params() -> List[Tuple[str, str, str]]:
@@ -44,7 +48,7 @@ def _numeric_params() -> List[Tuple[str, str, str]]:
             if arg.annotation is None or arg.arg in ("self", "cls"):
                 continue
             text = ast.unparse(arg.annotation)
-            if text in SCALAR_INT | SCALAR_REAL | COLUMN:
+            if text in SCALAR_INT | SCALAR_REAL | COLUMN | VALUES:
                 out.append((where, arg.arg, text))
 
     for node in tree.body:
@@ -58,7 +62,14 @@ def _numeric_params() -> List[Tuple[str, str, str]]:
                     continue
                 setter = any(isinstance(d, ast.Attribute) and d.attr == "setter" for d in item.decorator_list)
                 walk(item, f"{node.name}.{item.name}" + (".setter" if setter else ""))
-    return sorted(set(out))
+    return sorted(set(out) | set(WRAPPERS))
+
+
+# Public functions outside the stub over private native ones, and their
+# numeric parameters (they pass them through unchecked).
+WRAPPERS = [("aio.scatter", "type", "Optional[int]"), ("aio.scatter", "player_ids", "Optional[IntValues]"),
+            ("aio.broadcast_array", "type", "Optional[int]"),
+            ("aio.broadcast_array", "player_ids", "Optional[IntValues]")]
 
 
 # -- how to call each entry point with valid arguments, one of them replaced ---
@@ -105,6 +116,17 @@ def _ring_with(n: int) -> fp.RingBuffer:
     return ring
 
 
+def _group() -> Any:
+    loop = asyncio.new_event_loop()
+    hub = _native.Hub(loop, aio.Options().check(), lambda s, b: None, None)
+    _SESSIONS.append((None, loop))
+    return hub.group("g")
+
+
+def _rows(n: int = 1) -> Any:
+    return np.zeros((n, 4), dtype=np.uint8)
+
+
 def _session_buffer_updated(nbytes: Any) -> None:
     s = _session()
     s.get_buffer(-1)  # lends the ring that buffer_updated commits into
@@ -147,11 +169,22 @@ CALLS: Dict[str, Callable[..., Any]] = {
     "SessionBase.buffer_updated": _session_buffer_updated,
     "SessionBase.send": lambda **kw: _session().send(**{"type": 1, "payload": b"x", **kw}),
     "SessionBase.broadcast": lambda **kw: _session().broadcast(**{"type": 1, "payload": b"x", **kw}),
+    "SendBuffer.send_array": lambda **kw: fp.SendBuffer().send_array(**{"type": 1, "records": _rows(), **kw}),
+    "SessionBase.send_array": lambda **kw: _session().send_array(**{"type": 1, "records": _rows(), **kw}),
+    "scatter": lambda **kw: fp.sendbuf.scatter(**{"buffers": [fp.SendBuffer()], "type": 1, "records": _rows(),
+                                                  **kw}),
+    "aio.scatter": lambda **kw: aio.scatter(**{"sessions": [_session()], "type": 1, "records": _rows(), **kw}),
+    "aio.broadcast_array": lambda **kw: aio.broadcast_array(**{"sessions": [_session()], "type": 1,
+                                                               "records": _rows(), **kw}),
+    "Group.send": lambda **kw: _group().send(**{"type": 1, "payload": b"x", **kw}),
+    "Group.ready": lambda **kw: _group().ready(**kw),
 }
 
 # Numeric parameters not walked here, and why.
 EXEMPT = {
     ("SessionBase.recv", "timeout"): "asyncio.wait_for's timeout, checked by asyncio",
+    ("Hub.group", "name"): "a name, not a number: any str or int is one (anything else a TypeError, test_groups)",
+    ("SessionBase.group", "name"): "as Hub.group",
 }
 
 # Parameters for which a negative value is valid (it counts from the end, or
@@ -163,6 +196,8 @@ NEGATIVE_OK = {("PacketBatch.__getitem__", "index"), ("PacketBatch.payload", "i"
 INDEX = {("PacketBatch.__getitem__", "index"), ("PacketBatch.payload", "i")}
 # Real parameters without bounds (every finite and infinite value is valid, NaN is not).
 UNBOUNDED_REAL = {("Gauge.set", "value"), ("Gauge.inc", "n"), ("Gauge.dec", "n")}
+# Real parameters >= 0 without an upper bound (a timeout: inf waits as long as it takes).
+NO_UPPER_REAL = {("Group.ready", "timeout")}
 
 
 def _bad_values(where: str, name: str, annotation: str) -> List[Tuple[Any, type]]:
@@ -170,12 +205,15 @@ def _bad_values(where: str, name: str, annotation: str) -> List[Tuple[Any, type]
     key = (where, name)
     if annotation in COLUMN:
         return [([3.99], TypeError), (["7"], TypeError), ([-1], ValueError), ([2**64], (ValueError, TypeError))]
+    if annotation in VALUES:  # the one-packet calls above: a scalar, or a column of one
+        return [(3.99, TypeError), ("7", TypeError), (-1, ValueError), (2**64, ValueError),
+                ([3.99], TypeError), ([-1], ValueError), ([2**64], (ValueError, TypeError))]
     if annotation == "MetricValue":  # ints and floats both valid (a float is rounded), see Metric.record
         return [(-1, ValueError), (2**64, ValueError), (math.nan, ValueError), ("7", TypeError)]
     if annotation in SCALAR_REAL:
         out = [("7", TypeError), (math.nan, ValueError)]
         if key not in UNBOUNDED_REAL:
-            out += [(2**64, ValueError), (-1, ValueError)]
+            out += [(-1, ValueError)] + ([] if key in NO_UPPER_REAL else [(2**64, ValueError)])
         return out
     out_of_range = IndexError if key in INDEX else ValueError
     out = [(3.99, TypeError), ("7", TypeError), (2**64, out_of_range)]

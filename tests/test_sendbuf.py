@@ -1,5 +1,6 @@
 """SendBuffer: round trips through FrameDecoder, seq numbering, flush rules,
-BufferFull and oversize, double-buffered flush views, broadcast, batch relay."""
+BufferFull and oversize, double-buffered flush views, broadcast, batch relay,
+arrays as packets (send_array, scatter)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastpacket as fp
+from tests import reference as ref
 from tests.reference_buffers import GAME_HEADER, SendModel, encode_game
+from tests.test_framing import LAYOUTS
 
 HS = GAME_HEADER.size
 
@@ -397,3 +400,91 @@ def test_length_only_layout_refuses_a_type_and_game_requires_one():
         fp.SendBuffer().send(None, b"x")
     with pytest.raises(TypeError, match="types must be given"):
         fp.PacketBatch.build(None, [b"x"])
+
+
+# -- send_array and scatter (issue 15) ------------------------------------------
+
+
+@given(name=st.sampled_from(sorted(LAYOUTS)), n=st.integers(0, 30), width=st.integers(0, 24),
+       first_seq=st.integers(0, 2**32 - 1), ids_kind=st.sampled_from(["none", "scalar", "array", "int8"]),
+       data=st.data())
+def test_send_array_matches_reference(name, n, width, first_seq, ids_kind, data):
+    rl, layout = LAYOUTS[name]
+    rows = np.frombuffer(data.draw(st.binary(min_size=n * width, max_size=n * width)), dtype=np.uint8)
+    rows = rows.reshape(n, width)
+    sb = fp.SendBuffer(1 << 16, layout=layout)
+    seq_top = rl.field_max("seq") if "seq" in dict(rl.fields) else 0
+    sb.next_seq = first_seq & seq_top
+    ids = {"none": None, "scalar": 77, "array": np.arange(n, dtype=np.uint32) * 3,
+           "int8": np.arange(n, dtype=np.int8)}[ids_kind]
+    typ = data.draw(st.integers(0, rl.field_max("type")))
+    got = sb.send_array(typ, rows, player_ids=ids)
+    assert got == first_seq & seq_top and len(sb) == n
+    seqs = [(first_seq + i) & seq_top for i in range(n)]
+    pids = [0] * n if ids is None else [77] * n if ids_kind == "scalar" else [int(x) for x in ids]
+    want = ref.encode_rows(rl, [typ] * n, [r.tobytes() for r in rows], seqs, pids)
+    assert bytes(sb.flush()) == want
+
+
+def test_send_array_structured_strided_and_all_or_nothing():
+    dt = np.dtype([("tick", "<u4"), ("x", "<i4"), ("y", "<i4")])
+    rows = np.zeros(10, dtype=dt)
+    rows["x"] = np.arange(10)
+    sb = fp.SendBuffer(1000)
+    sb.send_array(3, rows[::2], player_ids=np.arange(5))  # a strided view: no copy needed
+    got = fp.FrameDecoder().feed(bytes(sb.flush()))
+    assert got.payload_array(dt)["x"].tolist() == [0, 2, 4, 6, 8]
+    assert got.seqs.tolist() == [0, 1, 2, 3, 4] and got.player_ids.tolist() == [0, 1, 2, 3, 4]
+    # 1000 bytes hold 41 frames of 24 bytes
+    big = np.zeros(42, dtype=dt)
+    with pytest.raises(ValueError, match="more than max_bytes"):
+        sb.send_array(3, big)
+    sb.send_array(3, big[:30])
+    with pytest.raises(fp.BufferFull):
+        sb.send_array(3, big[:20])
+    with pytest.raises(ValueError, match=r"player_ids\[1\] = 4294967296 does not fit"):
+        sb.send_array(3, big[:2], player_ids=np.array([0, 2**32], dtype=np.uint64))
+    with pytest.raises(ValueError, match="type 65536 does not fit"):
+        sb.send_array(65536, big[:2])
+    with pytest.raises(TypeError, match="numpy array"):
+        sb.send_array(3, [b"abc"])
+    with pytest.raises(ValueError, match="at least one dimension"):
+        sb.send_array(3, np.zeros((), dtype=dt))
+    with pytest.raises(ValueError, match="one value per payload"):
+        sb.send_array(3, big[:2], player_ids=[1, 2, 3])
+    assert len(sb) == 30 and sb.next_seq == 35  # the failed calls queued nothing
+
+
+def test_scatter_one_row_per_buffer():
+    dt = np.dtype([("x", "<f4"), ("y", "<f4")])
+    rows = np.zeros(6, dtype=dt)
+    rows["x"] = np.arange(6)
+    buffers = [fp.SendBuffer(256) for _ in range(6)]
+    buffers[2].next_seq = 41
+    assert fp.sendbuf.scatter(buffers, 8, rows, player_ids=np.arange(100, 106)) == 6
+    for i, sb in enumerate(buffers):
+        (p,) = fp.FrameDecoder().feed(bytes(sb.flush()))
+        assert (p.type, p.seq, p.player_id) == (8, 41 if i == 2 else 0, 100 + i)
+        assert bytes(p.payload) == rows[i].tobytes()
+    assert fp.sendbuf.scatter([], 8, rows[:0]) == 0
+
+
+def test_scatter_all_or_nothing():
+    rows = np.zeros((3, 100), dtype=np.uint8)
+    a, b = fp.SendBuffer(200), fp.SendBuffer(200)
+    with pytest.raises(fp.BufferFull, match="buffer 2"):
+        fp.sendbuf.scatter([a, b, a], 1, rows)  # listed twice, `a` would need 2 x 112 bytes
+    assert len(a) == len(b) == 0
+    with pytest.raises(ValueError, match="never fit"):
+        fp.sendbuf.scatter([fp.SendBuffer(50)], 1, rows[:1])
+    with pytest.raises(ValueError, match="one row per buffer"):
+        fp.sendbuf.scatter([a, b], 1, rows)
+    other = fp.SendBuffer(200, layout=fp.HeaderLayout([("len", "u32"), ("type", "u16")], "len"))
+    with pytest.raises(ValueError, match="layout"):
+        fp.sendbuf.scatter([a, other], 1, rows[:2])
+    with pytest.raises(TypeError, match="SendBuffers"):
+        fp.sendbuf.scatter([a, "b"], 1, rows[:2])
+    with pytest.raises(ValueError, match=r"player_ids\[1\]"):
+        fp.sendbuf.scatter([a, b], 1, rows[:2], player_ids=[1, 2**32])
+    assert len(a) == len(b) == 0
+    assert fp.sendbuf.scatter([a, b, a], 1, rows[:, :50]) == 3 and len(a) == 2 and len(b) == 1

@@ -39,3 +39,28 @@ class Broadcast:
 
     def time_broadcast(self, impl, ids):
         self.fn(1, self.ids)
+
+
+class SendArray:
+    """1,000 records queued: one send_array call, or send per packet."""
+
+    params = ["send-per-packet", "send_array"]
+    param_names = ["impl"]
+
+    def setup(self, impl):
+        from fastpacket import SendBuffer
+
+        self.rows = np.zeros(1000, [("tick", "<u4"), ("x", "<i4"), ("y", "<i4")])
+        self.payloads = [r.tobytes() for r in self.rows]
+        self.ids = np.arange(1000, dtype=np.uint32)
+        self.sb = SendBuffer()
+
+    def time_send(self, impl):
+        sb = self.sb
+        if impl == "send_array":
+            sb.send_array(5, self.rows, player_ids=self.ids)
+        else:
+            send = sb.send
+            for i, p in enumerate(self.payloads):
+                send(5, p, player_id=i)
+        sb.clear()

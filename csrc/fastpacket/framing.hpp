@@ -221,6 +221,82 @@ inline void index_frames(const Layout& l, const std::uint8_t* data, std::size_t 
     }
 }
 
+namespace detail {
+
+// scan_with() and index_with() in one pass: each complete frame is indexed
+// as it is found, so the frames of a feed are read once, not twice.
+template <std::size_t HS, class Reader>
+ScanResult scan_index_with(std::size_t header_size, const std::uint8_t* data, std::size_t n, std::int64_t max_size,
+                           std::int64_t base_offset, IndexColumns cols, Reader size_of,
+                           const AggregateAllowance& allow) noexcept {
+    ScanResult r;
+    const std::size_t hs = HS ? HS : header_size;
+    const auto ihs = static_cast<std::int64_t>(hs);
+    std::size_t pos = 0, k = 0;
+    while (n - pos >= hs) {
+        const std::int64_t frame = size_of(data + pos);
+        // the allowance's type read only past max_packet_size, as in scan_with()
+        if (frame < ihs || frame > max_size || (frame > allow.plain_max && !allow.is_aggregate(data + pos))) {
+            r.error = true;
+            break;
+        }
+        if (static_cast<std::int64_t>(n - pos) < frame) break;
+        cols.offsets[k] = base_offset + static_cast<std::int64_t>(pos);
+        cols.sizes[k] = static_cast<std::uint32_t>(frame);
+        std::memcpy(cols.headers + k * hs, data + pos, HS ? HS : hs);
+        pos += static_cast<std::size_t>(frame);
+        ++k;
+    }
+    r.count = k;
+    r.end = pos;
+    return r;
+}
+
+template <unsigned W, bool BE>
+ScanResult scan_index_fixed(const Layout& l, const std::uint8_t* d, std::size_t n, std::int64_t max,
+                            std::int64_t base_offset, IndexColumns cols, const AggregateAllowance& allow) noexcept {
+    LengthReader<W, BE> reader{l.fields[l.length_index].offset, l.frame_bias()};
+    if (l.header_size == 12) return scan_index_with<12>(12, d, n, max, base_offset, cols, reader, allow);
+    return scan_index_with<0>(l.header_size, d, n, max, base_offset, cols, reader, allow);
+}
+
+}  // namespace detail
+
+/// Most frames data[0, n) can hold (each frame is at least a header):
+/// the capacity of the columns scan_index_frames() fills.
+inline std::size_t max_frames(std::size_t n, std::size_t header_size) noexcept { return n / header_size; }
+
+/// scan_frames() that also indexes each complete frame into `cols` (room
+/// for max_frames(n) frames), with `base_offset` added to each offset: one
+/// pass over the frames instead of scan_frames() then index_frames().
+inline ScanResult scan_index_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
+                                    std::int64_t max_packet_size, std::int64_t base_offset,
+                                    IndexColumns cols, const AggregateAllowance& allow) noexcept {
+    const unsigned w = l.fields[l.length_index].width;
+    const std::int64_t m = max_packet_size;
+    if (l.big_endian) {
+        switch (w) {
+            case 1: return detail::scan_index_fixed<1, true>(l, data, n, m, base_offset, cols, allow);
+            case 2: return detail::scan_index_fixed<2, true>(l, data, n, m, base_offset, cols, allow);
+            case 4: return detail::scan_index_fixed<4, true>(l, data, n, m, base_offset, cols, allow);
+            default: return detail::scan_index_fixed<8, true>(l, data, n, m, base_offset, cols, allow);
+        }
+    }
+    switch (w) {
+        case 1: return detail::scan_index_fixed<1, false>(l, data, n, m, base_offset, cols, allow);
+        case 2: return detail::scan_index_fixed<2, false>(l, data, n, m, base_offset, cols, allow);
+        case 4: return detail::scan_index_fixed<4, false>(l, data, n, m, base_offset, cols, allow);
+        default: return detail::scan_index_fixed<8, false>(l, data, n, m, base_offset, cols, allow);
+    }
+}
+
+inline ScanResult scan_index_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
+                                    std::int64_t max_packet_size, std::int64_t base_offset,
+                                    IndexColumns cols) noexcept {
+    return scan_index_frames(l, data, n, max_packet_size, base_offset, cols,
+                             AggregateAllowance::none(l, max_packet_size));
+}
+
 /// Values for a header's role fields; fields without a role are written 0.
 struct HeaderValues {
     std::uint64_t type = 0;
@@ -252,6 +328,161 @@ inline EncodeError encode_header(const Layout& l, std::uint8_t* out, const Heade
     if (l.seq_index >= 0) l.write(out, l.seq_index, v.seq);
     if (l.player_id_index >= 0) l.write(out, l.player_id_index, v.player_id);
     return EncodeError::none;
+}
+
+namespace detail {
+
+// A header field store with its width fixed at compile time: the byte loop of
+// store_unsigned() unrolls and merges into one store.
+inline void store_field(std::uint8_t* p, unsigned width, bool big_endian, std::uint64_t v) noexcept {
+    switch (width) {
+        case 1: return store_unsigned(p, 1, big_endian, v);
+        case 2: return store_unsigned(p, 2, big_endian, v);
+        case 4: return store_unsigned(p, 4, big_endian, v);
+        default: return store_unsigned(p, 8, big_endian, v);
+    }
+}
+
+/// Records up to this many bytes are copied word by word inline; longer
+/// ones with memcpy (a library call costs more than a few moves).
+constexpr std::size_t kInlineCopyBytes = 64;
+
+// Copies a record of n bytes: for the usual few-field record (8 to 40
+// bytes) a handful of moves instead of a call per packet.
+inline void copy_record(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) noexcept {
+    if (n > kInlineCopyBytes) {
+        std::memcpy(dst, src, n);
+        return;
+    }
+    std::size_t k = 0;
+    for (; k + 8 <= n; k += 8) std::memcpy(dst + k, src + k, 8);
+    if (n - k >= 4) { std::memcpy(dst + k, src + k, 4); k += 4; }
+    if (n - k >= 2) { std::memcpy(dst + k, src + k, 2); k += 2; }
+    if (n - k >= 1) dst[k] = src[k];
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------
+// Payload records: a fixed-size record at the start of every payload (a
+// numpy dtype's itemsize), read into one array and written back as frames,
+// so a batch becomes an array and an array becomes packets with no
+// per-packet step in the interpreter.
+
+/// The frame size shared by `count` frames that all have the same size and
+/// lie back to back (offsets[i] == offsets[0] + i * sizes[0]): their payload
+/// records then form a strided array over the data itself. 0 otherwise
+/// (and for count == 0).
+inline std::size_t uniform_frame_stride(const std::int64_t* offsets, const std::uint32_t* sizes,
+                                        std::size_t count) noexcept {
+    if (count == 0) return 0;
+    const std::uint32_t s = sizes[0];
+    for (std::size_t i = 1; i < count; ++i) {
+        if (sizes[i] != s || offsets[i] != offsets[i - 1] + static_cast<std::int64_t>(s)) return 0;
+    }
+    return s;
+}
+
+/// Index of the first frame whose payload is shorter than `itemsize`
+/// bytes, or `count` when every payload holds a record.
+inline std::size_t first_short_payload(const std::uint32_t* sizes, std::size_t count, std::size_t header_size,
+                                       std::size_t itemsize) noexcept {
+    const std::uint64_t need = std::uint64_t{header_size} + itemsize;
+    for (std::size_t i = 0; i < count; ++i) {
+        if (sizes[i] < need) return i;
+    }
+    return count;
+}
+
+/// Copies the first `itemsize` bytes of frame i's payload to
+/// out[i * itemsize] for `count` frames (whole frames inside `base`, as a
+/// batch's index describes them). With `valid` null the caller has checked
+/// that every payload holds a record (first_short_payload() == count);
+/// otherwise a shorter payload gets a zeroed record and valid[i] = 0, every
+/// other valid[i] = 1. Reads stay inside each frame.
+inline void gather_payload_records(const std::uint8_t* base, const std::int64_t* offsets,
+                                   const std::uint32_t* sizes, std::size_t count, std::size_t header_size,
+                                   std::size_t itemsize, std::uint8_t* out, std::uint8_t* valid) noexcept {
+    const std::uint64_t need = std::uint64_t{header_size} + itemsize;
+    for (std::size_t i = 0; i < count; ++i) {
+        std::uint8_t* dst = out + i * itemsize;
+        if (valid != nullptr) {
+            const bool ok = sizes[i] >= need;
+            valid[i] = ok ? 1 : 0;
+            if (!ok) {
+                std::memset(dst, 0, itemsize);
+                continue;
+            }
+        }
+        detail::copy_record(dst, base + offsets[i] + static_cast<std::int64_t>(header_size), itemsize);
+    }
+}
+
+/// A header value per frame (stride 1), one value for every frame (stride
+/// 0), or 0 for every frame (values null).
+struct ValueColumn {
+    const std::uint64_t* values = nullptr;
+    std::size_t stride = 0;
+    std::uint64_t at(std::size_t i) const noexcept { return values != nullptr ? values[i * stride] : 0; }
+};
+
+/// What encode_records() refused: the error and, for a value out of its
+/// field's range, the frame index and the value.
+struct RecordsFault {
+    EncodeError error = EncodeError::none;
+    std::size_t index = 0;
+    std::uint64_t value = 0;
+};
+
+/// Encodes `count` frames whose payloads are `row_bytes`-byte rows, row i
+/// at records + i * row_stride (any stride, 0 included), with header values
+/// from the three columns, into out[0, count * (header_size + row_bytes)).
+/// Every value is checked against its field before anything is written: on
+/// a fault nothing is. Seqs and ids are ignored where the layout has no
+/// such field, as in encode_header().
+inline RecordsFault encode_records(const Layout& l, const std::uint8_t* records, std::size_t count,
+                                   std::size_t row_bytes, std::ptrdiff_t row_stride, ValueColumn types,
+                                   ValueColumn seqs, ValueColumn ids, std::uint8_t* out) noexcept {
+    RecordsFault f;
+    const std::size_t hs = l.header_size;
+    std::uint8_t header[kMaxHeaderBytes];
+    HeaderValues zero;
+    f.error = encode_header(l, header, zero, row_bytes);  // the length, and whether there is a type field
+    if (f.error != EncodeError::none) return f;
+    struct Role {
+        int index;
+        ValueColumn column;
+        EncodeError error;
+    };
+    const Role roles[3] = {{l.type_index, types, EncodeError::type_range},
+                           {l.seq_index, seqs, EncodeError::seq_range},
+                           {l.player_id_index, ids, EncodeError::player_id_range}};
+    for (const Role& r : roles) {
+        if (r.index < 0 || r.column.values == nullptr) continue;
+        const std::uint64_t max = l.field_max(r.index);
+        const std::size_t n = r.column.stride ? count : (count ? 1 : 0);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (r.column.values[i * r.column.stride] > max) {
+                f.error = r.error;
+                f.index = i;
+                f.value = r.column.values[i * r.column.stride];
+                return f;
+            }
+        }
+    }
+    const bool be = l.big_endian;
+    const std::size_t frame = hs + row_bytes;
+    for (std::size_t i = 0; i < count; ++i) {
+        std::uint8_t* dst = out + i * frame;
+        std::memcpy(dst, header, hs);
+        for (const Role& r : roles) {
+            if (r.index >= 0) {
+                detail::store_field(dst + l.fields[r.index].offset, l.fields[r.index].width, be, r.column.at(i));
+            }
+        }
+        detail::copy_record(dst + hs, records + static_cast<std::ptrdiff_t>(i) * row_stride, row_bytes);
+    }
+    return f;
 }
 
 /// Incremental stream decoder. A feed is two calls: plan() finds the frames
@@ -288,7 +519,14 @@ public:
         std::size_t count = 0;       // complete frames in this feed
         std::size_t data_bytes = 0;  // bytes emit() writes to `out`
         ErrorInfo error;             // kind != none: stop after these frames
+        bool indexed = false;        // plan_indexed() already filled the columns
     };
+
+    /// The columns plan_indexed() may fill for a feed of n bytes: the frame
+    /// completed from the pending bytes, and every frame in[0, n) can hold.
+    std::size_t index_capacity(std::size_t n) const noexcept {
+        return 1 + max_frames(n, layout_.header_size);
+    }
 
     const Layout& layout() const noexcept { return layout_; }
     std::int64_t max_packet_size() const noexcept { return plain_max_; }
@@ -305,8 +543,20 @@ public:
     }
 
     /// Plans the feed of in[0, n): pure, the decoder is unchanged.
-    FeedPlan plan(const std::uint8_t* in, std::size_t n) const noexcept {
+    FeedPlan plan(const std::uint8_t* in, std::size_t n) const noexcept { return plan_into(in, n, nullptr); }
+
+    /// plan() that also indexes the planned frames into `cols` (room for
+    /// index_capacity(n) frames; offsets relative to the `out` emit() will
+    /// fill, or to `in` itself when zero_copy()), so that emit() does not
+    /// read the frames a second time. Still pure: only `cols` is written.
+    FeedPlan plan_indexed(const std::uint8_t* in, std::size_t n, IndexColumns cols) const noexcept {
+        return plan_into(in, n, &cols);
+    }
+
+private:
+    FeedPlan plan_into(const std::uint8_t* in, std::size_t n, const IndexColumns* index) const noexcept {
         FeedPlan p;
+        p.indexed = index != nullptr;
         if (failed_) {
             p.error.kind = FrameError::failed;
             p.error.stream_offset = stream_offset_;
@@ -345,9 +595,28 @@ public:
             p.head_complete = true;
             p.count = 1;
             p.data_bytes = want;
+            if (index != nullptr) {  // the head frame starts the output, its header assembled above
+                index->offsets[0] = 0;
+                index->sizes[0] = static_cast<std::uint32_t>(want);
+                std::memcpy(index->headers, header, hs);
+            }
         }
         p.scan_begin = used;
-        const ScanResult r = scan_frames(layout_, in + used, n - used, max_, AggregateAllowance{plain_max_, &layout_});
+        const AggregateAllowance allow{plain_max_, &layout_};
+        ScanResult r;
+        if (index != nullptr) {
+            // the output holds the head frame (have + used bytes), then
+            // in[used, scan_end); without a head it starts at in[used]
+            // (at in[0] itself when zero-copy, used being 0 then)
+            IndexColumns rest = *index;
+            rest.offsets += p.count;
+            rest.sizes += p.count;
+            rest.headers += p.count * hs;
+            const std::int64_t base = p.head_complete ? static_cast<std::int64_t>(have + used) : 0;
+            r = scan_index_frames(layout_, in + used, n - used, max_, base, rest, allow);
+        } else {
+            r = scan_frames(layout_, in + used, n - used, max_, allow);
+        }
         p.scan_end = used + r.end;
         p.count += r.count;
         p.data_bytes += r.end;
@@ -358,6 +627,7 @@ public:
         return p;
     }
 
+public:
     /// Commits a plan made by plan(in, ...) on this decoder as it is now:
     /// copies the plan's frames to `out` (p.data_bytes; may be null only when
     /// the caller keeps the input itself as the data, see zero_copy()),
@@ -379,7 +649,7 @@ public:
             head = have + p.scan_begin;
             std::memcpy(out, pending_.data(), have);
             std::memcpy(out + have, in, p.scan_begin);
-            index_frames(layout_, out, 1, 0, cols);
+            if (!p.indexed) index_frames(layout_, out, 1, 0, cols);
             cols.offsets += 1;
             cols.sizes += 1;
             cols.headers += layout_.header_size;
@@ -391,8 +661,8 @@ public:
         const std::size_t scanned = p.count - (p.head_complete ? 1 : 0);
         if (out != nullptr) {
             std::memcpy(out + head, in + p.scan_begin, body);
-            index_frames(layout_, out + head, scanned, static_cast<std::int64_t>(head), cols);
-        } else {
+            if (!p.indexed) index_frames(layout_, out + head, scanned, static_cast<std::int64_t>(head), cols);
+        } else if (!p.indexed) {
             index_frames(layout_, in + p.scan_begin, scanned, static_cast<std::int64_t>(p.scan_begin), cols);
         }
         stream_offset_ += head + body;

@@ -35,21 +35,6 @@ enum class SendStatus : std::uint8_t {
     encode_error = 3,  // a value does not fit its header field (see EncodeError)
 };
 
-namespace detail {
-
-// A header field store with its width fixed at compile time: the byte loop of
-// store_unsigned() unrolls and merges into one store.
-inline void store_field(std::uint8_t* p, unsigned width, bool big_endian, std::uint64_t v) noexcept {
-    switch (width) {
-        case 1: return store_unsigned(p, 1, big_endian, v);
-        case 2: return store_unsigned(p, 2, big_endian, v);
-        case 4: return store_unsigned(p, 4, big_endian, v);
-        default: return store_unsigned(p, 8, big_endian, v);
-    }
-}
-
-}  // namespace detail
-
 class SendBuffer {
 public:
     SendBuffer(const Layout& layout, std::size_t max_bytes) noexcept
@@ -173,11 +158,94 @@ public:
         return SendStatus::ok;
     }
 
+    /// Appends one packet per row of `records` (`count` rows of `row_bytes`,
+    /// row i at records + i * row_stride), each with the next automatic seq
+    /// and player id ids[i * id_stride] (id_stride 0: one id for all; ids
+    /// null: 0). All or nothing, as broadcast(): on any failure nothing is
+    /// appended and the seq counter is unchanged; *bad_index is the
+    /// position of a player id that does not fit its field.
+    template <class Id>
+    SendStatus append_records(std::uint64_t type, const std::uint8_t* records, std::size_t count,
+                              std::size_t row_bytes, std::ptrdiff_t row_stride, const Id* ids, std::size_t id_stride,
+                              std::uint64_t* first_seq, std::size_t* bad_index, EncodeError* err) noexcept {
+        static_assert(std::is_integral<Id>::value, "player ids are integers");
+        *first_seq = next_seq_;
+        if (count == 0) return SendStatus::ok;
+        const std::uint64_t frame = std::uint64_t{layout_.header_size} + row_bytes;
+        if (frame > max_ / count + 1 || frame * count > max_) return SendStatus::never_fits;
+        const SendStatus room = room_for(frame * count);
+        if (room != SendStatus::ok) return room;
+        std::uint8_t header[kMaxHeaderBytes];  // encoded and checked once; per packet seq and id change
+        HeaderValues v;
+        v.type = type;
+        *err = encode_header(layout_, header, v, row_bytes);
+        if (*err != EncodeError::none) return SendStatus::encode_error;
+        const int si = layout_.seq_index, pi = layout_.player_id_index;
+        if (pi >= 0 && ids != nullptr) {
+            const std::uint64_t pid_max = layout_.field_max(pi);
+            const std::size_t n = id_stride ? count : 1;
+            for (std::size_t i = 0; i < n; ++i) {  // every id checked before anything is written
+                const Id id = ids[i * id_stride];
+                if ((std::is_signed<Id>::value && id < 0) || static_cast<std::uint64_t>(id) > pid_max) {
+                    *bad_index = i;
+                    *err = EncodeError::player_id_range;
+                    return SendStatus::encode_error;
+                }
+            }
+        }
+        const std::size_t hs = layout_.header_size;
+        const bool be = layout_.big_endian;
+        const auto fsize = static_cast<std::size_t>(frame);
+        std::uint8_t* dst = buf_ + used_;
+        std::uint64_t seq = next_seq_;
+        for (std::size_t i = 0; i < count; ++i) {
+            std::memcpy(dst, header, hs);
+            if (si >= 0) detail::store_field(dst + layout_.fields[si].offset, layout_.fields[si].width, be, seq);
+            if (pi >= 0 && ids != nullptr) {
+                detail::store_field(dst + layout_.fields[pi].offset, layout_.fields[pi].width, be,
+                                    static_cast<std::uint64_t>(ids[i * id_stride]));
+            }
+            detail::copy_record(dst + hs, records + static_cast<std::ptrdiff_t>(i) * row_stride, row_bytes);
+            dst += fsize;
+            seq = (seq + 1) & seq_mask_;
+        }
+        used_ += static_cast<std::size_t>(frame * count);
+        count_ += count;
+        next_seq_ = seq;
+        return SendStatus::ok;
+    }
+
+    /// Appends one frame: `header` (written by encode_header() for this
+    /// buffer's layout, the packet's type and a payload of `n` bytes) with
+    /// this buffer's next automatic seq and `player_id` patched in, then the
+    /// payload. For a caller that encodes one header for many buffers
+    /// (scatter) and has checked the player id against its field; false,
+    /// with nothing appended, when the frame does not fit now.
+    bool append_with_header(const std::uint8_t* header, const std::uint8_t* payload, std::size_t n,
+                            std::uint64_t player_id) noexcept {
+        const std::size_t hs = layout_.header_size;
+        if (room_for(std::uint64_t{hs} + n) != SendStatus::ok) return false;
+        std::uint8_t* dst = buf_ + used_;
+        std::memcpy(dst, header, hs);
+        const int si = layout_.seq_index, pi = layout_.player_id_index;
+        const bool be = layout_.big_endian;
+        if (si >= 0) detail::store_field(dst + layout_.fields[si].offset, layout_.fields[si].width, be, next_seq_);
+        if (pi >= 0) detail::store_field(dst + layout_.fields[pi].offset, layout_.fields[pi].width, be, player_id);
+        detail::copy_record(dst + hs, payload, n);
+        used_ += hs + n;
+        ++count_;
+        next_seq_ = (next_seq_ + 1) & seq_mask_;
+        return true;
+    }
+
     /// Appends `count` whole frames as they are (headers untouched), one
-    /// memcpy per run of frames that lie back to back in `base`. All or
-    /// nothing.
+    /// memcpy per run of frames that lie back to back in `base`. With
+    /// `renumber`, each copy's seq field (if the layout has one) gets the
+    /// next automatic seq instead, as if each packet had been send() here:
+    /// a group send reaches every member with that member's own numbering.
+    /// All or nothing.
     SendStatus append_frames(const std::uint8_t* base, const std::int64_t* offsets, const std::uint32_t* sizes,
-                             std::size_t count) noexcept {
+                             std::size_t count, bool renumber = false) noexcept {
         std::uint64_t total = 0;
         for (std::size_t i = 0; i < count; ++i) total += sizes[i];
         const SendStatus room = room_for(total);
@@ -192,6 +260,18 @@ public:
             std::memcpy(dst, base + start, static_cast<std::size_t>(run));
             dst += run;
             i = j;
+        }
+        if (renumber && layout_.seq_index >= 0) {
+            // the copies are back to back now: walk them by their sizes
+            const Field& f = layout_.fields[layout_.seq_index];
+            std::uint8_t* frame = buf_ + used_;
+            std::uint64_t seq = next_seq_;
+            for (std::size_t k = 0; k < count; ++k) {
+                detail::store_field(frame + f.offset, f.width, layout_.big_endian, seq);
+                frame += sizes[k];
+                seq = (seq + 1) & seq_mask_;
+            }
+            next_seq_ = seq;
         }
         used_ += static_cast<std::size_t>(total);
         count_ += count;
@@ -228,5 +308,17 @@ private:
     std::size_t count_ = 0;
     std::uint64_t next_seq_ = 0;
 };
+
+/// A group's fan-out: appends the same `count` frames to each of the `n`
+/// send buffers `targets` (SendBuffer::append_frames, renumbered per buffer
+/// when `renumber`), one status per target in `status`. A target that
+/// fails (full, say) is left as it was and does not stop the others. Plain
+/// copies, no allocation: callers release the GIL around it for large
+/// fan-outs.
+inline void fanout_frames(SendBuffer* const* targets, std::size_t n, const std::uint8_t* base,
+                          const std::int64_t* offsets, const std::uint32_t* sizes, std::size_t count,
+                          bool renumber, SendStatus* status) noexcept {
+    for (std::size_t t = 0; t < n; ++t) status[t] = targets[t]->append_frames(base, offsets, sizes, count, renumber);
+}
 
 }  // namespace fastpacket

@@ -30,16 +30,26 @@ struct Decoded {
 };
 
 // Feeds `chunks` the way the Python binding does: plan, allocate exactly,
-// emit. Each emit gets fresh buffers so ASan sees any overrun.
-static Decoded feed_all(FrameDecoder& dec, const std::vector<std::vector<std::uint8_t>>& chunks) {
+// emit; with `indexed`, plan_indexed() into columns of index_capacity()
+// (then emit does no index pass). Each emit gets fresh buffers so ASan sees
+// any overrun.
+static Decoded feed_all(FrameDecoder& dec, const std::vector<std::vector<std::uint8_t>>& chunks,
+                        bool indexed = false) {
     Decoded d;
     const Layout& l = dec.layout();
     for (const auto& c : chunks) {
-        auto plan = dec.plan(c.data(), c.size());
+        const std::size_t cap = indexed ? dec.index_capacity(c.size()) : 0;
+        std::vector<std::uint8_t> block(index_bytes(cap, l.header_size));
+        IndexColumns cols = index_view(block.data(), cap, l.header_size);
+        auto plan = indexed ? dec.plan_indexed(c.data(), c.size(), cols) : dec.plan(c.data(), c.size());
         if (plan.error.kind == FrameError::failed) { d.error = true; break; }
+        CHECK(plan.indexed == indexed);
+        CHECK(plan.count <= cap || !indexed);
         std::vector<std::uint8_t> out(plan.data_bytes);
-        std::vector<std::uint8_t> block(index_bytes(plan.count, l.header_size));
-        IndexColumns cols = index_view(block.data(), plan.count, l.header_size);
+        if (!indexed) {
+            block.assign(index_bytes(plan.count, l.header_size), 0);
+            cols = index_view(block.data(), plan.count, l.header_size);
+        }
         dec.emit(c.data(), c.size(), plan, out.data(), cols);
         for (std::size_t i = 0; i < plan.count; ++i) {
             const std::uint8_t* h = cols.headers + i * l.header_size;
@@ -111,13 +121,15 @@ static void round_trip(const Layout& l, std::size_t max_payload, unsigned seed) 
         payloads.push_back(p);
     }
     for (std::size_t max_chunk : {std::size_t{1}, std::size_t{7}, std::size_t{300}, std::size_t{5000}, stream.size()}) {
-        FrameDecoder dec(l, 1 << 20);
-        Decoded d = feed_all(dec, random_chunks(stream, rng, max_chunk));
-        CHECK(!d.error);
-        CHECK(d.types == types);
-        CHECK(d.payloads == payloads);
-        CHECK(dec.pending() == 0);
-        CHECK(dec.stream_offset() == stream.size());
+        for (bool indexed : {false, true}) {
+            FrameDecoder dec(l, 1 << 20);
+            Decoded d = feed_all(dec, random_chunks(stream, rng, max_chunk), indexed);
+            CHECK(!d.error);
+            CHECK(d.types == types);
+            CHECK(d.payloads == payloads);
+            CHECK(dec.pending() == 0);
+            CHECK(dec.stream_offset() == stream.size());
+        }
     }
 }
 
@@ -130,9 +142,11 @@ static void errors() {
     std::vector<std::uint8_t> s(good, good + 20);
     std::uint8_t bad[12] = {5, 0};  // size 5 < 12
     s.insert(s.end(), bad, bad + 12);
-    FrameDecoder dec(l, 65535);
+    FrameDecoder dec(l, 65535), twin(l, 65535);
     Decoded d = feed_all(dec, {s});
     CHECK(d.error && d.types.size() == 1);
+    Decoded t = feed_all(twin, {s}, true);
+    CHECK(t.error && t.types.size() == 1 && t.info.stream_offset == 20);
     CHECK(d.info.kind == FrameError::too_small && d.info.stream_offset == 20 && d.info.frame_size == 5);
     CHECK(dec.failed());
     auto p = dec.plan(good, 20);
@@ -214,10 +228,14 @@ static void garbage(const Layout& l, unsigned seed) {
     for (int round = 0; round < 300; ++round) {
         std::vector<std::uint8_t> s(rng() % 4000);
         for (auto& b : s) b = static_cast<std::uint8_t>(rng());
-        FrameDecoder dec(l, 1 + l.header_size + rng() % 3000);
-        Decoded d = feed_all(dec, random_chunks(s, rng, 1 + rng() % 600));
+        const std::size_t max = 1 + l.header_size + rng() % 3000;
+        const auto chunks = random_chunks(s, rng, 1 + rng() % 600);
+        FrameDecoder dec(l, max), twin(l, max);
+        Decoded d = feed_all(dec, chunks);
+        Decoded e = feed_all(twin, chunks, true);  // plan_indexed: the same frames, the same error
         CHECK(dec.pending() <= static_cast<std::size_t>(dec.max_packet_size()));
-        (void)d;
+        CHECK(d.types == e.types && d.payloads == e.payloads && d.error == e.error);
+        CHECK(d.info.kind == e.info.kind && d.info.stream_offset == e.info.stream_offset);
     }
 }
 
@@ -231,6 +249,85 @@ static void group() {
     CHECK(starts[0] == 0 && starts[1] == 3 && starts[2] == 5 && starts[3] == 6);
 }
 
+// Payload records: frames built from rows (encode_records) equal frames
+// encoded one by one; their records read back (gather_payload_records)
+// equal the rows; short payloads are found and masked; uniform strides seen.
+static void records(const Layout& l, unsigned seed) {
+    std::mt19937 rng(seed);
+    for (int round = 0; round < 200; ++round) {
+        const std::size_t count = rng() % 40;
+        const std::size_t row = rng() % 70;  // past the inline-copy size too
+        const std::ptrdiff_t stride = static_cast<std::ptrdiff_t>(row + rng() % 3);
+        std::vector<std::uint8_t> rows(count * static_cast<std::size_t>(stride) + 1);
+        for (auto& b : rows) b = static_cast<std::uint8_t>(rng());
+        std::vector<std::uint64_t> types(count), seqs(count), ids(count);
+        for (std::size_t i = 0; i < count; ++i) {
+            types[i] = rng() % (l.field_max(l.type_index) + 1);
+            seqs[i] = l.seq_index >= 0 ? rng() % (l.field_max(l.seq_index) + 1) : 0;
+            ids[i] = l.player_id_index >= 0 ? rng() % (l.field_max(l.player_id_index) + 1) : 0;
+        }
+        const std::uint64_t one_type = types.empty() ? 0 : types[0];
+        const bool scalar_type = rng() % 2 == 0;
+        ValueColumn tc{scalar_type ? &one_type : types.data(), scalar_type ? 0u : 1u};
+        const std::size_t frame = l.header_size + row;
+        std::vector<std::uint8_t> out(count * frame + 1, 0xEE);
+        const RecordsFault f = encode_records(l, rows.data(), count, row, stride, tc, ValueColumn{seqs.data(), 1},
+                                              ValueColumn{ids.data(), 1}, out.data());
+        CHECK(f.error == EncodeError::none);
+        CHECK(out[count * frame] == 0xEE);  // nothing past the frames
+        std::vector<std::uint8_t> want(frame);
+        for (std::size_t i = 0; i < count; ++i) {
+            HeaderValues v;
+            v.type = scalar_type ? one_type : types[i];
+            v.seq = seqs[i];
+            v.player_id = ids[i];
+            CHECK(encode_header(l, want.data(), v, row) == EncodeError::none);
+            std::memcpy(want.data() + l.header_size, rows.data() + i * static_cast<std::size_t>(stride), row);
+            CHECK(std::memcmp(out.data() + i * frame, want.data(), frame) == 0);
+        }
+        // the frames index back to `count` frames of one size, back to back
+        const ScanResult r = scan_frames(l, out.data(), count * frame, 1 << 30);
+        CHECK(!r.error && r.count == count);
+        std::vector<std::uint8_t> block(index_bytes(count, l.header_size) + 1);
+        const IndexColumns cols = index_view(block.data(), count, l.header_size);
+        index_frames(l, out.data(), count, 0, cols);
+        CHECK(uniform_frame_stride(cols.offsets, cols.sizes, count) == (count ? frame : 0));
+        CHECK(first_short_payload(cols.sizes, count, l.header_size, row) == count);
+        std::vector<std::uint8_t> back(count * row + 1, 0xEE);
+        gather_payload_records(out.data(), cols.offsets, cols.sizes, count, l.header_size, row, back.data(), nullptr);
+        for (std::size_t i = 0; i < count; ++i) {
+            CHECK(std::memcmp(back.data() + i * row, rows.data() + i * static_cast<std::size_t>(stride), row) == 0);
+        }
+        CHECK(back[count * row] == 0xEE);
+        if (count >= 2 && row >= 1) {
+            // a record one byte longer than every payload: all short, masked to zeros
+            std::vector<std::uint8_t> mask(count, 7), wide(count * (row + 1), 0xEE);
+            CHECK(first_short_payload(cols.sizes, count, l.header_size, row + 1) == 0);
+            gather_payload_records(out.data(), cols.offsets, cols.sizes, count, l.header_size, row + 1, wide.data(),
+                                   mask.data());
+            for (std::size_t i = 0; i < count; ++i) CHECK(mask[i] == 0);
+            for (std::uint8_t b : wide) CHECK(b == 0);
+            // a gap between two frames: no longer a uniform stride
+            cols.offsets[1] += 1;
+            CHECK(uniform_frame_stride(cols.offsets, cols.sizes, count) == 0);
+        }
+    }
+    // out-of-range values: the first offending index, nothing written
+    const std::uint8_t rows2[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    std::vector<std::uint8_t> out(64, 0xEE);
+    const std::uint64_t big_type[2] = {1, l.field_max(l.type_index) + 1};
+    if (l.field_max(l.type_index) < ~std::uint64_t{0}) {
+        const RecordsFault f = encode_records(l, rows2, 2, 4, 4, ValueColumn{big_type, 1}, ValueColumn{},
+                                              ValueColumn{}, out.data());
+        CHECK(f.error == EncodeError::type_range && f.index == 1 && f.value == big_type[1]);
+        for (std::uint8_t b : out) CHECK(b == 0xEE);
+    }
+    const std::uint64_t t = 1;
+    const RecordsFault big = encode_records(l, rows2, 1, static_cast<std::size_t>(l.field_max(l.length_index)) + 1,
+                                            0, ValueColumn{&t, 0}, ValueColumn{}, ValueColumn{}, out.data());
+    CHECK(big.error == EncodeError::too_large || l.field_max(l.length_index) >= (1u << 30));
+}
+
 int main() {
     round_trip(game_layout(), 200, 1);
     round_trip(big_u32_layout(), 700, 2);
@@ -242,6 +339,9 @@ int main() {
     garbage(big_u32_layout(), 5);
     garbage(tiny_u8_layout(), 6);
     group();
+    records(game_layout(), 7);
+    records(big_u32_layout(), 8);
+    records(tiny_u8_layout(), 9);
     if (failures) {
         std::fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

@@ -394,6 +394,74 @@ void broadcasts() {
     CHECK(broadcast(gen, 256, bytes(5), wide, &first, &bad, &err) == SendStatus::encode_error);  // u8 type
 }
 
+void records() {
+    // one packet per row, seq assigned as usual, ids per row or one for all
+    std::vector<std::uint8_t> mem(1000);
+    SendBuffer sb(game_layout(), mem.size());
+    sb.attach(mem.data());
+    std::uint64_t first = 99;
+    std::size_t bad = 99;
+    EncodeError err = EncodeError::none;
+    CHECK(send(sb, 5, bytes(2)) == SendStatus::ok);  // seq 0
+    const std::vector<std::uint8_t> rows = bytes(3 * 16);  // 3 rows of 10 bytes, 16 apart
+    const std::vector<std::int32_t> ids = {7, 8, 9};
+    CHECK(sb.append_records<std::int32_t>(9, rows.data(), 3, 10, 16, ids.data(), 1, &first, &bad, &err) ==
+          SendStatus::ok);
+    CHECK_EQ(first, 1u);
+    CHECK_EQ(sb.next_seq(), 4u);
+    auto got = decode(sb);
+    CHECK_EQ(got.size(), 4u);
+    for (std::size_t i = 1; i < got.size() && i < 4; ++i) {
+        CHECK_EQ(got[i].type, 9u);
+        CHECK_EQ(got[i].seq, i);
+        CHECK_EQ(got[i].player_id, static_cast<std::uint64_t>(ids[i - 1]));
+        CHECK(got[i].payload == std::vector<std::uint8_t>(rows.begin() + 16 * (i - 1), rows.begin() + 16 * (i - 1) + 10));
+    }
+    const std::uint16_t one = 42;
+    CHECK(sb.append_records<std::uint16_t>(3, rows.data(), 2, 4, 0, &one, 0, &first, &bad, &err) == SendStatus::ok);
+    got = decode(sb);
+    CHECK_EQ(got.size(), 6u);
+    if (got.size() == 6) {
+        CHECK_EQ(got[5].player_id, 42u);
+        CHECK(got[5].payload == bytes(4));  // stride 0: the same row twice
+    }
+    // all or nothing: a bad id, a bad type, no room now, never room
+    const std::size_t size = sb.size();
+    const std::vector<std::int64_t> negative = {1, -1};
+    CHECK(sb.append_records<std::int64_t>(9, rows.data(), 2, 10, 10, negative.data(), 1, &first, &bad, &err) ==
+          SendStatus::encode_error);
+    CHECK_EQ(bad, 1u);
+    CHECK(err == EncodeError::player_id_range);
+    CHECK(sb.append_records<std::uint8_t>(0x10000, rows.data(), 1, 1, 1, nullptr, 0, &first, &bad, &err) ==
+          SendStatus::encode_error);
+    CHECK(err == EncodeError::type_range);
+    const std::vector<std::uint8_t> many(1000);
+    CHECK(sb.append_records<std::uint8_t>(9, many.data(), 41, 10, 10, nullptr, 0, &first, &bad, &err) ==
+          SendStatus::full);
+    CHECK(sb.append_records<std::uint8_t>(9, many.data(), 46, 10, 10, nullptr, 0, &first, &bad, &err) ==
+          SendStatus::never_fits);
+    CHECK_EQ(sb.size(), size);
+    CHECK_EQ(sb.next_seq(), 6u);
+
+    // the generic path: big-endian fields of other widths, seq wrapping
+    const Layout be = big_endian_layout();
+    SendBuffer gen(be, mem.size());
+    gen.attach(mem.data());
+    gen.set_next_seq(0xFFFF);
+    const std::vector<std::uint64_t> wide = {0x0102030405060708ull, ~std::uint64_t{0}};
+    const std::vector<std::uint8_t> long_rows = bytes(3 + 70);  // two 70-byte rows, 3 apart: they overlap
+    CHECK(gen.append_records<std::uint64_t>(200, long_rows.data(), 2, 70, 3, wide.data(), 1, &first, &bad, &err) ==
+          SendStatus::ok);
+    got = decode(gen);
+    CHECK_EQ(got.size(), 2u);
+    for (std::size_t i = 0; i < got.size() && i < 2; ++i) {
+        CHECK_EQ(got[i].seq, i == 0 ? 0xFFFFu : 0u);
+        CHECK_EQ(got[i].player_id, wide[i]);
+        CHECK(got[i].payload == std::vector<std::uint8_t>(long_rows.begin() + 3 * static_cast<std::ptrdiff_t>(i),
+                                                          long_rows.begin() + 3 * static_cast<std::ptrdiff_t>(i) + 70));
+    }
+}
+
 void relay_frames() {
     // frames relayed as they are: headers (seq included) untouched, the
     // buffer's own seq counter unused; runs of adjacent frames in one copy
@@ -466,6 +534,84 @@ void flush_policy() {
     CHECK(!sb.should_flush(11, 0.8));
 }
 
+void renumbered_fanout() {
+    // a group's fan-out: the same frames into several buffers, each copy
+    // numbered by its buffer's own counter (renumber) or kept as it is
+    const Layout l = game_layout();
+    std::vector<std::uint8_t> src(4096);
+    SendBuffer maker(l, src.size());
+    maker.attach(src.data());
+    maker.set_next_seq(900);
+    for (std::size_t i = 0; i < 4; ++i) CHECK(send(maker, 7, bytes(i * 5)) == SendStatus::ok);
+    const auto all = decode(maker);
+    std::vector<std::int64_t> offsets;
+    std::vector<std::uint32_t> sizes;
+    std::int64_t off = 0;
+    for (const auto& p : all) {
+        offsets.push_back(off);
+        sizes.push_back(static_cast<std::uint32_t>(l.header_size + p.payload.size()));
+        off += sizes.back();
+    }
+    std::vector<std::uint8_t> mem_a(1000), mem_b(1000), mem_c(40);
+    SendBuffer a(l, mem_a.size()), b(l, mem_b.size()), c(l, mem_c.size());
+    a.attach(mem_a.data());
+    b.attach(mem_b.data());
+    c.attach(mem_c.data());
+    a.set_next_seq(kU32Max - 1);  // wraps within the fan-out
+    b.set_next_seq(10);
+    SendBuffer* targets[] = {&a, &b, &c};
+    SendStatus status[3];
+    fanout_frames(targets, 3, src.data(), offsets.data(), sizes.data(), 4, true, status);
+    CHECK(status[0] == SendStatus::ok);
+    CHECK(status[1] == SendStatus::ok);
+    CHECK(status[2] == SendStatus::never_fits);  // 12 + 17 + 22 + 27 > 40: left as it was
+    CHECK_EQ(c.count(), 0u);
+    CHECK_EQ(c.next_seq(), 0u);
+    const auto got_a = decode(a);
+    const auto got_b = decode(b);
+    CHECK_EQ(got_a.size(), 4u);
+    CHECK_EQ(got_b.size(), 4u);
+    const std::uint64_t want_a[] = {kU32Max - 1, kU32Max, 0, 1};
+    for (std::size_t i = 0; i < 4 && i < got_a.size() && i < got_b.size(); ++i) {
+        CHECK_EQ(got_a[i].seq, want_a[i]);
+        CHECK_EQ(got_b[i].seq, 10 + i);
+        CHECK(got_a[i].payload == all[i].payload);
+        CHECK_EQ(got_b[i].type, 7u);
+    }
+    CHECK_EQ(a.next_seq(), 2u);
+    CHECK_EQ(b.next_seq(), 14u);
+    // without renumber the headers travel as they are and the counters stay
+    fanout_frames(targets, 2, src.data(), offsets.data(), sizes.data(), 2, false, status);
+    CHECK(status[0] == SendStatus::ok && status[1] == SendStatus::ok);
+    const auto again = decode(b);
+    CHECK_EQ(again.size(), 6u);
+    if (again.size() == 6) {
+        CHECK_EQ(again[4].seq, 900u);
+        CHECK_EQ(again[5].seq, 901u);
+    }
+    CHECK_EQ(b.next_seq(), 14u);
+    // a big-endian layout's narrower seq field wraps at its own width
+    const Layout be = big_endian_layout();
+    std::vector<std::uint8_t> bsrc(256), bmem(256);
+    SendBuffer bmaker(be, bsrc.size()), bsb(be, bmem.size());
+    bmaker.attach(bsrc.data());
+    bsb.attach(bmem.data());
+    CHECK(send(bmaker, 3, bytes(4)) == SendStatus::ok);
+    CHECK(send(bmaker, 3, bytes(6)) == SendStatus::ok);
+    bsb.set_next_seq(0xFFFF);
+    const std::int64_t boff[] = {0, static_cast<std::int64_t>(be.header_size + 4)};
+    const std::uint32_t bsize[] = {static_cast<std::uint32_t>(be.header_size + 4),
+                                   static_cast<std::uint32_t>(be.header_size + 6)};
+    CHECK(bsb.append_frames(bsrc.data(), boff, bsize, 2, true) == SendStatus::ok);
+    const auto bgot = decode(bsb);
+    CHECK_EQ(bgot.size(), 2u);
+    if (bgot.size() == 2) {
+        CHECK_EQ(bgot[0].seq, 0xFFFFu);
+        CHECK_EQ(bgot[1].seq, 0u);
+        CHECK_EQ(bgot[1].payload.size(), 6u);
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -475,7 +621,9 @@ int main() {
     capacity();
     encode_errors();
     broadcasts();
+    records();
     relay_frames();
     flush_policy();
+    renumbered_fanout();
     return fastpacket_test::finish("sendbuf");
 }

@@ -11,10 +11,13 @@ packet batches and records lock-free metrics::
 
 ``fastpacket.aio`` serves connections on asyncio; ``fastpacket.run(app,
 ...)`` (fastpacket.runtime) serves an app on N worker processes with TLS,
-Unix sockets, /metrics and graceful shutdown, as ``fastpacket serve`` does.
+Unix sockets, /metrics and graceful shutdown, as ``fastpacket serve`` does;
+``fastpacket.cluster`` lets groups (rooms) span workers and machines over
+Redis.
 """
 
-from fastpacket.errors import AddressInUse, AggregateError, BufferFull, FastpacketError, ProtocolError
+from fastpacket.errors import (AddressInUse, AggregateError, BufferFull, BusUnavailable, FastpacketError,
+                               ProtocolError)
 from fastpacket.layout import GAME, HeaderLayout, encode
 from fastpacket.framing import FrameDecoder, Packet, PacketBatch
 from fastpacket.ring import RingBuffer
@@ -33,6 +36,7 @@ __all__ = [
     "AggregateError",
     "Aggregator",
     "BufferFull",
+    "BusUnavailable",
     "FastpacketError",
     "FrameDecoder",
     "GAME",

@@ -3,6 +3,7 @@
 # fastpacket.aio.Session).
 
 cdef class SessionBase
+cdef class Group
 
 
 @cython.final
@@ -52,6 +53,14 @@ cdef class Hub:
     cdef object _trim_handle            # the pool trim timer, or None
     cdef Py_ssize_t _rings_low          # fewest rings pooled since the last trim (never needed: spare)
     cdef Py_ssize_t _closes_since_trim
+    # groups and the bus
+    cdef object _groups                 # weakref.WeakValueDictionary: name -> Group
+    cdef list _dirty_groups             # groups with packets gathered for the bus this iteration
+    cdef readonly object bus            # the bus (fastpacket.aio.Bus), or None
+    cdef uint64_t _bus_sender           # the bus's sender id: this server's own publishes
+    cdef Aggregator _bus_agg            # packs publishes (None: the layout has no type field)
+    cdef FrameDecoder _bus_decoder      # opens messages from the bus
+    cdef SendBuffer _scratch            # Group.send encodes its packet here, once (made on first use)
 
     cdef RingBuffer _lend_ring(self)
     cdef int _return_ring(self, RingBuffer ring) except -1
@@ -67,6 +76,8 @@ cdef class Hub:
     cdef int _slow_consumer(self, SessionBase session) except -1
     cdef int _arm_idle_sweep(self) except -1
     cdef int _schedule_session_flush(self, SessionBase session) except -1
+    cdef int _publish_group(self, Group group) except -1
+    cdef int _publish_groups(self) except -1
 
 
 cdef class SessionBase:
@@ -103,6 +114,7 @@ cdef class SessionBase:
     cdef bint _queue_paused             # reading paused: _work is over the handler queue's bounds
     cdef bint _lost                     # the connection is gone; closing is finished once _task ends
     cdef object _drain_reason           # close with this reason once _task ends (graceful shutdown)
+    cdef list _groups                   # the groups it is a member of, or None
 
     cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1
     cdef PacketBatch _admit(self, PacketBatch frames, uint64_t now)
@@ -117,6 +129,8 @@ cdef class SessionBase:
     cdef int _finish_close(self) except -1
     cdef bint _may_read(self)
     cdef object _send(self, object type, object payload, object player_id, object seq)
+    cdef Py_ssize_t _send_rows(self, uint64_t type_, const uint8_t* rows, Py_ssize_t count, Py_ssize_t row_bytes,
+                               Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except -1
     cdef bint _make_room(self) except -1
     cdef int _after_send(self) except -1
     cdef int _flush(self) except -1
@@ -124,3 +138,4 @@ cdef class SessionBase:
     cdef int _send_failed(self, BaseException exc, size_t n) except -1
     cdef int _close(self, object reason) except -1
     cdef int _abort(self, object reason) except -1
+    cdef int _leave_groups(self) except -1

@@ -11,6 +11,9 @@ import collections as _collections
 import logging as _logging
 import re as _re
 import socket as _socket
+import weakref as _weakref
+
+from cpython.sequence cimport PySequence_Fast_ITEMS
 
 _aio_log = _logging.getLogger("fastpacket.aio")
 
@@ -44,6 +47,10 @@ cdef double IDLE_SWEEP_MIN_S = 0.01
 cdef double IDLE_SWEEP_MAX_S = 1.0
 
 cdef uint64_t _NS_PER_S = 1000000000
+# Largest message the bus decoder accepts per frame, in bytes: an aggregate
+# frame's raw body is at most the aggregator's max_raw_size (1 MiB) plus headers.
+cdef enum:
+    BUS_MAX_FRAME_BYTES = 2 << 20
 
 cdef extern from *:
     """
@@ -93,7 +100,7 @@ cdef int _refuse_awaitable(object fn, object result) except -1:
 
 
 cdef class Hub:
-    """Hub(loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None, async_handler=False, async_types=())
+    """Hub(loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None, async_handler=False, async_types=(), bus=None)
 
     What the sessions of one server (or one client session) share: the
     checked options, the handlers, the pools, the list of sessions with
@@ -102,11 +109,12 @@ cdef class Hub:
     and connect(); `metrics` is a dict of registry metrics by role, or None.
     `async_handler` says that `handler` is an async function, `async_types`
     which types of `handlers` have one (fastpacket.aio classifies them).
+    `bus` (a fastpacket.aio.Bus) carries group sends to other servers.
     """
 
     @cython.embedsignature(False)  # Cython 3.3 misplaces the `*` of an __init__; the docstring has it
     def __init__(self, loop, options, handler, handlers, *, on_connect=None, on_close=None, metrics=None,
-                 async_handler=False, async_types=()):
+                 async_handler=False, async_types=(), bus=None):
         self.loop = loop
         self.options = options
         self.sessions = set()
@@ -153,6 +161,15 @@ cdef class Hub:
         self._flush_handle = None
         self._flush_soon = False
         self._idle_handle = None
+        self._groups = _weakref.WeakValueDictionary()
+        self._dirty_groups = []
+        self.bus = bus
+        if bus is not None:
+            self._bus_sender = bus.sender_id
+            if self._layout.c.type_index >= 0 and bus.aggregator is not None:
+                self._bus_agg = _aggregator_arg(bus.aggregator)
+            limit = BUS_MAX_FRAME_BYTES if self._bus_agg is not None else max(self._send_buffer, self._max_packet_size)
+            self._bus_decoder = FrameDecoder(self._layout, limit, self._bus_agg)
         self._trim_handle = None
         self._rings_low = 0
         self._closes_since_trim = 0
@@ -231,6 +248,8 @@ cdef class Hub:
             self._flush_handle.cancel()
             self._flush_handle = None
         self._flush_soon = False
+        if self._dirty_groups:
+            self._publish_groups()
         dirty = self._dirty
         self._dirty = []
         try:
@@ -248,8 +267,109 @@ cdef class Hub:
         return 0
 
     def flush_dirty(self):
-        """Flush every session with queued output (end of loop iteration or timer)."""
+        """Flush every session with queued output and publish what the
+        groups gathered for the bus (end of loop iteration or timer)."""
         self._flush_dirty()
+
+    # -- groups and the bus ------------------------------------------------------
+
+    def group(self, name):
+        """group(name) -> Group: the group of that name (str or int), made on
+        first use; the same object while it lives."""
+        name = _group_name(name)
+        g = self._groups.get(name)
+        if g is None:
+            g = _new_group(self, name)
+            self._groups[name] = g
+        return g
+
+    @property
+    def groups(self):
+        """{name: Group} of the groups alive (a snapshot)."""
+        return dict(self._groups)
+
+    cdef int _publish_group(self, Group group) except -1:
+        """Hands what `group` gathered to the bus, as one message. A bus
+        error is logged, never raised into the caller (a send or the loop's
+        flush): the bus counts what it could not publish."""
+        cdef Py_ssize_t packets = group._pub._c.count()
+        msg = group._take_message()
+        if msg is None:
+            return 0
+        try:
+            self.bus.publish(group, msg, packets)
+        except Exception:
+            _aio_log.exception("the bus failed to take a publish for group %r", group.name)
+        return 0
+
+    cdef int _publish_groups(self) except -1:
+        cdef Group g
+        dirty = self._dirty_groups
+        self._dirty_groups = []
+        for g in dirty:
+            if g._dirty:
+                self._publish_group(g)
+        return 0
+
+    def deliver(self, group, data):
+        """deliver(group, data) -> int
+
+        A message from the bus for `group` (a Group of this hub): its packets
+        go to the group's members here, as the sending server sent them (in
+        order; send() packets with each member's own seq, send_batch()
+        packets as they are), written at the end of this loop iteration.
+        Returns the packets delivered: 0 for this server's own messages
+        (its members got them directly). A malformed message raises
+        ProtocolError and delivers nothing."""
+        if not isinstance(group, Group) or (<Group>group)._hub is not self:
+            raise TypeError("deliver() takes a group of this server")
+        cdef Group g = <Group>group
+        cdef const uint8_t* p
+        cdef Py_ssize_t n, nruns, i, begin, total = 0
+        cdef uint32_t run
+        cdef PacketBatch batch
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        n = len(<bytes>data)
+        if n < BUS_HEADER_BYTES:
+            raise ProtocolError(f"bus message of {n} bytes: shorter than its {BUS_HEADER_BYTES}-byte header")
+        magic, version, flags, nruns, sender = _BUS_HEADER.unpack_from(data)
+        if magic != BUS_MAGIC or version != BUS_VERSION:
+            raise ProtocolError(f"not a fastpacket bus message of version {BUS_VERSION} "
+                                f"(magic {magic:#06x}, version {version})")
+        if sender == self._bus_sender:
+            return 0
+        if nruns > BUS_MAX_RUNS or n < BUS_HEADER_BYTES + 4 * nruns:
+            raise ProtocolError(f"bus message of {n} bytes cannot hold its {nruns} runs")
+        runs = _struct.unpack_from(f"<{nruns}I", data, BUS_HEADER_BYTES)
+        for run in runs:
+            total += run & ~BUS_RUN_RENUMBER
+        if bool(flags & BUS_FLAG_AGGREGATED) != (self._bus_agg is not None):
+            raise ProtocolError("bus message packed differently from this server's bus (aggregated or "
+                                "not): the servers sharing a bus need the same layout")
+        self._bus_decoder.reset()
+        try:
+            batch = self._bus_decoder.feed(memoryview(data)[BUS_HEADER_BYTES + 4 * nruns:])
+        finally:
+            pending = self._bus_decoder.pending
+            self._bus_decoder.reset()
+        if pending or batch._count != total:
+            raise ProtocolError(f"bus message announces {total} packets, holds {batch._count}"
+                                f"{f' and {pending} bytes of an incomplete one' if pending else ''}")
+        if not g._members:
+            return 0
+        begin = 0
+        self._in_burst = True  # one flush at the end of this iteration, not one schedule per member
+        try:
+            for run in runs:
+                i = run & ~BUS_RUN_RENUMBER
+                g._fanout_batch(batch, begin, begin + i, (run & BUS_RUN_RENUMBER) != 0, None, False)
+                begin += i
+        finally:
+            self._in_burst = False
+        if self._dirty:
+            self._schedule_flush(True)
+        return total
 
     cdef int _schedule_flush(self, bint soon) except -1:
         """Flush the dirty sessions at the end of this loop iteration (soon),
@@ -464,6 +584,7 @@ cdef class SessionBase:
         if self._close_reason is None:
             self._close_reason = f"connection lost: {exc}" if exc else "peer closed"
         self._closing = True
+        self._leave_groups()
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
@@ -654,7 +775,7 @@ cdef class SessionBase:
         # out once at the end of this loop iteration, coalesced with what
         # other bursts of the same iteration add for them
         self._flush()
-        if hub._dirty:
+        if hub._dirty or hub._dirty_groups:
             hub._schedule_flush(True)
         if error is not None:
             self._close(f"protocol error: {error}")
@@ -876,6 +997,58 @@ cdef class SessionBase:
         if done:
             self._after_send()
 
+    def send_array(self, type, records, *, player_ids=None):
+        """send_array(type, records, *, player_ids=None) -> int
+
+        Queue one packet per row of `records` (a numpy array, as
+        SendBuffer.send_array: seq assigned as usual, `player_ids` None, one
+        integer, or one per row) in native code. Any number of rows: what
+        does not fit the send buffer goes out in as many flushes as needed.
+        Returns the packets queued: fewer when the session closes or the
+        peer is cut off meanwhile (the rest dropped and counted, as by
+        send()). Bad arguments raise before anything is queued.
+        """
+        cdef uint64_t type_
+        _type_arg(self._sendbuf._layout, type, &type_)
+        arr = records_array(records, "Session.send_array")
+        cdef RecordsView rv
+        records_view(arr, &rv)
+        cdef U64Values ids
+        keep = u64_values(player_ids, rv.count, "player_ids", &ids)
+        check_player_ids(self._sendbuf._layout, &ids, rv.count)
+        return self._send_rows(type_, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride)
+
+    cdef Py_ssize_t _send_rows(self, uint64_t type_, const uint8_t* rows, Py_ssize_t count, Py_ssize_t row_bytes,
+                               Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except -1:
+        """Queues rows as packets, flushing between runs that fill the
+        buffer; the number queued (the rest dropped and counted)."""
+        cdef SendBuffer sb = self._sendbuf
+        cdef size_t frame = sb._layout.c.header_size + <size_t>row_bytes
+        cdef Py_ssize_t done = 0, k
+        if frame > sb._max:
+            raise ValueError(f"a packet of {frame} bytes can never fit this session's send buffer "
+                             f"(send_buffer={sb._max})")
+        while done < count:
+            if self._closing:
+                break
+            k = min(count - done, <Py_ssize_t>(sb._c.free_bytes() // frame))
+            if k == 0:
+                if not self._make_room():
+                    break
+                continue
+            sb._append_rows(type_, rows + done * row_stride, k, row_bytes, row_stride,
+                            ids + done * id_stride if ids != NULL else NULL, id_stride)
+            done += k
+            self._after_send()
+        if done < count:
+            self.dropped_out += count - done
+        return done
+
+    def group(self, name):
+        """group(name) -> Group: the group `name` of this session's server
+        (``server.group(name)``), for handlers that have the session only."""
+        return self._hub.group(name)
+
     def broadcast(self, type, payload, sessions=None, *, player_id=0, include_self=False):
         """broadcast(type, payload, sessions=None, *, player_id=0, include_self=False) -> int
 
@@ -951,6 +1124,7 @@ cdef class SessionBase:
         if self._close_reason is None:
             self._close_reason = f"send error: {_error_text(exc)}"
         self._closing = True
+        self._leave_groups()
         if self.transport is not None:
             self.transport.close()  # what was written before goes out; nothing more is queued
         return 0
@@ -967,6 +1141,7 @@ cdef class SessionBase:
         self._drop_work()
         self._drop_held()
         self._closing = True
+        self._leave_groups()
         if self._close_reason is None:
             self._close_reason = reason or "aborted"
         if self.transport is not None:
@@ -983,6 +1158,7 @@ cdef class SessionBase:
         self._drop_work()
         self._drop_held()
         self._closing = True
+        self._leave_groups()
         if self._close_reason is None:
             self._close_reason = reason or "closed"
         if self.transport is not None:
@@ -995,6 +1171,22 @@ cdef class SessionBase:
             if self.transport is not None:
                 self.transport.close()
         return 0
+
+    cdef int _leave_groups(self) except -1:
+        """The session is closing: it leaves every group it is in."""
+        cdef Group g
+        groups = self._groups
+        if groups:
+            self._groups = None
+            for g in groups:
+                if self in g._index:
+                    g._remove(self)
+        return 0
+
+    @property
+    def groups(self):
+        """The groups this session is a member of (a snapshot)."""
+        return list(self._groups) if self._groups else []
 
     # -- state -------------------------------------------------------------------
 
@@ -1104,7 +1296,7 @@ async def _run_async_handlers(SessionBase s, object fn, PacketBatch batch):
                 finally:
                     s._in_burst = False
             s._flush()
-            if hub._dirty:
+            if hub._dirty or hub._dirty_groups:
                 hub._schedule_flush(True)
             item = s._next_work()
             if item is None:
@@ -1116,3 +1308,123 @@ async def _run_async_handlers(SessionBase s, object fn, PacketBatch batch):
             s._close(f"handler error: {_error_text(exc)}")
     finally:
         s._drained()
+
+
+cdef uint64_t _rows_type_arg(object type) except? 0xFFFFFFFFFFFFFFFF:
+    """The packet type of scatter/broadcast_array before any session's
+    layout is known: an int in the u64 range, or None (a layout without a
+    type field); _type_arg then checks it against each session's layout."""
+    return 0 if type is None else u64_arg(type, "type")
+
+
+cdef Py_ssize_t _session_rows(object s, uint64_t type_, const uint8_t* rows, Py_ssize_t count,
+                              Py_ssize_t row_bytes, Py_ssize_t row_stride, const uint64_t* ids,
+                              size_t id_stride, bint flush) except -1:
+    if not isinstance(s, SessionBase):
+        raise TypeError(f"targets are sessions, not {type(s).__name__!r}")
+    cdef SessionBase session = <SessionBase>s
+    cdef Py_ssize_t done = session._send_rows(type_, rows, count, row_bytes, row_stride, ids, id_stride)
+    if flush and done:
+        session._flush()
+    return done
+
+
+def _scatter(sessions, type, records, player_ids, index, starts, bint flush):
+    """fastpacket.aio.scatter (documented there): per-session rows of one
+    array, one native pass."""
+    cdef uint64_t type_ = _rows_type_arg(type)
+    arr = records_array(records, "scatter")
+    cdef RecordsView rv
+    records_view(arr, &rv)
+    targets = sessions if isinstance(sessions, (list, tuple)) else list(sessions)
+    cdef Py_ssize_t n = len(targets), i, j, k, begin, end, queued = 0
+    cdef U64Values ids
+    keep = u64_values(player_ids, rv.count, "player_ids", &ids)
+    cdef PyObject** items = PySequence_Fast_ITEMS(targets)
+    cdef cnp.int64_t[::1] rows_of
+    cdef cnp.int64_t[::1] bounds
+    cdef uint8_t* scratch = NULL
+    cdef uint64_t* scratch_ids = NULL
+    if (index is None) != (starts is None):
+        raise TypeError("scatter: index and starts go together (rows index[starts[k]:starts[k+1]] to session k)")
+    for i in range(n):  # the layouts and ids checked once, before anything is queued
+        if <object>items[i] is not None:
+            if not isinstance(<object>items[i], SessionBase):
+                raise TypeError(f"scatter targets are sessions (or None), not {(<object>items[i]).__class__.__name__!r} "
+                                f"(index {i})")
+            _type_arg((<SessionBase>items[i])._sendbuf._layout, type, &type_)
+            check_player_ids((<SessionBase>items[i])._sendbuf._layout, &ids, rv.count)
+    if index is None:
+        if n != rv.count:
+            raise ValueError(f"scatter needs one row per session: {n} sessions, {rv.count} rows")
+        for i in range(n):
+            if <object>items[i] is None:
+                continue
+            queued += _session_rows(<object>items[i], type_, rv.data + i * rv.row_stride, 1, rv.row_bytes, 0,
+                                    ids.values + i * ids.stride if ids.values != NULL else NULL, 0, flush) > 0
+        return queued
+    rows_idx = np.ascontiguousarray(index, dtype=np.int64)
+    bounds_arr = np.ascontiguousarray(starts, dtype=np.int64)
+    if rows_idx.ndim != 1 or bounds_arr.ndim != 1 or bounds_arr.shape[0] != n + 1:
+        raise ValueError(f"scatter: index must be 1-d and starts must have one entry per session plus one "
+                         f"({n + 1}), got shapes {rows_idx.shape} and {bounds_arr.shape}")
+    rows_of = rows_idx
+    bounds = bounds_arr
+    cdef Py_ssize_t m = rows_idx.shape[0]
+    if bounds[0] != 0 or bounds[n] != m:
+        raise ValueError(f"scatter: starts must begin at 0 and end at len(index) ({m}), got {bounds[0]} .. {bounds[n]}")
+    cdef Py_ssize_t most = 0
+    for k in range(n):
+        if bounds[k + 1] < bounds[k]:
+            raise ValueError(f"scatter: starts must not decrease (starts[{k + 1}] = {bounds[k + 1]} < "
+                             f"starts[{k}] = {bounds[k]})")
+        most = max(most, bounds[k + 1] - bounds[k])
+    for j in range(m):
+        if rows_of[j] < 0 or rows_of[j] >= rv.count:
+            raise ValueError(f"scatter: index[{j}] = {rows_of[j]} is not a row of records ({rv.count} rows)")
+    scratch = <uint8_t*>malloc(most * rv.row_bytes + 1)
+    scratch_ids = <uint64_t*>malloc(most * sizeof(uint64_t) + 1)
+    if scratch == NULL or scratch_ids == NULL:
+        free(scratch)
+        free(scratch_ids)
+        raise MemoryError(f"scatter: cannot allocate {most} rows of {rv.row_bytes} bytes")
+    try:
+        for k in range(n):
+            begin = bounds[k]
+            end = bounds[k + 1]
+            if end == begin or <object>items[k] is None:
+                continue
+            for j in range(begin, end):  # gathered in one buffer: one append per session
+                memcpy(scratch + (j - begin) * rv.row_bytes, rv.data + rows_of[j] * rv.row_stride, rv.row_bytes)
+                if ids.values != NULL:
+                    scratch_ids[j - begin] = ids.values[rows_of[j] * ids.stride]
+            queued += _session_rows(<object>items[k], type_, scratch, end - begin, rv.row_bytes, rv.row_bytes,
+                                    scratch_ids if ids.values != NULL else NULL, 1, flush) > 0
+    finally:
+        free(scratch)
+        free(scratch_ids)
+    return queued
+
+
+def _broadcast_array(sessions, type, records, player_ids, SessionBase skip, bint flush):
+    """fastpacket.aio.broadcast_array (documented there): every row to every session."""
+    cdef uint64_t type_ = _rows_type_arg(type)
+    arr = records_array(records, "broadcast_array")
+    cdef RecordsView rv
+    records_view(arr, &rv)
+    cdef U64Values ids
+    keep = u64_values(player_ids, rv.count, "player_ids", &ids)
+    targets = sessions if isinstance(sessions, (list, tuple)) else list(sessions)
+    for s in targets:
+        if s is not None and s is not skip:
+            if not isinstance(s, SessionBase):
+                raise TypeError(f"broadcast targets are sessions, not {s.__class__.__name__!r}")
+            _type_arg((<SessionBase>s)._sendbuf._layout, type, &type_)
+            check_player_ids((<SessionBase>s)._sendbuf._layout, &ids, rv.count)
+    cdef Py_ssize_t queued = 0
+    for s in targets:
+        if s is None or s is skip:
+            continue
+        queued += _session_rows(s, type_, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride,
+                                flush) > 0
+    return queued

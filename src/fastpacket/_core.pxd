@@ -3,6 +3,7 @@
 # _cparser.pxd habit). C++ names are kept; a class whose name the extension
 # type wrapping it takes is declared as Cpp<Name> (see _native.pxd).
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stddef cimport ptrdiff_t
 # C++ bool under its own name: a plain `bool` would shadow Python's bool in
 # every module that cimports this one with *.
 from libcpp cimport bool as cpp_bool
@@ -78,6 +79,24 @@ cdef extern from "fastpacket/framing.hpp" namespace "fastpacket" nogil:
     size_t group_by_key(const uint64_t* keys, size_t n, uint32_t* order,
                         uint32_t* group_starts) except +
 
+    cdef struct ValueColumn:
+        const uint64_t* values
+        size_t stride
+
+    cdef struct RecordsFault:
+        EncodeError error
+        size_t index
+        uint64_t value
+
+    size_t uniform_frame_stride(const int64_t* offsets, const uint32_t* sizes, size_t count)
+    size_t first_short_payload(const uint32_t* sizes, size_t count, size_t header_size, size_t itemsize)
+    void gather_payload_records(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
+                                size_t count, size_t header_size, size_t itemsize, uint8_t* out,
+                                uint8_t* valid)
+    RecordsFault encode_records(const Layout& l, const uint8_t* records, size_t count, size_t row_bytes,
+                                ptrdiff_t row_stride, ValueColumn types, ValueColumn seqs, ValueColumn ids,
+                                uint8_t* out)
+
     cdef cppclass CppFrameDecoder "fastpacket::FrameDecoder":
         cppclass FeedPlan:
             FeedPlan()
@@ -97,6 +116,8 @@ cdef extern from "fastpacket/framing.hpp" namespace "fastpacket" nogil:
         cpp_bool failed()
         void reset()
         FeedPlan plan(const uint8_t* data, size_t n)
+        FeedPlan plan_indexed(const uint8_t* data, size_t n, IndexColumns cols)
+        size_t index_capacity(size_t n)
         void emit(const uint8_t* data, size_t n, const FeedPlan& p, uint8_t* out,
                   IndexColumns cols) except +
         @staticmethod
@@ -162,11 +183,18 @@ cdef extern from "fastpacket/sendbuf.hpp" namespace "fastpacket" nogil:
                         cpp_bool explicit_seq, uint64_t seq, uint64_t* seq_used, EncodeError* err)
         SendStatus broadcast[Id](uint64_t type, const uint8_t* payload, size_t n, const Id* ids,
                                  size_t count, uint64_t* first_seq, size_t* bad_index, EncodeError* err)
+        cpp_bool append_with_header(const uint8_t* header, const uint8_t* payload, size_t n, uint64_t player_id)
+        SendStatus append_records[Id](uint64_t type, const uint8_t* records, size_t count, size_t row_bytes,
+                                      ptrdiff_t row_stride, const Id* ids, size_t id_stride, uint64_t* first_seq,
+                                      size_t* bad_index, EncodeError* err)
         SendStatus append_frames(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
-                                 size_t count)
+                                 size_t count, cpp_bool renumber)
         size_t append_frames_fitting(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
                                      size_t count)
         cpp_bool should_flush(size_t min_packets, double fill_ratio)
+
+    void fanout_frames(CppSendBuffer* const* targets, size_t n, const uint8_t* base, const int64_t* offsets,
+                       const uint32_t* sizes, size_t count, cpp_bool renumber, SendStatus* status)
 
 
 cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:

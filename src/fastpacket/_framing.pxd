@@ -45,6 +45,7 @@ cdef class PacketBatch:
     cdef const uint8_t* _export_ptr
     cdef Py_ssize_t _export_len
     cdef void* _block                   # the index columns (malloc'd, owned)
+    cdef size_t _block_bytes
     cdef IndexColumns _cols
 
     cdef int _alloc_index(self, Py_ssize_t count) except -1

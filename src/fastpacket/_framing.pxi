@@ -261,6 +261,45 @@ cdef inline object _packet_field(Packet p, int field, str role):
     return b._layout.c.read(b._cols.headers + p._index * b._layout.c.header_size, field)
 
 
+# One spare index block, kept when a batch with a large index goes away and
+# handed to the next batch whose index fits it: a server decoding large
+# feeds (a tick's burst of thousands of packets) would otherwise get fresh
+# pages from the kernel for each index (malloc serves blocks past 128 KiB
+# with mmap), and page faults would cost more than the decoding. Only
+# blocks between these sizes are kept, and one at most: bounded memory.
+cdef enum:
+    SPARE_INDEX_MIN_BYTES = 65536
+    SPARE_INDEX_MAX_BYTES = 4194304
+cdef void* _spare_block = NULL
+cdef size_t _spare_bytes = 0
+
+
+cdef void* _take_index_block(size_t nbytes) noexcept:
+    """An index block of at least nbytes: the spare one when it fits (and is
+    not more than twice too large), else malloc's; NULL when out of memory.
+    Called with the GIL held, as _release_index_block: they share the spare."""
+    global _spare_block, _spare_bytes
+    cdef void* block
+    if _spare_block != NULL and nbytes <= _spare_bytes <= 2 * nbytes:
+        block = _spare_block
+        _spare_block = NULL
+        _spare_bytes = 0
+        return block
+    return malloc(nbytes)
+
+
+cdef void _release_index_block(void* block, size_t nbytes) noexcept:
+    global _spare_block, _spare_bytes
+    if block == NULL:
+        return
+    if SPARE_INDEX_MIN_BYTES <= nbytes <= SPARE_INDEX_MAX_BYTES and nbytes >= _spare_bytes:
+        free(_spare_block)  # keep the larger one
+        _spare_block = block
+        _spare_bytes = nbytes
+        return
+    free(block)
+
+
 @cython.freelist(256)
 @cython.final
 @cython.no_gc  # holds only its batch: it can be in no reference cycle, so the GC need not track it
@@ -383,7 +422,7 @@ cdef class PacketBatch:
         self._export_ptr = NULL
 
     def __dealloc__(self):
-        free(self._block)
+        _release_index_block(self._block, self._block_bytes)
 
     def __getbuffer__(self, Py_buffer* view, int flags):
         if self._export_ptr != NULL:
@@ -402,9 +441,10 @@ cdef class PacketBatch:
         if count == 0:
             return 0
         cdef size_t nbytes = index_bytes(count, self._layout.c.header_size)
-        self._block = malloc(nbytes)
+        self._block = _take_index_block(nbytes)
         if self._block == NULL:
             raise MemoryError(f"cannot allocate the index of {count} packets ({nbytes} bytes)")
+        self._block_bytes = nbytes
         self._cols = index_view(self._block, count, self._layout.c.header_size)
         return 0
 
@@ -518,6 +558,78 @@ cdef class PacketBatch:
         """payload(i) -> memoryview: packet i's payload, zero copy."""
         return self._payload(_index_arg(i, self._count, "i"))
 
+    def payload_array(self, dtype, *, on_short="raise", bint copy=False, out=None):
+        """payload_array(dtype, *, on_short="raise", copy=False, out=None) -> numpy.ndarray
+
+        One record of `dtype` per packet, read from the first
+        ``dtype.itemsize`` bytes of each payload (the fields in the byte
+        order the dtype gives them; any bytes after the record are
+        ignored). `dtype` is anything numpy.dtype() accepts: a structured
+        dtype, ``"<f4"``, ``("u1", 16)``, ...
+
+        When the packets all have the same size and lie back to back (a
+        feed of one message type, a PacketBatch.build from an array) the
+        result is a zero-copy strided view into the batch, which it keeps
+        alive; otherwise the records are gathered in one native pass. Either
+        way the array is read-only unless ``copy=True``, which always
+        returns a new writable array.
+
+        A payload shorter than the record raises ValueError naming the
+        first such packet; with ``on_short="mask"`` the call returns
+        ``(array, valid)`` instead, where ``valid`` is a bool array and the
+        records of short payloads are zeros.
+
+        With `out` (a writable, C-contiguous array of `dtype` with one
+        element per packet, such as a slice of a larger buffer) the records
+        are gathered into it and `out` is returned: a server collecting
+        many bursts into one array between ticks allocates nothing per burst.
+        """
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError(f"dtype {dt} holds Python objects; payload records are plain bytes")
+        if on_short != "raise" and on_short != "mask":
+            raise ValueError(f"on_short must be 'raise' or 'mask', got {on_short!r}")
+        cdef Py_ssize_t itemsize = dt.itemsize
+        if itemsize <= 0:
+            raise ValueError(f"dtype {dt} has no bytes (itemsize 0): a record needs at least one")
+        cdef bint mask = on_short == "mask"
+        cdef size_t hs = self._layout.c.header_size
+        cdef Py_ssize_t n = self._count
+        # equal sizes back to back (one pass) decide the short check in O(1)
+        cdef size_t stride = uniform_frame_stride(self._cols.offsets, self._cols.sizes, n) if n else 0
+        cdef size_t first
+        if stride:
+            first = 0 if stride < hs + itemsize else n
+        else:
+            first = first_short_payload(self._cols.sizes, n, hs, itemsize) if n else 0
+        if <Py_ssize_t>first < n and not mask:
+            raise ValueError(f"packet {first}'s payload is {self._cols.sizes[first] - hs} bytes, shorter than a "
+                             f"record of dtype {dt} ({itemsize} bytes); payload_array(dtype, on_short='mask') "
+                             f"returns a validity mask instead")
+        if out is not None:
+            if (not isinstance(out, np.ndarray) or out.dtype != (dt.subdtype[0] if dt.subdtype else dt)
+                    or out.shape != (n,) + dt.shape or not out.flags.c_contiguous or not out.flags.writeable):
+                raise ValueError(f"out must be a writable C-contiguous array of dtype {dt} with one element per "
+                                 f"packet ({n}), got {out.dtype if isinstance(out, np.ndarray) else type(out).__name__}"
+                                 f"{' ' + str(out.shape) if isinstance(out, np.ndarray) else ''}")
+            copy = True
+        elif <Py_ssize_t>first == n and stride and not copy:
+            arr = readonly_view(self, dt, n, stride, self._base + self._cols.offsets[0] + hs)
+            return (arr, np.ones(n, dtype=np.bool_)) if mask else arr
+        if out is None:
+            out = np.empty(n, dtype=dt)
+        valid = np.empty(n, dtype=np.bool_) if mask else None
+        cdef uint8_t* dst = <uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>out)
+        cdef uint8_t* vdst = <uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>valid) if mask else NULL
+        if n * itemsize >= NOGIL_MIN_BYTES:
+            with nogil:
+                gather_payload_records(self._base, self._cols.offsets, self._cols.sizes, n, hs, itemsize, dst, vdst)
+        elif n:
+            gather_payload_records(self._base, self._cols.offsets, self._cols.sizes, n, hs, itemsize, dst, vdst)
+        if not copy:
+            out.flags.writeable = False
+        return (out, valid) if mask else out
+
     cdef object _payload(self, Py_ssize_t i):
         cdef size_t hs = self._layout.c.header_size
         self._export_ptr = self._base + self._cols.offsets[i] + hs
@@ -592,21 +704,9 @@ cdef class PacketBatch:
         return out
 
 
-_U32 = np.dtype(np.uint32)
-_I64 = np.dtype(np.int64)
-
-
-cdef object _u64_column(object values, Py_ssize_t n, str name):
-    if values is None:
-        return np.zeros(n, dtype=np.uint64)
-    arr = np.asarray(values)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"{name} must have one value per payload ({n}), got shape {arr.shape}")
-    if n and arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
-    if n and arr.dtype.kind == "i" and arr.min() < 0:
-        raise ValueError(f"{name} must be >= 0, got {arr.min()}")
-    return np.ascontiguousarray(arr, dtype=np.uint64)
+# C-level references: a column built per property access needs no lookup
+cdef object _U32 = np.dtype(np.uint32)
+cdef object _I64 = np.dtype(np.int64)
 
 
 cdef PacketBatch _build_batch(HeaderLayout nl, object types, object payloads, object seqs,
@@ -616,11 +716,17 @@ cdef PacketBatch _build_batch(HeaderLayout nl, object types, object payloads, ob
                         f"({nl.field_names[nl.c.type_index]!r})")
     if types is not None and nl.c.type_index < 0:
         raise ValueError(f"layout {nl.name} has no type field: pass types=None (each payload is one frame)")
+    if types is None:
+        types = 0  # a layout without a type field: the core's "no type"
+    if isinstance(payloads, np.ndarray) and not payloads.dtype.hasobject and payloads.ndim >= 1:
+        return _build_from_records(nl, types, payloads, seqs, player_ids)
     payloads = list(payloads)
     cdef Py_ssize_t n = len(payloads), i
-    cdef cnp.uint64_t[::1] tv = _u64_column(types, n, "types")
-    cdef cnp.uint64_t[::1] sv = _u64_column(seqs, n, "seqs")
-    cdef cnp.uint64_t[::1] pv = _u64_column(player_ids, n, "player_ids")
+    cdef U64Values tv, sv, pv
+    keep = (u64_values(types, n, "types", &tv), u64_values(seqs, n, "seqs", &sv),
+            u64_values(player_ids, n, "player_ids", &pv))
+    if tv.values == NULL:
+        raise TypeError("types must be an integer or one integer per payload, not None")
     cdef size_t hs = nl.c.header_size, total = 0, pos = 0
     cdef Py_buffer view
     cdef HeaderValues values
@@ -635,19 +741,62 @@ cdef PacketBatch _build_batch(HeaderLayout nl, object types, object payloads, ob
     for i in range(n):
         get_contiguous_buffer(payloads[i], &view, "PacketBatch.build")
         try:
-            values.type = tv[i]
-            values.seq = sv[i]
-            values.player_id = pv[i]
+            values.type = tv.values[i * tv.stride]
+            values.seq = sv.values[i * sv.stride] if sv.values != NULL else 0
+            values.player_id = pv.values[i * pv.stride] if pv.values != NULL else 0
             if pos + hs + <size_t>view.len > total:
                 raise ValueError("a payload changed size during PacketBatch.build")
             err = encode_header(nl.c, dst + pos, values, view.len)
             if err != EncodeError.none:
-                raise ValueError(f"packet {i}: " + _encode_error_text(err, nl, tv[i], sv[i], pv[i], view.len))
+                raise ValueError(f"packet {i}: " + _encode_error_text(err, nl, values.type, values.seq,
+                                                                      values.player_id, view.len))
             memcpy(dst + pos + hs, view.buf, view.len)
             pos += hs + view.len
         finally:
             PyBuffer_Release(&view)
     return _batch_over(nl, data, n)
+
+
+cdef inline ValueColumn _column(U64Values* v) noexcept nogil:
+    cdef ValueColumn c
+    c.values = v.values
+    c.stride = v.stride
+    return c
+
+
+cdef PacketBatch _build_from_records(HeaderLayout nl, object types, object records, object seqs,
+                                     object player_ids):
+    """PacketBatch.build with a numpy array of payloads: one packet per row,
+    encoded in one native pass (every header value checked first)."""
+    arr = records_array(records, "PacketBatch.build")
+    cdef RecordsView rv
+    records_view(arr, &rv)
+    cdef U64Values tv, sv, pv
+    keep = (u64_values(types, rv.count, "types", &tv), u64_values(seqs, rv.count, "seqs", &sv),
+            u64_values(player_ids, rv.count, "player_ids", &pv))
+    if tv.values == NULL:
+        raise TypeError("types must be an integer or one integer per payload, not None")
+    cdef size_t hs = nl.c.header_size
+    cdef uint64_t frame = hs + <uint64_t>rv.row_bytes
+    cdef uint64_t total = frame * <uint64_t>rv.count
+    if rv.count and total // <uint64_t>rv.count != frame:
+        raise ValueError(f"{rv.count} packets of {frame} bytes do not fit in memory")
+    data = PyBytes_FromStringAndSize(NULL, total)
+    cdef uint8_t* dst = <uint8_t*>PyBytes_AS_STRING(data)
+    cdef RecordsFault f
+    if total >= NOGIL_MIN_BYTES:
+        with nogil:
+            f = encode_records(nl.c, rv.data, rv.count, rv.row_bytes, rv.row_stride, _column(&tv), _column(&sv),
+                               _column(&pv), dst)
+    else:
+        f = encode_records(nl.c, rv.data, rv.count, rv.row_bytes, rv.row_stride, _column(&tv), _column(&sv),
+                           _column(&pv), dst)
+    if f.error != EncodeError.none:
+        raise ValueError(f"packet {f.index}: " + _encode_error_text(
+            f.error, nl, f.value if f.error == EncodeError.type_range else 0,
+            f.value if f.error == EncodeError.seq_range else 0,
+            f.value if f.error == EncodeError.player_id_range else 0, rv.row_bytes))
+    return _batch_over(nl, data, rv.count)
 
 
 cdef PacketBatch _batch_over(HeaderLayout nl, bytes data, Py_ssize_t count):
@@ -670,6 +819,25 @@ cdef Py_ssize_t _index_arg(object index, Py_ssize_t count, str name) except -1:
     if not 0 <= index < count:
         raise IndexError(f"packet index {given} out of range for a batch of {count}")
     return index
+
+# The scratch index of _decode_span's one-pass plan (grown on demand, held
+# for the life of the process: at most the index of NOGIL_MIN_BYTES of
+# one-byte headers, about 213 KB). Used only with the GIL held.
+cdef void* _scratch_block = NULL
+cdef size_t _scratch_bytes = 0
+
+
+cdef IndexColumns _scan_scratch(size_t capacity, size_t header_size) except *:
+    global _scratch_block, _scratch_bytes
+    cdef size_t need = index_bytes(capacity, header_size)
+    cdef void* grown
+    if need > _scratch_bytes:
+        grown = realloc(_scratch_block, need)
+        if grown == NULL:
+            raise MemoryError(f"cannot allocate a scan index of {need} bytes")
+        _scratch_block = grown
+        _scratch_bytes = need
+    return index_view(_scratch_block, capacity, header_size)
 
 
 cdef bytes _EMPTY_BYTES = b""
@@ -841,18 +1009,40 @@ cdef class FrameDecoder:
         cdef CppFrameDecoder.FeedPlan plan
         cdef uint8_t* out = NULL
         cdef size_t emit_n
-        if n >= NOGIL_MIN_BYTES:
-            with nogil:
-                plan = self._dec.plan(p, n)
+        cdef size_t hs = self._layout.c.header_size
+        cdef IndexColumns scratch
+        cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
+        b._layout = self._layout
+        if FUSED_SCAN_MIN_BYTES <= n < NOGIL_MIN_BYTES:
+            # Small feeds, where the fixed cost per feed counts: one pass
+            # that scans and indexes into the module's scratch index (the
+            # GIL is held from here to the copy below, and nothing between
+            # runs Python code: no other feed can touch the scratch), then
+            # the exact index is allocated and the columns copied in bulk.
+            # (Larger feeds scan, then index straight into the batch: their
+            # columns would not stay in cache between a scratch and a copy.
+            # So do feeds of a packet or two, for which the copies cost more
+            # than the second pass.)
+            scratch = _scan_scratch(self._dec.index_capacity(n), hs)
+            plan = self._dec.plan_indexed(p, n, scratch)
+            if plan.error.kind != FrameError.failed:
+                b._alloc_index(plan.count)
+                if plan.count:
+                    memcpy(b._cols.offsets, scratch.offsets, plan.count * sizeof(int64_t))
+                    memcpy(b._cols.sizes, scratch.sizes, plan.count * sizeof(uint32_t))
+                    memcpy(b._cols.headers, scratch.headers, plan.count * hs)
         else:
-            plan = self._dec.plan(p, n)
+            if n >= NOGIL_MIN_BYTES:
+                with nogil:
+                    plan = self._dec.plan(p, n)
+            else:
+                plan = self._dec.plan(p, n)
+            if plan.error.kind != FrameError.failed:
+                b._alloc_index(plan.count)
         if plan.error.kind == FrameError.failed:
             raise ProtocolError(f"the decoder failed at stream offset {plan.error.stream_offset}; "
                                 f"call reset() before feeding a new stream",
                                 offset=plan.error.stream_offset)
-        cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
-        b._layout = self._layout
-        b._alloc_index(plan.count)
         if plan.count == 0:
             b._set_data(_EMPTY_BYTES)
         elif immutable is not None and CppFrameDecoder.zero_copy(plan):

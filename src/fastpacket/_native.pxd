@@ -35,6 +35,11 @@ from fastpacket._core cimport *
 # below it the release/re-acquire costs more than the work it frees.
 cdef enum:
     NOGIL_MIN_BYTES = 16384
+# Feeds from this many bytes up to NOGIL_MIN_BYTES are scanned and indexed
+# in one pass (FrameDecoder._decode_span); below it, a packet or two, the
+# second pass costs less than the one-pass path's copies (callgrind).
+cdef enum:
+    FUSED_SCAN_MIN_BYTES = 256
 
 include "_buffer.pxd"
 include "_args.pxd"
@@ -44,3 +49,4 @@ include "_sendbuf.pxd"
 include "_aggregate.pxd"
 include "_metrics.pxd"
 include "_aio.pxd"
+include "_group.pxd"

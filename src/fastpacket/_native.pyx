@@ -14,8 +14,8 @@ fastpacket.ring, ...), which re-export these classes and constants.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.ref cimport Py_INCREF
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy, memmove
 
 import numpy as np
 
@@ -31,3 +31,4 @@ include "_sendbuf.pxi"
 include "_aggregate.pxi"
 include "_metrics.pxi"
 include "_aio.pxi"
+include "_group.pxi"

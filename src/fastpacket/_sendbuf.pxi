@@ -214,7 +214,8 @@ cdef class SendBuffer:
 
         Queue the same payload once per player id (any integer sequence or
         numpy integer array), each packet with the next automatic seq;
-        returns the first seq used. All or nothing: BufferFull when the
+        returns the first seq used. `type` as for send() (None on a layout
+        without a type field). All or nothing: BufferFull when the
         packets do not fit now, ValueError when together they exceed
         max_bytes or an id does not fit the player_id field.
         """
@@ -226,9 +227,10 @@ cdef class SendBuffer:
         cdef SendStatus st
         cdef uint64_t* scratch = NULL
         cdef Py_ssize_t i
-        cdef uint64_t type_ = u64_arg(type, "type")
+        cdef uint64_t type_
         if self._layout.c.player_id_index < 0:
             raise ValueError(f"layout {self._layout.name} has no player_id field to broadcast to")
+        _type_arg(self._layout, type, &type_)
         get_contiguous_buffer(payload, &pv, "SendBuffer.broadcast")
         try:
             ids_obj = player_ids
@@ -267,6 +269,50 @@ cdef class SendBuffer:
                 PyBuffer_Release(&iv)
             PyBuffer_Release(&pv)
 
+    def send_array(self, type, records, *, player_ids=None):
+        """send_array(type, records, *, player_ids=None) -> int
+
+        Queue one packet per row of `records` (a numpy array: structured,
+        2-d uint8, or any array whose rows are the payloads), each with the
+        next automatic seq, in one native call; returns the first seq used.
+        `player_ids`: None (0), one integer for every packet, or one per
+        row. All or nothing: BufferFull when the packets do not fit now,
+        ValueError when together they exceed max_bytes or a value does not
+        fit its header field.
+        """
+        cdef uint64_t type_
+        _type_arg(self._layout, type, &type_)
+        arr = records_array(records, "SendBuffer.send_array")
+        cdef RecordsView rv
+        records_view(arr, &rv)
+        cdef U64Values ids
+        keep = u64_values(player_ids, rv.count, "player_ids", &ids)
+        return self._append_rows(type_, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride)
+
+    cdef uint64_t _append_rows(self, uint64_t type_, const uint8_t* rows, size_t count, size_t row_bytes,
+                               Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except? 0xFFFFFFFFFFFFFFFF:
+        """Rows as packets (SendBuffer.append_records): the first seq used,
+        or BufferFull / ValueError with nothing queued."""
+        cdef uint64_t first = 0
+        cdef size_t bad = 0
+        cdef EncodeError err = EncodeError.none
+        cdef SendStatus st
+        cdef Layout* c = &self._layout.c
+        if count * row_bytes >= NOGIL_MIN_BYTES:
+            with nogil:
+                st = self._c.append_records[uint64_t](type_, rows, count, row_bytes, row_stride, ids, id_stride,
+                                                      &first, &bad, &err)
+        else:
+            st = self._c.append_records[uint64_t](type_, rows, count, row_bytes, row_stride, ids, id_stride,
+                                                  &first, &bad, &err)
+        if st == SendStatus.ok:
+            return first
+        if st == SendStatus.encode_error and err == EncodeError.player_id_range:
+            raise ValueError(f"player_ids[{bad}] = {ids[bad * id_stride]} does not fit field "
+                             f"{self._layout.field_names[c.player_id_index]!r} (max {c.field_max(c.player_id_index)})")
+        self._fail(st, err, (c.header_size + row_bytes) * count, f"{count} packets of {c.header_size + row_bytes} bytes",
+                   type_, first, 0, row_bytes)
+
     def should_flush(self, min_packets=kDefaultFlushMinPackets, fill_ratio=kDefaultFlushFillRatio):
         """should_flush(min_packets=10, fill_ratio=0.8) -> bool: True when at
         least `min_packets` packets or fill_ratio * max_bytes bytes are
@@ -299,6 +345,110 @@ cdef class SendBuffer:
     def clear(self):
         """Drop every queued packet (the seq counter keeps going)."""
         self._c.attach(self._active._mem)
+
+
+cdef int check_player_ids(HeaderLayout layout, U64Values* ids, Py_ssize_t n) except -1:
+    """ValueError naming the first id that does not fit the layout's
+    player_id field (ids of a layout without one are ignored, as by every
+    send)."""
+    cdef Layout* c = &layout.c
+    if ids.values == NULL or c.player_id_index < 0:
+        return 0
+    cdef uint64_t top = c.field_max(c.player_id_index)
+    cdef Py_ssize_t i, m = n if ids.stride else min(n, 1)
+    for i in range(m):
+        if ids.values[i * ids.stride] > top:
+            raise ValueError(f"player_ids[{i}] = {ids.values[i * ids.stride]} does not fit field "
+                             f"{layout.field_names[c.player_id_index]!r} (max {top})")
+    return 0
+
+
+def scatter(buffers, type, records, *, player_ids=None):
+    """scatter(buffers, type, records, *, player_ids=None) -> int
+
+    Row i of `records` (a numpy array, one row per buffer) as one packet
+    queued to ``buffers[i]`` (a sequence of SendBuffers sharing one
+    layout; None entries are skipped), each with that buffer's next
+    automatic seq: one native call for a whole tick's worth of per-player
+    state. `player_ids` as in SendBuffer.send_array. All or nothing: every
+    buffer's room is checked first (BufferFull naming the first without
+    room; nothing queued); ValueError when a buffer could never hold the
+    packet or a value does not fit its header field. Returns the number of
+    packets queued.
+    """
+    cdef uint64_t type_ = 0 if type is None else u64_arg(type, "type")  # the layout's own check below
+    arr = records_array(records, "scatter")
+    cdef RecordsView rv
+    records_view(arr, &rv)
+    targets = buffers if isinstance(buffers, (list, tuple)) else list(buffers)
+    cdef Py_ssize_t n = len(targets), i
+    if n != rv.count:
+        raise ValueError(f"scatter needs one row per buffer: {n} buffers, {rv.count} rows")
+    cdef U64Values ids
+    keep = u64_values(player_ids, n, "player_ids", &ids)
+    if n == 0:
+        return 0
+    cdef PyObject** items = PySequence_Fast_ITEMS(targets)
+    cdef SendBuffer sb
+    cdef HeaderLayout nl = None
+    for i in range(n):
+        if <object>items[i] is None:
+            continue
+        if not isinstance(<object>items[i], SendBuffer):
+            raise TypeError(f"scatter targets are SendBuffers (or None), not "
+                            f"{(<object>items[i]).__class__.__name__!r} (index {i})")
+        if nl is None:
+            nl = (<SendBuffer>items[i])._layout
+    if nl is None:
+        return 0
+    cdef uint64_t frame = nl.c.header_size + <uint64_t>rv.row_bytes
+    cdef uint8_t scratch[kMaxHeaderBytes]
+    cdef HeaderValues hv
+    _type_arg(nl, type, &type_)
+    hv.type = type_
+    cdef EncodeError err = encode_header(nl.c, scratch, hv, rv.row_bytes)
+    if err != EncodeError.none:
+        raise ValueError(_encode_error_text(err, nl, type_, 0, 0, rv.row_bytes))
+    check_player_ids(nl, &ids, n)
+    # first pass: room in every buffer, a buffer listed twice counted twice
+    cdef Py_ssize_t failed = -1
+    cdef bint never = False
+    for i in range(n):
+        if <object>items[i] is None:
+            continue
+        sb = <SendBuffer>items[i]
+        if sb._layout is not nl and sb._layout != nl:
+            failed = i
+            break
+        sb._reserved += frame
+        if sb._reserved > sb._c.free_bytes():
+            failed = i
+            never = frame > sb._max
+            break
+    for i in range(n):
+        if <object>items[i] is not None:
+            (<SendBuffer>items[i])._reserved = 0
+    if failed >= 0:
+        sb = <SendBuffer>items[failed]
+        if sb._layout is not nl and sb._layout != nl:
+            raise ValueError(f"scatter: buffer {failed}'s layout {sb._layout.name} is not the first buffer's "
+                             f"{nl.name}")
+        if never:
+            raise ValueError(f"scatter: a packet of {frame} bytes can never fit buffer {failed} "
+                             f"(max_bytes={sb._max})")
+        raise BufferFull(f"scatter: buffer {failed} has no room for its {frame}-byte packet now "
+                         f"({sb._c.free_bytes()} of {sb._max} bytes free); nothing was queued")
+    # second pass: the header encoded once (above, into scratch), each
+    # buffer patching in its own seq and the row's player id; every room
+    # was checked, so none fails
+    cdef Py_ssize_t queued = 0
+    for i in range(n):
+        if <object>items[i] is None:
+            continue
+        (<SendBuffer>items[i])._c.append_with_header(scratch, rv.data + i * rv.row_stride, rv.row_bytes,
+                                                     ids.values[i * ids.stride] if ids.values != NULL else 0)
+        queued += 1
+    return queued
 
 
 cdef int _ids_from_sequence(object seq, uint64_t* out, Py_ssize_t count) except -1:

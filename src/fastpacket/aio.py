@@ -46,7 +46,7 @@ bytes, decodes every complete packet with ``FrameDecoder.feed_from`` and
 calls ``handler(session, batch)`` once per read burst (or the per-type
 ``handlers``). The only copy is the one into the batch.
 
-Send path: ``session.send``/``send_batch``/``broadcast`` append to the
+Send path: ``session.send``/``send_batch``/``send_array``/``broadcast`` append to the
 session's SendBuffer and are written with one ``transport.write`` per
 session, never one per packet: the reading session's own output at the end
 of its read burst (no added latency), output a burst produced for other
@@ -56,6 +56,17 @@ its fill threshold, and sends made outside a read burst ``max_delay`` later
 (servers: 10 ms, short enough for a 60 Hz tick, long enough to coalesce the
 sends of a timer callback; clients from ``connect()``: 0, the end of the
 loop iteration).
+
+Groups: ``server.group(name)`` (a str or an int; the same Group object for
+the same name while it lives) is a named set of this server's sessions, a
+room: ``group.add(session)``, ``group.discard(session)``, ``session in
+group``, ``len(group)``; a session leaves its groups when it closes.
+``group.send(type, payload, *, player_id=0)`` encodes one packet once and
+copies it into every member's send buffer in one native loop, each copy
+with that member's own next seq; ``group.send_batch(batch,
+exclude=None)`` relays a batch byte for byte (as Session.send_batch). Each
+member is written once per loop iteration however many sends fed it. With
+``bus=`` (fastpacket.cluster) a group spans every server sharing the bus.
 
 Limits (each ends in ``session.close_reason`` and a metric):
 
@@ -131,9 +142,9 @@ import inspect
 import socket
 import ssl as _ssl
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, Iterable, Literal, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Iterable, Literal, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from fastpacket._native import Hub, SessionBase, _broadcast
+from fastpacket._native import Group, Hub, SessionBase, _broadcast, _broadcast_array, _scatter
 from fastpacket.aggregate import MAX_RAW_SIZE, Aggregator
 from fastpacket.framing import DEFAULT_MAX_PACKET_SIZE, MAX_PACKET_SIZE, PacketBatch
 from fastpacket.layout import GAME, HeaderLayout
@@ -141,7 +152,8 @@ from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS, Registry
 from fastpacket.sendbuf import DEFAULT_FILL_RATIO, DEFAULT_MAX_BYTES
 
 __all__ = ["serve", "serve_unix", "connect", "connect_unix", "Session", "PacketServer", "Options", "Handler",
-           "SyncHandler", "AsyncHandler", "SessionHook", "is_async_handler"]
+           "SyncHandler", "AsyncHandler", "SessionHook", "is_async_handler", "scatter", "broadcast_array", "Group",
+           "Bus", "BusArg"]
 
 #: A synchronous handler: ``handler(session, batch)``, called once per read
 #: burst (or per type group of one with ``handlers=``). The fast path.
@@ -362,7 +374,8 @@ def _adapter_metrics(registry: Optional[Registry]) -> Optional[Dict[str, Any]]:
 
 
 def _new_hub(handler: Optional[Handler], handlers: Optional[Mapping[int, Handler]], options: Options,
-             on_connect: Optional[SessionHook] = None, on_close: Optional[SessionHook] = None) -> Hub:
+             on_connect: Optional[SessionHook] = None, on_close: Optional[SessionHook] = None,
+             bus: Optional[Bus] = None) -> Hub:
     """A Hub for these handlers, each checked and classified (sync or
     async) here: TypeError for anything that is not callable."""
     if handler is not None:
@@ -384,12 +397,13 @@ def _new_hub(handler: Optional[Handler], handlers: Optional[Mapping[int, Handler
     _check_hook(on_close, "on_close")
     return Hub(asyncio.get_running_loop(), options, handler, handlers, on_connect=on_connect, on_close=on_close,
                metrics=_adapter_metrics(options.registry),
-               async_handler=handler is not None and is_async_handler(handler), async_types=async_types)
+               async_handler=handler is not None and is_async_handler(handler), async_types=async_types,
+               bus=bus)
 
 
 class Session(SessionBase, asyncio.BufferedProtocol):
     """One connection: the protocol asyncio drives and the handle a handler
-    gets. ``send``/``send_batch``/``broadcast`` queue packets (coalesced),
+    gets. ``send``/``send_batch``/``send_array``/``broadcast`` queue packets (coalesced),
     ``close(reason)`` ends it; ``close_reason`` says why it ended; the
     counters ``packets_in``, ``bytes_in``, ``packets_out``, ``bytes_out``,
     ``dropped_in``, ``dropped_out`` are per session (``metrics`` has them as
@@ -397,6 +411,86 @@ class Session(SessionBase, asyncio.BufferedProtocol):
     freely. The hot path is native (fastpacket._native.SessionBase); this
     class adds asyncio.BufferedProtocol so asyncio's checks see a protocol.
     """
+
+
+class Bus:
+    """What ``serve(bus=...)`` takes besides a URL: the link that makes the
+    groups of one name on several servers one group.
+    fastpacket.cluster.RedisBus is the implementation; this is the contract
+    between it and the server's native half.
+
+    The server calls ``channel(name)`` once per group, ``subscribe(group)``
+    when a group gets its first member on this server and
+    ``unsubscribe(group)`` when its last one leaves, and ``publish(group,
+    message, packets)`` at most once per group per loop iteration with
+    every packet sent to that group in that iteration (a publish buffer
+    filling up publishes early). A message from another server goes to
+    ``server.deliver(group, message)``. ``publish`` must not block or
+    raise: a bus that cannot carry a message drops and counts it.
+    ``sender_id`` (a u64) is written into every message this server
+    publishes, so that it skips its own; ``aggregator`` (or None) packs
+    messages.
+    """
+
+    sender_id: int = 0
+    aggregator: Optional[Aggregator] = None
+
+    def channel(self, name: Union[str, int]) -> bytes:
+        """The channel of the group `name`."""
+        raise NotImplementedError
+
+    async def start(self, server: "PacketServer") -> None:
+        """Connect and start carrying `server`'s groups; raise if the bus
+        cannot be reached (serve() then fails)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Publish what is queued (briefly), then disconnect."""
+        raise NotImplementedError
+
+    def subscribe(self, group: Group) -> None:
+        """Deliver the group's messages from other servers to this server (from now on)."""
+        raise NotImplementedError
+
+    def unsubscribe(self, group: Group) -> None:
+        """Stop delivering the group's messages to this server."""
+        raise NotImplementedError
+
+    def publish(self, group: Group, message: bytes, packets: int) -> None:
+        """Carry `message` (`packets` packets sent to `group`) to the other servers."""
+        raise NotImplementedError
+
+
+#: What ``serve(bus=...)`` takes: a Redis URL (a fastpacket.cluster.RedisBus
+#: is made from it), a Bus, or None (no bus: groups are this server's only).
+BusArg = Union[str, Bus, None]
+
+
+def _bus_arg(bus: BusArg) -> Optional[Bus]:
+    """The Bus `bus` names: a URL (``redis://...``, ``redis+cluster://...``:
+    a fastpacket.cluster.RedisBus), a Bus, or None."""
+    if bus is None or isinstance(bus, Bus):
+        return bus
+    if isinstance(bus, str):
+        from fastpacket.cluster import RedisBus
+
+        return RedisBus(bus)
+    raise TypeError(f"bus must be a URL (redis://host:port/db, redis+cluster://host:port), a "
+                    f"fastpacket.aio.Bus or None, not {type(bus).__name__!r}")
+
+
+async def _start_bus(server: "PacketServer") -> "PacketServer":
+    """Starts the server's bus; on failure the server is closed and the error raised."""
+    bus = server.bus
+    if bus is None:
+        return server
+    try:
+        await bus.start(server)
+    except BaseException:
+        server.close()
+        await server.wait_closed(0)
+        raise
+    return server
 
 
 class PacketServer(asyncio.AbstractServer):
@@ -410,6 +504,7 @@ class PacketServer(asyncio.AbstractServer):
     def __init__(self, server: asyncio.AbstractServer, hub: Hub) -> None:
         self._server: Any = server  # the loop's asyncio.Server (uvloop's has no common base with sockets)
         self._hub = hub
+        self._bus_closed: Optional["asyncio.Task[None]"] = None
 
     @property
     def options(self) -> Options:
@@ -437,16 +532,66 @@ class PacketServer(asyncio.AbstractServer):
         """Packets (or connections) dropped, by reason."""
         return dict(self._hub.drops)
 
+    def group(self, name: Union[str, int]) -> Group:
+        """The group `name` (a str or an int) of this server: made on first
+        use, the same object for the same name while it lives. With a bus,
+        groups of one name on every server sharing the bus are one group."""
+        group: Group = self._hub.group(name)
+        return group
+
+    @property
+    def bus(self) -> Optional["Bus"]:
+        """The bus this server's groups span servers over, or None."""
+        bus: Optional[Bus] = self._hub.bus
+        return bus
+
     def broadcast(self, type: Optional[int], payload: Any, sessions: Optional[Iterable[Session]] = None, *,
                   player_id: int = 0) -> int:
         """Send one packet to the given sessions (default: all); returns how
         many got it queued. Coalesced like any send."""
         return _broadcast(self._hub.sessions if sessions is None else sessions, type, payload, player_id, None)
 
+    def scatter(self, type: int, records: Any, sessions: Sequence[Optional[Session]], *, player_ids: Any = None,
+                index: Any = None, starts: Any = None, flush: bool = False) -> int:
+        """``fastpacket.aio.scatter(sessions, type, records, ...)``: rows of
+        one array to many sessions; how many sessions got rows queued."""
+        return _scatter(sessions, type, records, player_ids, index, starts, flush)
+
+    def broadcast_array(self, type: int, records: Any, sessions: Optional[Iterable[Session]] = None, *,
+                        player_ids: Any = None, flush: bool = False) -> int:
+        """``fastpacket.aio.broadcast_array``: every row of `records` to each
+        of `sessions` (default: all); how many sessions got them queued."""
+        return _broadcast_array(self._hub.sessions if sessions is None else sessions, type, records, player_ids,
+                                None, flush)
+
     def close(self) -> None:
-        """Stop listening; flush and close every session ("server shutdown")."""
+        """Stop listening; flush and close every session ("server shutdown");
+        publish what the groups gathered, then close the bus."""
         self._server.close()
         self._hub.shutdown("server shutdown")
+        self._close_bus()
+
+    def _close_bus(self) -> None:
+        bus = self._hub.bus
+        if bus is not None and self._bus_closed is None:
+            self._bus_closed = self._hub.loop.create_task(bus.close())
+
+    async def _wait_bus(self, timeout: float) -> None:
+        if self._bus_closed is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._bus_closed), max(timeout, ABORT_WAIT_S))
+            except asyncio.TimeoutError:
+                pass
+            except Exception:  # the bus logs its own errors; a close that failed is closed
+                pass
+
+    def deliver(self, group: Group, message: bytes) -> int:
+        """A bus message from another server for `group`: its packets go to
+        the group's members here (see Bus). Returns the packets delivered
+        (0 for this server's own messages); ProtocolError for a malformed
+        message, of which nothing is delivered."""
+        delivered: int = self._hub.deliver(group, message)
+        return delivered
 
     def stop_listening(self) -> None:
         """Stop accepting connections; the sessions go on (close() closes them too)."""
@@ -465,6 +610,7 @@ class PacketServer(asyncio.AbstractServer):
         """Wait until the listener is closed and the sessions are gone (`timeout` seconds at most)."""
         await self._server.wait_closed()
         await self._wait_sessions(timeout)
+        await self._wait_bus(timeout)
 
     async def _wait_sessions(self, timeout: float) -> bool:
         loop = self._hub.loop
@@ -489,6 +635,7 @@ class PacketServer(asyncio.AbstractServer):
             await asyncio.wait_for(self._server.wait_closed(), ABORT_WAIT_S)
         except asyncio.TimeoutError:
             pass
+        await self._wait_bus(ABORT_WAIT_S)
         return clean
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -543,6 +690,7 @@ async def serve(
     handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
     aggregator: Optional[Aggregator] = None, max_inflate_bytes: Optional[int] = _DEFAULTS.max_inflate_bytes,
     registry: Optional[Registry] = None,
+    bus: BusArg = None,
 ) -> PacketServer:
     """Start a packet server on TCP (host, port) and return it (serving,
     unless ``start_serving=False``).
@@ -561,8 +709,12 @@ async def serve(
     ``ssl.SSLContext`` for TLS; ``sock``: an already bound socket to serve
     on instead of host and port; ``reuse_port``, ``backlog``,
     ``ssl_handshake_timeout`` and ``start_serving`` as in
-    ``loop.create_server``. The remaining keywords are the fields of
-    ``Options`` (limits, buffers, aggregator, registry).
+    ``loop.create_server``. ``bus``: a URL (``"redis://host:port/db"``,
+    ``"redis+cluster://host:port"``) or a fastpacket.cluster.RedisBus: the
+    server's groups then span every server sharing it (fastpacket.cluster);
+    a bus that cannot be reached fails serve() at once (BusUnavailable).
+    The remaining keywords are the fields of ``Options`` (limits, buffers,
+    aggregator, registry).
     """
     options = _options(locals())
     if sock is not None:
@@ -573,11 +725,40 @@ async def serve(
         port = 0 if port is None else port
     if handler is None and not handlers:
         raise TypeError("serve() needs a handler or handlers")
-    hub = _new_hub(handler, handlers, options, on_connect, on_close)
+    hub = _new_hub(handler, handlers, options, on_connect, on_close, _bus_arg(bus))
     server = await hub.loop.create_server(lambda: Session(hub), host, port, ssl=ssl, sock=sock, backlog=backlog,
                                           reuse_port=reuse_port or None, ssl_handshake_timeout=ssl_handshake_timeout,
                                           start_serving=start_serving)
-    return PacketServer(server, hub)
+    return await _start_bus(PacketServer(server, hub))
+
+
+def scatter(sessions: Sequence[Optional[Session]], type: int, records: Any, *, player_ids: Any = None,
+            index: Any = None, starts: Any = None, flush: bool = False) -> int:
+    """Rows of one numpy array to many sessions, in one native pass.
+
+    Without `index`: row i of `records` (one row per session) is one packet
+    to ``sessions[i]`` (each player its own state). With `index` and
+    `starts` (compressed sparse rows, as numpy and scipy spell neighbour
+    lists): ``sessions[k]`` gets the rows ``index[starts[k]:starts[k+1]]``,
+    in that order (each player the states of the players near it).
+    `player_ids`: None (0), one integer, or one per row of `records` (each
+    packet carries its row's id). ``None`` entries of `sessions` are
+    skipped. Packets are queued as ``Session.send_array`` queues them (seq
+    per session, dropped and counted for a closed session); ``flush=True``
+    writes each session's output now instead of at the usual flush point
+    (a tick timer's sends otherwise wait ``max_delay``). Bad arguments
+    (shapes, a value that does not fit its header field) raise before
+    anything is queued. Returns how many sessions got rows queued.
+    """
+    return _scatter(sessions, type, records, player_ids, index, starts, flush)
+
+
+def broadcast_array(sessions: Iterable[Optional[Session]], type: int, records: Any, *, player_ids: Any = None,
+                    flush: bool = False) -> int:
+    """Every row of `records` (a numpy array) as one packet to each of
+    `sessions`, in one native pass; otherwise as ``scatter``. Returns how
+    many sessions got them queued."""
+    return _broadcast_array(sessions, type, records, player_ids, None, flush)
 
 
 async def serve_unix(
@@ -598,6 +779,7 @@ async def serve_unix(
     handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
     aggregator: Optional[Aggregator] = None, max_inflate_bytes: Optional[int] = _DEFAULTS.max_inflate_bytes,
     registry: Optional[Registry] = None,
+    bus: BusArg = None,
 ) -> PacketServer:
     """Start a packet server on the Unix socket `path` (or `sock`, a bound
     AF_UNIX socket) and return it: ``serve()`` for local clients (no TCP
@@ -610,11 +792,11 @@ async def serve_unix(
         raise ValueError("serve_unix() needs a path or a sock (one of them)")
     if handler is None and not handlers:
         raise TypeError("serve_unix() needs a handler or handlers")
-    hub = _new_hub(handler, handlers, options, on_connect, on_close)
+    hub = _new_hub(handler, handlers, options, on_connect, on_close, _bus_arg(bus))
     server = await hub.loop.create_unix_server(lambda: Session(hub), path, sock=sock, ssl=ssl, backlog=backlog,
                                                ssl_handshake_timeout=ssl_handshake_timeout,
                                                start_serving=start_serving)
-    return PacketServer(server, hub)
+    return await _start_bus(PacketServer(server, hub))
 
 
 def _client_session(handler: Optional[Handler], handlers: Optional[Mapping[int, Handler]],

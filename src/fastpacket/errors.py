@@ -5,7 +5,8 @@ Python code.
      ├── ProtocolError (also a ValueError): the byte stream is bad
      │    └── AggregateError: an aggregate frame is bad
      ├── BufferFull: no room for a packet right now
-     └── AddressInUse (also an OSError): another process serves the address
+     ├── AddressInUse (also an OSError): another process serves the address
+     └── BusUnavailable (also a ConnectionError): a server's bus (Redis) cannot be reached
 
 Bad arguments raise the builtin ValueError / TypeError.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import errno
 from typing import Any, Optional
 
-__all__ = ["FastpacketError", "ProtocolError", "AggregateError", "BufferFull", "AddressInUse"]
+__all__ = ["FastpacketError", "ProtocolError", "AggregateError", "BufferFull", "AddressInUse", "BusUnavailable"]
 
 
 class FastpacketError(Exception):
@@ -73,3 +74,16 @@ class AddressInUse(FastpacketError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class BusUnavailable(FastpacketError, ConnectionError):
+    """A server's bus cannot reach its broker (Redis) at start, or the
+    Redis extra is not installed. `url` is the bus URL (its password, if
+    any, masked)."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+    def __str__(self) -> str:
+        return str(self.args[0])

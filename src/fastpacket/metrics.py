@@ -119,6 +119,8 @@ __all__ = [
     "PrometheusCollector",
     "Registry",
     "SERVER_METRICS",
+    "BUS_METRICS",
+    "BUS_DROP_REASONS",
     "Series",
     "Timer",
     "exposition_le",
@@ -216,7 +218,31 @@ SERVER_METRICS: Tuple[MetricInfo, ...] = (
     MetricInfo("workers", "gauge", (), "Worker processes configured (fastpacket serve --workers)."),
     MetricInfo("worker_restarts_total", "counter", (), "Workers that died and were started again."),
 )
-_SERVER_HELP = {m.name: m.help for m in SERVER_METRICS}
+#: Every family a server's bus (fastpacket.cluster.RedisBus) records into
+#: the server's registry. "Published" counts what this server sent to other
+#: servers, "delivered" what it received from them (per packet received,
+#: before the fan-out to its members).
+BUS_METRICS: Tuple[MetricInfo, ...] = (
+    MetricInfo("bus_publishes_total", "counter", (), "Messages published on the bus (one per group per loop "
+                                                     "iteration with sends)."),
+    MetricInfo("bus_published_packets_total", "counter", (), "Packets published on the bus."),
+    MetricInfo("bus_published_bytes_total", "counter", (), "Bytes published on the bus (messages, compressed)."),
+    MetricInfo("bus_delivered_packets_total", "counter", (),
+               "Packets received from other servers over the bus, delivered to this server's members."),
+    MetricInfo("bus_delivered_bytes_total", "counter", (), "Bytes of the messages received from other servers."),
+    MetricInfo("bus_dropped_packets_total", "counter", ("reason",),
+               "Packets not carried to other servers: the bus was disconnected, or its publish backlog full."),
+    MetricInfo("bus_dropped_bytes_total", "counter", ("reason",), "Bytes of the messages dropped, by reason."),
+    MetricInfo("bus_rejected_total", "counter", (), "Malformed messages received from the bus (none delivered)."),
+    MetricInfo("bus_publish_batch_packets", "metric", (), "Packets per message published."),
+    MetricInfo("bus_rtt_ns", "metric", (), "Bus round trip: a probe published and received back."),
+    MetricInfo("bus_subscriptions", "gauge", (), "Group channels subscribed (groups with members here)."),
+    MetricInfo("bus_connected", "gauge", (), "1 while every Redis connection of the bus is up, else 0."),
+    MetricInfo("bus_outages_total", "counter", (), "Times the bus lost Redis."),
+)
+#: The label values ``bus_dropped_packets_total{reason}`` takes.
+BUS_DROP_REASONS = frozenset({"disconnected", "backlog"})
+_SERVER_HELP = {m.name: m.help for m in SERVER_METRICS + BUS_METRICS}
 
 #: The label values ``closes_total{reason}`` takes (reason_label folds any other into "other").
 CLOSE_REASONS = frozenset({

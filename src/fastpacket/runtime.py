@@ -78,7 +78,7 @@ from fastpacket.layout import GAME, HeaderLayout
 from fastpacket.system import LOOPS, new_event_loop, raise_nofile
 
 if TYPE_CHECKING:
-    from fastpacket.aio import Handler, PacketServer, SessionHook
+    from fastpacket.aio import BusArg, Handler, PacketServer, SessionHook
 
 __all__ = ["run", "ServerConfig", "load_app", "app_kwargs", "app_hooks", "start_server", "run_config",
            "reuse_port_available", "account_lost_worker", "format_address", "server_ssl_context",
@@ -228,6 +228,7 @@ class ServerConfig:
     ssl_keyfile_password: Optional[str] = None
     ssl_ca_certs: Optional[str] = None
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT_S
+    bus: Any = None                   # a bus URL (workers: a URL only), or a fastpacket.aio.Bus
 
     def check(self) -> "ServerConfig":
         """Validates the settings (ValueError/TypeError naming the bad one),
@@ -250,6 +251,10 @@ class ServerConfig:
         from fastpacket.aio import Options
 
         Options.from_kwargs(dict(self.options))  # unknown or bad limits raise here, before any process starts
+        if self.bus is not None:
+            from fastpacket.aio import _bus_arg
+
+            _bus_arg(self.bus)  # a bad URL raises here too
         app = load_app(self.app, self.factory, self.app_args)  # so does an app that cannot be served
         app_kwargs(app)
         app_hooks(app)
@@ -283,12 +288,13 @@ async def start_server(config: ServerConfig, registry: Any = None, reuse_port: b
         app = load_app(config.app, config.factory, config.app_args)
     kwargs = app_kwargs(app)
     tls = config.ssl_context()
+    bus = config.bus
     if sock is not None and sock.family == getattr(socket, "AF_UNIX", None):
-        return await aio.serve_unix(sock=sock, ssl=tls, start_serving=start_serving, **kwargs, **options)
+        return await aio.serve_unix(sock=sock, ssl=tls, start_serving=start_serving, bus=bus, **kwargs, **options)
     if sock is not None:
-        return await aio.serve(sock=sock, ssl=tls, start_serving=start_serving, **kwargs, **options)
+        return await aio.serve(sock=sock, ssl=tls, start_serving=start_serving, bus=bus, **kwargs, **options)
     return await aio.serve(host=config.host, port=config.port if port is None else port, reuse_port=reuse_port,
-                           ssl=tls, start_serving=start_serving, **kwargs, **options)
+                           ssl=tls, start_serving=start_serving, bus=bus, **kwargs, **options)
 
 
 # ---------------------------------------------------------------------------
@@ -644,6 +650,10 @@ def run_workers(config: ServerConfig, workers: int, metrics: Optional[Tuple[str,
 
     if metrics_file:
         _new_metrics_file(metrics_file)
+    if isinstance(config.bus, str):  # fail at once, not once per worker
+        from fastpacket.cluster import check_reachable
+
+        asyncio.run(check_reachable(config.bus))
     shared = _listening_socket(config, shared=True)
     created = config.uds
     reserve: Optional[socket.socket] = None
@@ -770,6 +780,9 @@ def run_config(config: ServerConfig, workers: int = 1, metrics: Optional[Tuple[s
     if workers > 1 and not isinstance(config.app, str):
         raise ValueError(f"with workers > 1 the app must be an import string 'module:attr' (each worker "
                          f"process imports it), not {config.app!r}")
+    if workers > 1 and config.bus is not None and not isinstance(config.bus, str):
+        raise ValueError("with workers > 1 the bus must be a URL (each worker connects its own), not "
+                         f"{config.bus!r}")
     if workers > 1 and config.uds is None and config.fd is None and not reuse_port_available():
         log.warning("SO_REUSEPORT is not available on this platform: serving with 1 worker instead of %d", workers)
         workers = 1
@@ -799,6 +812,7 @@ def run(
     packet_timeout: Optional[float] = None,
     handler_queue_packets: Optional[int] = None, handler_queue_bytes: Optional[int] = None,
     max_inflate_bytes: Optional[int] = None,
+    bus: "BusArg" = None,
 ) -> None:
     """Serve `app` until SIGINT or SIGTERM, then stop gracefully; the
     ``fastpacket serve`` command in code (see the module docstring for the
@@ -833,9 +847,14 @@ def run(
             path), pid, workers, metrics_port, metrics_file.
         layout, max_packet_size, ...: per-connection options
             (fastpacket.aio.Options; None keeps the default).
+        bus: a Redis URL (``redis://host:port/db``, ``redis+cluster://host:port``)
+            or (one process) a fastpacket.cluster.RedisBus: the app's groups
+            span every worker and server sharing it (fastpacket.cluster).
 
     Raises:
         fastpacket.AddressInUse: another process serves the address (or the metrics port).
+        fastpacket.BusUnavailable: the bus cannot reach Redis (one process; with
+            workers, a RuntimeError saying so).
         ValueError, TypeError: a bad argument or an app that cannot be served.
         RuntimeError: a worker failed to start, or workers exited with errors.
     """
@@ -851,7 +870,7 @@ def run(
                           loop=loop, compress=compress, compress_threshold=compress_threshold, options=options,
                           uds=uds, fd=fd, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                           ssl_keyfile_password=ssl_keyfile_password, ssl_ca_certs=ssl_ca_certs,
-                          graceful_timeout=graceful_timeout)
+                          graceful_timeout=graceful_timeout, bus=bus)
     metrics = (metrics_host, metrics_port) if metrics_port is not None else None
     code = run_config(config, workers, metrics, on_ready or (lambda info: None), metrics_file=metrics_file)
     if code != 0:

@@ -5,6 +5,7 @@ native code) back to back in one buffer, flushed with one write::
     seq = sb.send(MOVE, payload, player_id=7)      # seq assigned unless given
     sb.broadcast(CHAT, payload, player_ids)       # one packet per id, native loop
     sb.send_batch(batch)                          # relay packets as they are
+    sb.send_array(STATE, records, player_ids=ids)  # one packet per row of a numpy array
     if sb.should_flush():
         transport.write(sb.flush())
 
@@ -15,12 +16,16 @@ reused only after every view of it is released, otherwise the next flush()
 allocates a fresh one. A packet is queued whole or not at all: BufferFull
 when it does not fit now (flush and retry), ValueError when it can never fit
 or a value does not fit its header field.
+
+``scatter(buffers, type, records)`` queues row i of a numpy array to
+``buffers[i]``: one native call for one packet to each of many buffers (a
+game tick's per-player state).
 """
 
 from fastpacket import _native
-from fastpacket._native import SendBuffer
+from fastpacket._native import SendBuffer, scatter
 
-__all__ = ["SendBuffer", "DEFAULT_MAX_BYTES", "DEFAULT_MIN_PACKETS", "DEFAULT_FILL_RATIO"]
+__all__ = ["SendBuffer", "scatter", "DEFAULT_MAX_BYTES", "DEFAULT_MIN_PACKETS", "DEFAULT_FILL_RATIO"]
 
 # The defaults come from the C++ core (csrc/fastpacket/sendbuf.hpp).
 #: Default capacity of one flush, in bytes.

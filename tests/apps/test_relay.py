@@ -25,6 +25,9 @@ def test_relay_rooms():
         a, b, c = [await aio.connect("127.0.0.1", server.port) for _ in range(3)]
         a.send(JOIN, struct.pack("<I", 7), player_id=1)
         b.send(JOIN, struct.pack("<I", 7), player_id=2)
+        for s, pid in ((a, 1), (b, 2)):  # a JOIN comes back once the room is joined
+            assert [(p.type, p.player_id, bytes(p.payload)) for p in await s.recv(5.0)] == \
+                [(JOIN, pid, struct.pack("<I", 7))]
         c.send(MOVE, move(5), player_id=4)  # no JOIN: room 4 % 2 = 0
         got_c = await c.recv(5.0)
         assert [(p.type, p.player_id) for p in got_c] == [(MOVE, 4)]  # its own copy only
@@ -38,6 +41,7 @@ def test_relay_rooms():
             assert [MOVE_FORMAT.unpack_from(p.payload)[0] for p in got] == [1, 2]
             assert {p.player_id for p in got} == {1}
         assert sorted(relay.members) == [0, 7] and len(relay.members[7]) == 2
+        assert relay.members[7] is server.group(7)  # a room is a group of the server
         with pytest.raises(asyncio.TimeoutError):  # room 0 hears nothing of room 7
             await c.recv(0.1)
         b.send(LEAVE, b"", player_id=2)

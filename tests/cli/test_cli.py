@@ -75,6 +75,8 @@ def test_demo_compressed_json(tmp_path):
 def test_demo_rejects_bad_arguments(tmp_path):
     assert main(["demo", "--seconds", "0"]) == 2
     assert main(["demo", "--payload", "8"]) == 2
+    assert main(["demo", "--app", "tick", "--hz", "0"]) == 2
+    assert main(["demo", "--app", "tick", "--radius", "-1"]) == 2
     with pytest.raises(SystemExit):
         main(["demo", "--no-such-flag"])
 
@@ -108,6 +110,41 @@ def test_load_rate_mode_table_against_echo(served, tmp_path):
     assert "200 packets/s per connection" in r.stdout and "round trips/s" in r.stdout
     m = re.search(r"packets/s sent\s+([\d.]+)", r.stdout)
     assert m and 300 <= float(m.group(1)) <= 900  # 3 x 200/s, loosely: a busy machine may lag
+    code, _, err = s.stop()
+    assert code == 0, err
+
+
+def test_demo_tick_json(tmp_path):
+    r = run_cli(["demo", "--app", "tick", "--seconds", "1.5", "--connections", "40", "--hz", "50", "--json"],
+                tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["players"] == 40 and d["hz"] == 50 and not d["errors"]
+    assert d["ticks"] > 0 and d["packets_in_per_s"] > 0 and d["packets_out_per_s"] > 0
+    t = d["tick_ms"]
+    assert 0 < t["step_p50"] <= t["p50"] <= t["p99"] <= t["max"] * 1.01 and t["period"] == 20.0
+    assert d["load"]["acked"] > 0 and d["load"]["latency_us"]["count"] > 0
+    assert d["closes"] == {"peer_closed": 40}  # by class (#14)
+
+
+def test_demo_tick_table_with_a_radius(tmp_path):
+    r = run_cli(["demo", "--app", "tick", "--seconds", "1", "--connections", "20", "--radius", "300000"],
+                tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for row in ("tick duration p50 / p99 / max", "tick CPU p50 / p99", "of which inputs + step", "ticks",
+                "packets/s in / out", "input -> STATE", "server CPU", "states within 300000"):
+        assert row in r.stdout, f"{row!r} missing from:\n{r.stdout}"
+
+
+def test_serve_tick_and_input_load(served, tmp_path):
+    s = served("--app", "tick", "--hz", "40")
+    r = run_cli(["load", "--mode", "input", "--port", str(s.port), "--seconds", "1", "--connections", "12",
+                 "--rate", "20", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] and d["connections"] == 12 and d["rate"] == 20
+    assert d["sent"] > 0 and d["states"] > 0 and 0 < d["acked"] <= d["sent"]
+    assert d["closes"] == {"peer closed": 12}  # half-closed by the load, closed by the server
     code, _, err = s.stop()
     assert code == 0, err
 

@@ -14,10 +14,17 @@ from fastpacket import __version__
 
 from fastpacket.cli.bench import SECTIONS, run_sections
 from fastpacket.system import new_event_loop
-from fastpacket.cli.report import (FAILED, OK, USAGE, Progress, fmt_closes, fmt_rtt, fmt_savings, format_markdown,
-                                   format_rate, format_report, format_table)
+from fastpacket.cli.report import (FAILED, OK, USAGE, Progress, fmt_closes, fmt_latency, fmt_rtt, fmt_savings,
+                                   format_markdown, format_rate, format_report, format_table)
 
-__all__ = ["build_parser", "main", "load_kwargs", "check_load_args"]
+__all__ = ["build_parser", "main", "load_kwargs", "input_load_kwargs", "check_load_args", "parse_address",
+           "fmt_delivery"]
+
+#: Players a load (and the demo) plays when --connections is not given: the
+#: relay's movement load, the tick app's input load.
+DEFAULT_CONNECTIONS = {"move": 50, "input": 1000}
+#: INPUTs per second per player of the input load when --rate is not given.
+DEFAULT_INPUT_RATE = 30.0
 
 
 def loop_kind(args: argparse.Namespace) -> str:
@@ -47,6 +54,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return OK
 
 
+def load_mode(args: argparse.Namespace) -> str:
+    """The load the options ask for: "input" (the tick app's players: ``load
+    --mode input``, ``demo --app tick``) or "move" (the relay's)."""
+    return "input" if getattr(args, "mode", "move") == "input" or getattr(args, "app", None) == "tick" else "move"
+
+
+def input_load_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """``input_load`` keyword arguments from the load options."""
+    return {"connections": args.connections, "seconds": args.seconds, "rate": args.rate or DEFAULT_INPUT_RATE}
+
+
 def load_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     """``move_load`` keyword arguments from the load options."""
     return {"connections": args.connections, "seconds": args.seconds, "rate": args.rate, "window": args.window,
@@ -55,7 +73,16 @@ def load_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def check_load_args(args: argparse.Namespace) -> Optional[str]:
-    """What is wrong with the load options, or None."""
+    """What is wrong with the load options, or None (a missing
+    --connections is set to the default of the load's mode here)."""
+    if args.connections is None:
+        args.connections = DEFAULT_CONNECTIONS[load_mode(args)]
+    from fastpacket.apps.tick import MAX_HZ
+
+    if not 0 < getattr(args, "hz", 1.0) <= MAX_HZ:
+        return f"--hz must be in (0, {MAX_HZ:g}], got {args.hz}"
+    if getattr(args, "radius", 0) < 0:
+        return f"--radius must be >= 0, got {args.radius}"
     if args.connections < 1:
         return f"--connections must be >= 1, got {args.connections}"
     if not args.seconds > 0:
@@ -85,6 +112,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
     if problem:
         print(f"fastpacket load: {problem}", file=sys.stderr)
         return USAGE
+    if load_mode(args) == "input":
+        return _cmd_input_load(args)
     progress = Progress()
 
     def on_progress(p: Dict[str, Any]) -> None:
@@ -93,10 +122,15 @@ def _cmd_load(args: argparse.Namespace) -> int:
                       f"{format_rate(p['received'] / p['elapsed'] if p['elapsed'] else 0)} received  "
                       f"{p['connections']} connections")
 
+    try:
+        servers = [parse_address(a) for a in args.server] if args.server else None
+    except ValueError as exc:
+        print(f"fastpacket load: {exc}", file=sys.stderr)
+        return USAGE
     loop = new_event_loop(loop_kind(args))
     try:
         result = loop.run_until_complete(move_load(args.host, args.port, on_progress=on_progress,
-                                                   **load_kwargs(args)))
+                                                   servers=servers, **load_kwargs(args)))
     except ConnectionError as exc:
         progress.clear()
         print(f"fastpacket load: {exc}", file=sys.stderr)
@@ -115,13 +149,32 @@ def _cmd_load(args: argparse.Namespace) -> int:
             ("round trips/s", format_rate(r.echoed_per_s)),
             ("MB/s sent / received", f"{r.bytes_sent / r.seconds / 1e6:.1f} / {r.bytes_received / r.seconds / 1e6:.1f}"),
             ("RTT p50 / p95 / p99 / max", fmt_rtt(r.rtt_us)),
+            ("delivery check", fmt_delivery(r)),
             ("compression savings", fmt_savings(r.compression)),
             ("closes by reason", fmt_closes(r.closes)),
         ]
-        print(format_report(f"fastpacket load against {args.host}:{args.port}", rows))
+        against = ", ".join(args.server) if args.server else f"{args.host}:{args.port}"
+        print(format_report(f"fastpacket load against {against}", rows))
     for e in result.errors[:10]:
         print(f"fastpacket load: {e}", file=sys.stderr)
     return OK if result.ok else FAILED
+
+
+def parse_address(text: str) -> Tuple[str, int]:
+    """(host, port) of ``HOST:PORT`` (``[::1]:PORT`` for IPv6); ValueError naming it."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--server takes HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def fmt_delivery(r: Any) -> str:
+    """The delivery check of a move load, as a table cell."""
+    if not r.delivery_checked:
+        return "not checked (no player heard another: an echo server, not a relay)"
+    verdict = "ok" if not (r.missing or r.duplicates or r.out_of_order) else "FAILED"
+    return (f"{verdict}: {r.delivered:,} of {r.expected:,} MOVEs delivered; {r.missing:,} missing, "
+            f"{r.duplicates:,} duplicated, {r.out_of_order:,} out of order")
 
 
 def _resolve_app(args: argparse.Namespace) -> Tuple[str, bool, Dict[str, Any]]:
@@ -134,10 +187,50 @@ def _resolve_app(args: argparse.Namespace) -> Tuple[str, bool, Dict[str, Any]]:
         raise ValueError(f"APP {args.app!r} and --app {args.app_flag!r} disagree: give one")
     if name in BUILTIN:
         spec, factory = BUILTIN[name]
-        return spec, factory, ({"rooms": args.rooms} if name == "relay" else {})
+        app_args = {"relay": {"rooms": args.rooms}, "tick": {"hz": args.hz, "radius": args.radius}}.get(name, {})
+        return spec, factory, app_args
     if ":" not in name:
         raise ValueError(f"APP must be one of {sorted(BUILTIN)} or 'module:attr', got {name!r}")
     return name, args.factory, {}
+
+
+def _cmd_input_load(args: argparse.Namespace) -> int:
+    """``fastpacket load --mode input``: players against the tick app."""
+    from fastpacket.cli.loadgen import input_load
+
+    progress = Progress()
+
+    def on_progress(p: Dict[str, Any]) -> None:
+        e = p["elapsed"] or 1.0
+        progress.show(f"{p['elapsed']:5.1f}/{args.seconds:g} s  {format_rate(p['sent'] / e)} INPUTs/s sent  "
+                      f"{format_rate(p['states'] / e)} STATEs/s received  {p['connections']} connections")
+
+    loop = new_event_loop(loop_kind(args))
+    try:
+        result = loop.run_until_complete(input_load(args.host, args.port, on_progress=on_progress,
+                                                    **input_load_kwargs(args)))
+    except ConnectionError as exc:
+        progress.clear()
+        print(f"fastpacket load: {exc}", file=sys.stderr)
+        return FAILED
+    finally:
+        loop.close()
+    progress.clear()
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        r = result
+        rows = [
+            ("load", f"{r.connections} players, {r.rate:g} INPUTs/s each, {r.seconds:.1f} s"),
+            ("packets/s sent", f"{format_rate(r.sent_per_s)} (INPUTs)"),
+            ("packets/s received", f"{format_rate(r.states_per_s)} (the players' own STATEs)"),
+            ("input -> STATE p50 / p95 / p99 / max", fmt_latency(r.latency_us)),
+            ("closes by reason", fmt_closes(r.closes)),
+        ]
+        print(format_report(f"fastpacket load (input) against {args.host}:{args.port}", rows))
+    for e in result.errors[:10]:
+        print(f"fastpacket load: {e}", file=sys.stderr)
+    return OK if result.ok else FAILED
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -171,6 +264,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         where = f"{len(workers)} workers (pids {' '.join(map(str, workers))})" if workers else f"pid {info['pid']}"
         address = f"unix:{info['path']}" if "path" in info else format_address(info["host"], info["port"])
         line = f"fastpacket serve: {label} on {address}{' (TLS)' if info.get('tls') else ''}, {where}"
+        if args.bus:
+            from fastpacket.cluster import mask_url
+
+            line += f", bus {mask_url(args.bus)}"
         if "metrics_port" in info:
             line += f", metrics at http://{format_address(args.metrics_host, info['metrics_port'])}/metrics"
         if "metrics_file" in info:
@@ -183,7 +280,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             ssl_keyfile_password=args.ssl_keyfile_password, ssl_ca_certs=args.ssl_ca_certs, loop=loop_kind(args),
             metrics_port=args.metrics_port, metrics_host=args.metrics_host, metrics_file=args.metrics_file,
             graceful_timeout=args.graceful_timeout, compress=args.compress,
-            compress_threshold=args.compress_threshold, on_ready=on_ready, **options)
+            compress_threshold=args.compress_threshold, on_ready=on_ready, bus=args.bus, **options)
     except (ValueError, TypeError) as exc:
         print(f"fastpacket serve: {exc}", file=sys.stderr)
         return USAGE
@@ -197,11 +294,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return OK
 
 
-def _add_load_args(p: argparse.ArgumentParser, connections: int, seconds: float) -> None:
-    p.add_argument("--connections", type=int, default=connections, help=f"simulated players (default {connections})")
+def _add_load_args(p: argparse.ArgumentParser, seconds: float) -> None:
+    p.add_argument("--connections", type=int, default=None,
+                   help=f"simulated players (default {DEFAULT_CONNECTIONS['move']}; "
+                        f"{DEFAULT_CONNECTIONS['input']} for the tick app)")
     p.add_argument("--seconds", type=float, default=seconds, help=f"sending time (default {seconds:g})")
     p.add_argument("--rate", type=float, default=0.0,
-                   help="MOVE packets/s per connection; 0 (default): pipelined, --window in flight")
+                   help="MOVE packets/s per connection; 0 (default): pipelined, --window in flight "
+                        f"(tick app: INPUTs/s per player, default {DEFAULT_INPUT_RATE:g})")
     p.add_argument("--window", type=int, default=16, help="own MOVEs in flight per connection when pipelined (default 16)")
     p.add_argument("--payload", type=int, default=20, help="MOVE payload bytes, >= 20 (default 20)")
     p.add_argument("--rooms", type=int, default=None, help="rooms the players join (default: one per 10 players)")
@@ -210,6 +310,14 @@ def _add_load_args(p: argparse.ArgumentParser, connections: int, seconds: float)
                    help="compress a burst of at least this many bytes (default 256)")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _add_tick_args(p: argparse.ArgumentParser) -> None:
+    from fastpacket.apps.tick import DEFAULT_HZ
+
+    p.add_argument("--hz", type=float, default=DEFAULT_HZ, help=f"tick app: ticks per second (default {DEFAULT_HZ:g})")
+    p.add_argument("--radius", type=int, default=0,
+                   help="tick app: send each player the states within this distance (default 0: its own state)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,10 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="a game relay and a load generator on 127.0.0.1, then a table",
-                          description="Starts a game relay server (this process) and a load generator (another "
-                                      "process) on 127.0.0.1, runs for --seconds, prints what the server did.")
-    _add_load_args(demo, connections=50, seconds=10.0)
+    demo = sub.add_parser("demo", help="a game relay (or tick server) and a load generator on 127.0.0.1, then a table",
+                          description="Starts a game relay server (--app tick: the authoritative tick server) in "
+                                      "this process and a load generator in another on 127.0.0.1, runs for "
+                                      "--seconds, prints what the server did.")
+    _add_load_args(demo, seconds=10.0)
+    demo.add_argument("--app", choices=["relay", "tick"], default="relay",
+                      help="relay (default): MOVEs relayed to rooms; tick: the authoritative tick server")
+    _add_tick_args(demo)
     from fastpacket.cli.demo import cmd_demo
 
     demo.set_defaults(func=cmd_demo)
@@ -259,7 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--graceful-timeout", type=float, default=DEFAULT_GRACEFUL_TIMEOUT_S, metavar="S",
                        help=f"seconds a stop may take before open sessions are aborted "
                             f"(default {DEFAULT_GRACEFUL_TIMEOUT_S:g})")
+    serve.add_argument("--bus", default=None, metavar="URL",
+                       help="share the app's groups (the relay's rooms) with every worker and server on this "
+                            "Redis: redis://host:port/db, or redis+cluster://host:port for a Redis Cluster "
+                            "(needs pip install 'fastpacket[redis]')")
     serve.add_argument("--rooms", type=int, default=16, help="relay rooms for players that move before joining (default 16)")
+    _add_tick_args(serve)
     serve.add_argument("--uvloop", action="store_true", help="run on uvloop")
     serve.add_argument("--compress", action="store_true", help="lz4 aggregation of outgoing bursts")
     serve.add_argument("--compress-threshold", type=int, default=256,
@@ -293,12 +410,20 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default {d.handler_queue_bytes})")
     serve.set_defaults(func=_cmd_serve)
 
-    load = sub.add_parser("load", help="movement load against a relay or echo server",
+    load = sub.add_parser("load", help="movement load against a relay or echo server, input load against the "
+                                       "tick app",
                           description="Simulated players against a fastpacket relay (or any echo server speaking "
-                                      "the GAME layout); RTT is measured per MOVE from a timestamp in its payload.")
+                                      "the GAME layout); RTT is measured per MOVE from a timestamp in its payload. "
+                                      "--mode input: players against the tick app, sending INPUTs at --rate per "
+                                      "second; latency is from an INPUT to the STATE that acknowledges it.")
     load.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
     load.add_argument("--port", type=int, default=7777, help="server port (default 7777)")
-    _add_load_args(load, connections=50, seconds=10.0)
+    load.add_argument("--mode", choices=["move", "input"], default="move",
+                      help="move (default): MOVEs to a relay or echo server; input: INPUTs to the tick app")
+    load.add_argument("--server", action="append", default=None, metavar="HOST:PORT",
+                      help="spread the players over these servers instead (repeat it; each room's players "
+                           "are split over them): servers sharing a bus form one relay")
+    _add_load_args(load, seconds=10.0)
     load.set_defaults(func=_cmd_load)
 
     top = sub.add_parser("top", help="live view of a running server (its /metrics URL or metrics file)",

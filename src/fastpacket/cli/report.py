@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from fastpacket.cli.bench import Row
 
 __all__ = ["OK", "FAILED", "USAGE", "Progress", "format_markdown", "format_rate", "format_report", "format_table",
-           "fmt_closes", "fmt_mib", "fmt_rtt", "fmt_savings", "fmt_us"]
+           "fmt_closes", "fmt_latency", "fmt_mib", "fmt_rtt", "fmt_savings", "fmt_us"]
 
 #: exit codes
 OK, FAILED, USAGE = 0, 1, 2
@@ -88,6 +88,14 @@ def fmt_savings(stats: Optional[Dict[str, int]]) -> str:
     saved = 1 - stats["bytes_out"] / stats["bytes_in"]
     return (f"{saved:.1%} ({fmt_mib(stats['bytes_in'])} of packets -> {fmt_mib(stats['bytes_out'])} of frames; "
             f"{stats['compressed']} frames compressed, {stats['raw']} raw)")
+
+
+def fmt_latency(lat: Dict[str, float]) -> str:
+    """Input-to-state latency percentiles (µs) in one cell, with the count."""
+    if not lat.get("count"):
+        return "no INPUT acknowledged"
+    return (f"{lat['p50']:,.0f} / {lat['p95']:,.0f} / {lat['p99']:,.0f} / {lat['max']:,.0f} us over "
+            f"{lat['count']:,} INPUTs (includes the wait for the next tick)")
 
 
 def fmt_rtt(rtt: Dict[str, float]) -> str:

@@ -24,6 +24,8 @@ SECTIONS: Dict[str, str] = {
     "aggregate": "fastpacket.cli.bench.aggregate",
     "metrics": "fastpacket.cli.bench.metrics",
     "echo": "fastpacket.cli.bench.echo",
+    "tick": "fastpacket.cli.bench.tick",
+    "cluster": "fastpacket.cli.bench.cluster",
 }
 
 

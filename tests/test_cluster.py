@@ -1,0 +1,313 @@
+"""The bus on a real redis-server (tests/redis_server.py starts one per
+test on a free loopback port; a 3-node Redis Cluster for the sharded
+case): groups spanning servers, exactly once and in per-sender order,
+subscriptions following local membership, malformed messages, a bounded
+backlog, Redis unreachable at start, Redis lost and restarted mid-run.
+Every test runs on asyncio's default loop and on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+
+import pytest
+
+import fastpacket as fp
+from fastpacket import aio
+from tests.loops import recv_packets, run  # noqa: F401  (the fixture)
+from tests.redis_server import RedisCluster, RedisServer, free_port, require_redis
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(str(tmp_path / "redis")).start()
+    yield server
+    server.stop()
+
+
+async def _servers(url_or_buses, n=2, **kw):
+    """`n` servers on one bus, each relaying every burst to group "room"."""
+    out = []
+    for i in range(n):
+        holder = {}
+
+        def handler(session, batch, holder=holder):
+            holder["room"].send_batch(batch)
+
+        def on_connect(session, holder=holder):
+            holder["room"].add(session)
+
+        bus = url_or_buses[i] if isinstance(url_or_buses, list) else url_or_buses
+        srv = await aio.serve(handler, on_connect=on_connect, bus=bus, registry=fp.Registry(), **kw)
+        holder["room"] = srv.group("room")
+        out.append(srv)
+    return out
+
+
+async def _players(servers, per_server):
+    clients = []
+    for srv in servers:
+        for _ in range(per_server):
+            clients.append(await aio.connect("127.0.0.1", srv.port))
+    for srv in servers:
+        for _ in range(500):
+            if len(srv.group("room")) == per_server:
+                break
+            await asyncio.sleep(0.01)
+        assert len(srv.group("room")) == per_server
+        assert await srv.group("room").ready(5.0)
+    return clients
+
+
+def _check_exactly_once_in_order(got, senders, per_sender):
+    by_sender = {}
+    for p in got:
+        by_sender.setdefault(p.player_id, []).append(p.seq)
+    assert sorted(by_sender) == sorted(senders)
+    for sender, seqs in by_sender.items():
+        assert seqs == list(range(per_sender)), f"sender {sender}: {seqs[:20]}..."
+
+
+async def _close_all(clients, servers):
+    for c in clients:
+        c.close()
+    for s in servers:
+        await s.shutdown(5)
+
+
+def test_two_servers_one_group(run, redis_server):
+    """Players of one group on two servers: every packet reaches every
+    member exactly once, in each sender's order; nobody gets its own
+    server's publish twice."""
+    async def main():
+        servers = await _servers(redis_server.url)
+        clients = await _players(servers, 2)
+        per = 200
+        for i in range(per):
+            for k, c in enumerate(clients):
+                c.send(1, struct.pack("<I", i), player_id=k + 1, seq=i)
+            if i % 50 == 0:
+                await asyncio.sleep(0.01)
+        for c in clients:
+            got = await recv_packets(c, per * len(clients), timeout=20)
+            _check_exactly_once_in_order(got, range(1, len(clients) + 1), per)
+        with pytest.raises(asyncio.TimeoutError):  # and nothing more: no duplicate came late
+            await clients[0].recv(0.3)
+        for srv in servers:
+            st = srv.bus.stats
+            assert st["delivered_packets"] == per * 2 and st["published_packets"] == per * 2
+            assert st["dropped_packets"] == 0 and st["rejected"] == 0
+            # batching: fewer publishes than packets published
+            assert st["publishes"] <= st["published_packets"]
+            text = srv.options.registry.exposition()
+            assert "fastpacket_bus_published_packets_total 400.0" in text
+            assert "fastpacket_bus_delivered_packets_total 400.0" in text
+            assert "fastpacket_bus_subscriptions 1.0" in text and "fastpacket_bus_connected 1.0" in text
+        # group.send: each member's own seq, on every server
+        servers[0].group("room").send(7, b"hi", player_id=99)
+        for c in clients:
+            (p,) = [q for q in await recv_packets(c, 1) if q.type == 7]
+            assert (p.player_id, bytes(p.payload)) == (99, b"hi")
+        await _close_all(clients, servers)
+
+    run(main())
+
+
+def test_subscription_follows_local_members(run, redis_server):
+    async def main():
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis(port=redis_server.port)
+        (srv,) = await _servers(redis_server.url, n=1)
+        channel = srv.group("room").channel
+        assert channel == b"fastpacket:group:s:room" and srv.group(3).channel == b"fastpacket:group:i:3"
+
+        async def numsub():
+            return dict(await r.pubsub_numsub(channel))[channel]
+
+        assert await numsub() == 0
+        c = await aio.connect("127.0.0.1", srv.port)
+        for _ in range(500):
+            if await numsub() == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert await numsub() == 1
+        c.close()
+        for _ in range(500):
+            if await numsub() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await numsub() == 0  # the last member left: unsubscribed
+        await srv.shutdown(5)
+        await r.aclose()
+
+    run(main())
+
+
+def test_malformed_messages_are_rejected(run, redis_server):
+    async def main():
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis(port=redis_server.port)
+        servers = await _servers(redis_server.url, n=1)
+        clients = await _players(servers, 1)
+        channel = servers[0].group("room").channel
+        for junk in (b"", b"x" * 10, b"\x50\x46\x01\x00" + b"\xff" * 12, b"\x50\x46\x01\x01\x01\x00\x00\x00"
+                     + b"\x01" * 8 + b"\x05\x00\x00\x00" + b"\x00" * 7):
+            await r.publish(channel, junk)
+        for _ in range(500):
+            if servers[0].bus.stats["rejected"] == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert servers[0].bus.stats["rejected"] == 4
+        with pytest.raises(asyncio.TimeoutError):
+            await clients[0].recv(0.2)
+        clients[0].send(1, b"still fine")  # the server goes on
+        assert bytes((await recv_packets(clients[0], 1))[0].payload) == b"still fine"
+        await _close_all(clients, servers)
+        await r.aclose()
+
+    run(main())
+
+
+def test_backlog_is_bounded(run, redis_server):
+    async def main():
+        from fastpacket.cluster import RedisBus
+
+        bus = RedisBus(redis_server.url, max_backlog_bytes=200, probe_interval=0)
+        servers = await _servers([bus], n=1)
+        clients = await _players(servers, 1)
+        room = servers[0].group("room")
+        for i in range(20):  # 20 publishes of ~80 bytes in one iteration: most exceed the backlog
+            room.send(1, b"p" * 40)
+            servers[0]._hub.flush_dirty()
+        got = await recv_packets(clients[0], 20)
+        assert len(got) == 20  # local members get everything
+        st = bus.stats
+        assert st["dropped_packets"] > 0 and st["dropped_packets"] + st["published_packets"] <= 20
+        text = servers[0].options.registry.exposition()
+        assert 'fastpacket_bus_dropped_packets_total{reason="backlog"}' in text
+        await _close_all(clients, servers)
+
+    run(main())
+
+
+def test_unreachable_at_start(run):
+    require_redis()
+
+    async def main():
+        url = f"redis://127.0.0.1:{free_port()}/0"
+        t0 = time.monotonic()
+        with pytest.raises(fp.BusUnavailable, match="127.0.0.1") as info:
+            await aio.serve(lambda s, b: None, bus=url)
+        assert time.monotonic() - t0 < 10
+        assert info.value.url == url and url in str(info.value)
+        with pytest.raises(ValueError, match="redis://"):
+            await aio.serve(lambda s, b: None, bus="http://example")
+        with pytest.raises(TypeError, match="bus must be"):
+            await aio.serve(lambda s, b: None, bus=42)
+
+    run(main())
+
+
+def test_redis_restart(run, redis_server, caplog):
+    """Redis lost mid-run: local delivery goes on, cross-server sends are
+    dropped and counted, one log line per outage; after a restart on the
+    same port cross-server delivery resumes within 2 s."""
+    async def main():
+        servers = await _servers(redis_server.url)
+        clients = await _players(servers, 1)
+        a, b = clients
+        a.send(1, b"before", player_id=1)
+        assert [bytes(p.payload) for p in await recv_packets(b, 1)] == [b"before"]
+        assert [bytes(p.payload) for p in await recv_packets(a, 1)] == [b"before"]
+        redis_server.stop()
+        for _ in range(500):
+            if not servers[0].bus.connected and not servers[1].bus.connected:
+                break
+            await asyncio.sleep(0.01)
+        assert not servers[0].bus.connected
+        for i in range(50):
+            a.send(1, b"during", player_id=1)
+            await asyncio.sleep(0.002)
+        got = await recv_packets(a, 50)  # local delivery goes on
+        assert len(got) == 50
+        with pytest.raises(asyncio.TimeoutError):
+            await b.recv(0.2)
+        assert servers[0].bus.stats["dropped_packets"] == 50
+        text = servers[0].options.registry.exposition()
+        assert 'fastpacket_bus_dropped_packets_total{reason="disconnected"} 50.0' in text
+        assert "fastpacket_bus_connected 0.0" in text
+        redis_server.start()
+        back = time.monotonic()
+        while True:  # resumes within 2 s
+            a.send(1, b"after", player_id=1)
+            try:
+                got = await b.recv(0.05)
+            except asyncio.TimeoutError:
+                assert time.monotonic() - back < 2.0, "cross-server delivery did not resume within 2 s"
+                continue
+            assert [bytes(p.payload) for p in got][0] == b"after"
+            break
+        lost = [r for r in caplog.records if r.name == "fastpacket.cluster" and "lost Redis" in r.getMessage()]
+        assert len(lost) == 2  # one line per outage per server, not one per packet
+        assert servers[0].bus.stats["outages"] == 1
+        await _close_all(clients, servers)
+
+    with caplog.at_level(logging.WARNING, logger="fastpacket.cluster"):
+        run(main())
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    cluster = RedisCluster(str(tmp_path_factory.mktemp("cluster"))).start()
+    yield cluster
+    cluster.stop()
+
+
+def test_cluster_sharded(run, redis_cluster):
+    """A Redis Cluster URL: groups on the shards that own their channels'
+    slots (SSUBSCRIBE/SPUBLISH), delivered exactly once in order."""
+    async def main():
+        import redis.asyncio as aioredis
+
+        servers = []
+        for _ in range(2):
+            srv = await aio.serve(lambda s, b: None, bus=redis_cluster.url)
+            servers.append(srv)
+        names = [f"room:{i}" for i in range(12)]
+        nodes = {servers[0].bus._link_for(servers[0].group(n).channel).name for n in names}
+        assert len(nodes) == 3  # the groups spread over the three shards
+        clients = [await aio.connect("127.0.0.1", srv.port) for srv in servers]
+        for _ in range(500):
+            if all(len(srv.sessions) == 1 for srv in servers):
+                break
+            await asyncio.sleep(0.01)
+        members = [next(iter(srv.sessions)) for srv in servers]
+        for srv, m in zip(servers, members):
+            for n in names:
+                srv.group(n).add(m)
+        for srv in servers:
+            for n in names:
+                assert await srv.group(n).ready(5.0)
+        per = 20
+        for i in range(per):
+            for k, n in enumerate(names):
+                servers[0].group(n).send_batch(fp.PacketBatch.build([1], [b"x"], seqs=[i], player_ids=[k]))
+            await asyncio.sleep(0)
+        for c in clients:
+            got = await recv_packets(c, per * len(names), timeout=20)
+            _check_exactly_once_in_order(got, range(len(names)), per)
+        # the channels really are shard channels on their nodes
+        node = servers[1].bus._link_for(servers[1].group(names[0]).channel)
+        host, port = node.name.split(":")
+        r = aioredis.Redis(host=host, port=int(port))
+        assert servers[1].group(names[0]).channel in await r.pubsub_shardchannels()
+        await r.aclose()
+        await _close_all(clients, servers)
+
+    run(main())
