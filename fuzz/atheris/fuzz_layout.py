@@ -73,7 +73,9 @@ def expected_error(fields: List[Any], length_field: Any, adjustment: Any, byteor
         return ValueError
     if byteorder not in ("little", "big"):
         return ValueError
-    if not isinstance(adjustment, int) or abs(adjustment) > 1 << 32:
+    if not isinstance(adjustment, int):  # 1.0 or "0": never truncated (issue 14 item 6)
+        return TypeError
+    if abs(adjustment) > 1 << 32:
         return ValueError
     chosen = []
     for role, given in roles.items():

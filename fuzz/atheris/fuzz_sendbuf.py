@@ -256,7 +256,8 @@ def broadcast(sb: Any, spec: SendSpec, t: Any, payload: bytes, kind: str, raw_id
     if "player_id" not in fl.names:
         errors.add(ValueError)
     if t is not None and not (isinstance(t, int) and 0 <= t < U64_END):
-        errors |= {TypeError if not isinstance(t, int) else ValueError}
+        # a layout without a type field wants None; then a float is a TypeError, never truncated
+        errors.add(TypeError if isinstance(t, (float, str)) and fl.type_at is not None else ValueError)
     else:
         errors |= spec.type_errors(t, value=False)  # checked early, whatever the count
     count = len(values)
