@@ -114,6 +114,22 @@ def test_load_rate_mode_table_against_echo(served, tmp_path):
     assert code == 0, err
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_load_with_a_deep_window_of_large_payloads_against_echo(served, tmp_path, compress):
+    """Issue 14, finding 1: ``load --window 128 --payload 1000`` exited 1
+    (a read burst larger than the echo's 64 KiB send buffer closed the
+    session with "handler error"), with --compress on both ends too."""
+    flags = ["--compress"] if compress else []
+    s = served("--app", "echo", *flags)
+    r = run_cli(["load", "--port", str(s.port), "--seconds", "1", "--connections", "2", "--window", "128",
+                 "--payload", "1000", "--json", *flags], tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] and d["sent"] == d["echoed"] > 0
+    code, _, err = s.stop()
+    assert code == 0, err
+
+
 def test_demo_tick_json(tmp_path):
     r = run_cli(["demo", "--app", "tick", "--seconds", "1.5", "--connections", "40", "--hz", "50", "--json"],
                 tmp_path, timeout=120)
