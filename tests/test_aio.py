@@ -15,28 +15,9 @@ import pytest
 
 import fastpacket as fp
 from fastpacket import aio
+from tests.loops import run  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
-LOOPS = ["asyncio", "uvloop"]
-TEST_TIMEOUT = 60.0
-
-
-@pytest.fixture(params=LOOPS)
-def run(request):
-    """run(coro): runs the coroutine on a fresh loop of the parametrised kind."""
-    if request.param == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-
-    def runner(coro, timeout=TEST_TIMEOUT):
-        return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-    yield runner
-    loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
 
 
 def echo(session, batch):
@@ -446,6 +427,41 @@ def test_metrics_with_a_registry(run):
         await server.wait_closed()
 
     run(main())
+
+
+def test_packets_by_type_are_a_bounded_label(run):
+    # with handlers by type, each handled type has a series from the start;
+    # types without their own handler (the default handler's, unhandled ones)
+    # count under "other"; the series add up to packets_in_total
+    async def main():
+        reg = fp.Registry()
+        server = await aio.serve(handlers={1: echo, 7: echo}, handler=echo, host="127.0.0.1", port=0, registry=reg)
+        snap = reg.snapshot()
+        assert {k for k in snap if k.startswith("packets_by_type_total")} == {
+            'packets_by_type_total{type="1"}', 'packets_by_type_total{type="7"}',
+            'packets_by_type_total{type="other"}'}
+        client = await aio.connect("127.0.0.1", server.port)
+        client.send_batch(fp.PacketBatch.build([1, 7, 7, 300, 1, 9], [b"ab"] * 6))
+        await recv_packets(client, 6)
+        snap = reg.snapshot()
+        by_type = {t: snap[f'packets_by_type_total{{type="{t}"}}']["value"] for t in ("1", "7", "other")}
+        assert by_type == {"1": 2, "7": 2, "other": 2}
+        assert sum(by_type.values()) == snap["packets_in_total"]["value"] == 6
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+    async def many():
+        reg = fp.Registry()
+        server = await aio.serve(handlers={t: echo for t in range(200)}, host="127.0.0.1", port=0, registry=reg)
+        labels = [k for k in reg.snapshot() if k.startswith("packets_by_type_total")]
+        assert len(labels) == fp.metrics.MAX_TYPE_LABELS + 1
+        server.close()
+        await server.wait_closed()
+
+    run(many())
 
 
 def test_close_and_drop_reasons_are_bounded_labels(run):

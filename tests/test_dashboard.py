@@ -1,6 +1,6 @@
 """contrib/grafana/fastpacket.json: a Grafana dashboard (Grafana's
 dashboard JSON model) whose every PromQL expression names only series a
-real ``fastpacket serve --workers 2`` exposes, and that covers every family
+real ``fastpacket serve --workers 2 --bus URL relay`` exposes, and that covers every family
 the server records. (tests/test_prometheus.py also runs each expression on
 a real Prometheus.)"""
 
@@ -11,11 +11,14 @@ import json
 import os
 import re
 import socket
+import struct
 
 import pytest
 
 import fastpacket as fp
 from fastpacket import aio
+from fastpacket.apps.relay import JOIN, MOVE, MOVE_FORMAT
+from tests.redis_server import RedisServer, require_redis
 from tests.scrape import fetch, samples, total
 from tests.served import Served
 
@@ -89,24 +92,40 @@ def test_dashboard_model():
 
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
 def test_every_query_names_a_series_the_server_exposes(tmp_path):
+    # the relay (handlers by type) on a real Redis bus: every family a server
+    # can record is exposed, bus and packet types included
     dash = load_dashboard()
-    s = Served(["--workers", "2", "--metrics-port", "0", "echo"], tmp_path)
+    require_redis()
+    redis_server = RedisServer(str(tmp_path / "redis")).start()
+    s = Served(["--workers", "2", "--metrics-port", "0", "--bus", redis_server.url, "relay"], tmp_path)
     try:
         async def traffic():
-            clients = [await aio.connect("127.0.0.1", s.port) for _ in range(4)]
+            clients = []
+            for pid in range(1, 5):
+                c = await aio.connect("127.0.0.1", s.port)
+                c.send(JOIN, struct.pack("<I", 1), player_id=pid)
+                got = await c.recv(10.0)  # the JOIN comes back once the room is joined on every server
+                assert got is not None and [p.type for p in got] == [JOIN]
+                clients.append(c)
             for c in clients:
-                c.send_batch(fp.PacketBatch.build([1] * 10, [b"x" * 20] * 10))
-            for c in clients:
+                for i in range(10):
+                    c.send(MOVE, MOVE_FORMAT.pack(i, 0, 0, 0), player_id=1, seq=i)
+            for c in clients:  # each sees the 30 MOVEs of the other three
                 got = 0
-                while got < 10:
-                    got += len(await c.recv(10.0))
+                while got < 30:
+                    batch = await c.recv(10.0)
+                    assert batch is not None
+                    got += len(batch)
+            for c in clients:
                 c.close()
 
-        asyncio.run(asyncio.wait_for(traffic(), 30))
+        asyncio.run(asyncio.wait_for(traffic(), 60))
         text = fetch(s.metrics_url)
-        assert total(text, "fastpacket_packets_in_total") == 40
+        assert total(text, "fastpacket_packets_in_total") == 44
+        assert total(text, "fastpacket_packets_by_type_total") == 44
     finally:
         s.kill()
+        redis_server.stop()
     exposed = set(samples(text))
     used = set()
     for title, expr in expressions(dash):
@@ -119,7 +138,7 @@ def test_every_query_names_a_series_the_server_exposes(tmp_path):
             m = re.match(r"label_values\(\s*([a-zA-Z_:][\w:]*)", v["query"]["query"])
             assert m and m.group(1) in exposed, v["name"]
     # every family the server records is on the dashboard
-    for info in fp.metrics.SERVER_METRICS:
+    for info in fp.metrics.SERVER_METRICS + fp.metrics.BUS_METRICS:
         name = fp.metrics.exposition_name(info.name, info.kind)
         wanted = {name + "_bucket"} if info.kind == "metric" else {name}
         assert wanted <= used, f"{name} is on no panel"

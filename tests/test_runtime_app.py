@@ -405,3 +405,25 @@ def test_readme_app_and_a_client_pass_mypy_strict(game_dir):
                        timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Success: no issues found in 2 source files" in r.stdout
+
+
+MYPY_PACKAGE_CONFIG = """[mypy]
+[mypy-lz4,lz4.*,hdrh.*,zstandard]
+ignore_missing_imports = True
+"""
+
+
+def test_the_package_itself_type_checks(tmp_path):
+    # the library, its apps and CLI agree with their own stubs (.pyi) and
+    # annotations: mypy -p fastpacket on the installed package finds nothing
+    pytest.importorskip("mypy", reason="mypy is a test dependency (pip install '.[test]')")
+    (tmp_path / "mypy.ini").write_text(MYPY_PACKAGE_CONFIG, encoding="utf-8")
+    env = dict(os.environ)
+    package_dir = Path(fp.__file__).resolve().parent.parent
+    if "site-packages" not in package_dir.parts:  # an editable install: mypy cannot follow its import hook
+        env["MYPYPATH"] = str(package_dir)
+    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "--no-incremental",
+                        "--cache-dir", os.devnull, "-p", "fastpacket"], cwd=tmp_path, capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Success: no issues found" in r.stdout

@@ -19,6 +19,8 @@ cdef class Hub:
     cdef object _on_connect
     cdef object _on_close
     cdef object _metrics                # {name: registry metric}, or None
+    cdef dict _type_counters            # {type: packets_by_type_total counter}, or None
+    cdef object _type_other             # the counter of every other type
     cdef bint _any_async                # some handler is async: bursts go through the ordered path
     cdef bint _handler_async            # _handler is an async function
     cdef frozenset _async_types         # the types whose _handlers entry is async
@@ -65,6 +67,7 @@ cdef class Hub:
     cdef RingBuffer _lend_ring(self)
     cdef int _return_ring(self, RingBuffer ring) except -1
     cdef int _arm_trim(self) except -1
+    cdef int _count_type(self, object ptype, Py_ssize_t n) except -1
     cdef int _call_handler(self, object fn, SessionBase session, PacketBatch batch) except -1
     cdef int _flush_dirty(self) except -1
     cdef int _schedule_flush(self, bint soon) except -1

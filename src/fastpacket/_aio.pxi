@@ -130,6 +130,9 @@ cdef class Hub:
         self._on_connect = on_connect
         self._on_close = on_close
         self._metrics = metrics
+        if metrics is not None and "types" in metrics:
+            self._type_counters = metrics["types"]
+            self._type_other = metrics["type_other"]
         self._layout = _layout_arg(options.layout)
         self._aggregator = _aggregator_arg(options.aggregator)
         self._max_packet_size = options.max_packet_size
@@ -223,6 +226,13 @@ cdef class Hub:
         return len(self._rings)
 
     # -- the burst and its flushes --------------------------------------------
+
+    cdef int _count_type(self, object ptype, Py_ssize_t n) except -1:
+        # packets_by_type_total: one series per handled type, the rest under "other"
+        if self._type_counters is not None:
+            c = self._type_counters.get(ptype)
+            (self._type_other if c is None else c).inc(n)
+        return 0
 
     cdef int _call_handler(self, object fn, SessionBase session, PacketBatch batch) except -1:
         cdef uint64_t t0
@@ -826,6 +836,7 @@ cdef class SessionBase:
                     self._inbox.put_nowait(batch)
             else:
                 for ptype, group in batch.by_type().items():
+                    self._hub._count_type(ptype, len(group))
                     fn = self._handlers.get(ptype, self._handler)
                     if fn is None:
                         self._hub._count_drop("unhandled type", len(group))
@@ -853,6 +864,7 @@ cdef class SessionBase:
                 self._handle(self._handler, batch, hub._handler_async)
             else:
                 for ptype, group in batch.by_type().items():
+                    hub._count_type(ptype, len(group))
                     fn = self._handlers.get(ptype)
                     is_async = ptype in hub._async_types
                     if fn is None:

@@ -3,8 +3,8 @@
 # fastpacket.sendbuf, fastpacket.aggregate, fastpacket.metrics and
 # fastpacket.aio, which document them; the docstrings are on the classes.
 import asyncio
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set, Tuple, TypeVar,
-                    Union, overload)
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Literal, Mapping, Optional, Sequence, Set, Tuple,
+                    TypeVar, Union, overload)
 
 import numpy as np
 import numpy.typing as npt
@@ -358,7 +358,7 @@ class Hub:
         loop: asyncio.AbstractEventLoop,
         options: Any,
         handler: Optional[Callable[..., Any]],
-        handlers: Optional[Dict[int, Callable[..., Any]]],
+        handlers: Optional[Mapping[int, Callable[..., Any]]],
         *,
         on_connect: Optional[Callable[[Any], Any]] = None,
         on_close: Optional[Callable[[Any], Any]] = None,
@@ -461,7 +461,7 @@ class SessionBase:
     async def recv(self, timeout: Optional[float] = None) -> Optional[PacketBatch]: ...
     async def wait_closed(self) -> Optional[str]: ...
 
-def _broadcast(targets: Iterable[Any], ptype: int, payload: BytesLike, player_id: int,
+def _broadcast(targets: Iterable[Any], ptype: Optional[int], payload: BytesLike, player_id: int,
                skip: Optional[SessionBase]) -> int: ...
 def _scatter(sessions: Iterable[Any], type: int, records: Records, player_ids: Optional[IntValues], index: Any,
              starts: Any, flush: bool) -> int: ...

@@ -148,7 +148,7 @@ from fastpacket._native import Group, Hub, SessionBase, _broadcast, _broadcast_a
 from fastpacket.aggregate import MAX_RAW_SIZE, Aggregator
 from fastpacket.framing import DEFAULT_MAX_PACKET_SIZE, MAX_PACKET_SIZE, PacketBatch
 from fastpacket.layout import GAME, HeaderLayout
-from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS, Registry
+from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS, MAX_TYPE_LABELS, Registry
 from fastpacket.sendbuf import DEFAULT_FILL_RATIO, DEFAULT_MAX_BYTES
 
 __all__ = ["serve", "serve_unix", "connect", "connect_unix", "Session", "PacketServer", "Options", "Handler",
@@ -351,11 +351,22 @@ def _check_hook(fn: Optional[SessionHook], what: str) -> None:
                         f"start a task from it for async work")
 
 
-def _adapter_metrics(registry: Optional[Registry]) -> Optional[Dict[str, Any]]:
-    """The registry metrics the adapter records into, by role (None without a registry)."""
+def _adapter_metrics(registry: Optional[Registry],
+                     handlers: Optional[Mapping[int, Handler]] = None) -> Optional[Dict[str, Any]]:
+    """The registry metrics the adapter records into, by role (None without a
+    registry). With `handlers` by type, ``packets_by_type_total{type}`` has a
+    series per handled type (the first MAX_TYPE_LABELS of them in order) and
+    one, ``type="other"``, for every other type: a bounded label set."""
     if registry is None:
         return None
-    return {
+    by_type: Dict[str, Any] = {}
+    if handlers:
+        family = "packets_by_type_total"
+        by_type = {
+            "types": {t: registry.counter(family, {"type": str(t)}) for t in sorted(handlers)[:MAX_TYPE_LABELS]},
+            "type_other": registry.counter(family, {"type": "other"}),
+        }
+    return {**by_type,
         "connections": registry.gauge("connections"),
         "connections_total": registry.counter("connections_accepted_total"),
         "packets_in": registry.counter("packets_in_total"),
@@ -396,7 +407,7 @@ def _new_hub(handler: Optional[Handler], handlers: Optional[Mapping[int, Handler
     _check_hook(on_connect, "on_connect")
     _check_hook(on_close, "on_close")
     return Hub(asyncio.get_running_loop(), options, handler, handlers, on_connect=on_connect, on_close=on_close,
-               metrics=_adapter_metrics(options.registry),
+               metrics=_adapter_metrics(options.registry, handlers),
                async_handler=handler is not None and is_async_handler(handler), async_types=async_types,
                bus=bus)
 
@@ -726,9 +737,10 @@ async def serve(
     if handler is None and not handlers:
         raise TypeError("serve() needs a handler or handlers")
     hub = _new_hub(handler, handlers, options, on_connect, on_close, _bus_arg(bus))
-    server = await hub.loop.create_server(lambda: Session(hub), host, port, ssl=ssl, sock=sock, backlog=backlog,
-                                          reuse_port=reuse_port or None, ssl_handshake_timeout=ssl_handshake_timeout,
-                                          start_serving=start_serving)
+    loop: Any = hub.loop  # typeshed's overloads split (host, port) from sock; the checks above keep them apart
+    server = await loop.create_server(lambda: Session(hub), host, port, ssl=ssl, sock=sock, backlog=backlog,
+                                      reuse_port=reuse_port or None, ssl_handshake_timeout=ssl_handshake_timeout,
+                                      start_serving=start_serving)
     return await _start_bus(PacketServer(server, hub))
 
 
@@ -833,7 +845,7 @@ async def connect(
     of the loop iteration (requests are not held back). The remaining
     keywords are the fields of ``Options``."""
     session = _client_session(handler, handlers, _options(locals()))
-    loop = asyncio.get_running_loop()
+    loop: Any = asyncio.get_running_loop()  # typeshed's overloads split (host, port) from sock
     await loop.create_connection(lambda: session, host, port, ssl=ssl, server_hostname=server_hostname, sock=sock,
                                  local_addr=local_addr, ssl_handshake_timeout=ssl_handshake_timeout)
     return session

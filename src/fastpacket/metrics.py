@@ -127,6 +127,7 @@ __all__ = [
     "exposition_name",
     "process_readings",
     "reason_label",
+    "MAX_TYPE_LABELS",
     "start_http_server",
     "unit_of",
 ]
@@ -204,6 +205,9 @@ SERVER_METRICS: Tuple[MetricInfo, ...] = (
     MetricInfo("connections", "gauge", (), "Open connections."),
     MetricInfo("connections_accepted_total", "counter", (), "Connections accepted (refused ones included)."),
     MetricInfo("packets_in_total", "counter", (), "Packets received and admitted (after rate limiting)."),
+    MetricInfo("packets_by_type_total", "counter", ("type",),
+               "Packets received and admitted, by type (servers with handlers by type; the first "
+               "MAX_TYPE_LABELS handled types each have a series, every other type counts under \"other\")."),
     MetricInfo("packets_out_total", "counter", (), "Packets written."),
     MetricInfo("bytes_in_total", "counter", (), "Bytes received."),
     MetricInfo("bytes_out_total", "counter", (),
@@ -244,6 +248,9 @@ BUS_METRICS: Tuple[MetricInfo, ...] = (
 BUS_DROP_REASONS = frozenset({"disconnected", "backlog"})
 _SERVER_HELP = {m.name: m.help for m in SERVER_METRICS + BUS_METRICS}
 
+#: Most packet types ``packets_by_type_total{type}`` labels one by one (the
+#: lowest handled types); the others count under ``type="other"``.
+MAX_TYPE_LABELS = 64
 #: The label values ``closes_total{reason}`` takes (reason_label folds any other into "other").
 CLOSE_REASONS = frozenset({
     "peer_closed", "server_shutdown", "idle_timeout", "rate_limit_exceeded", "protocol_error",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
@@ -31,20 +30,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 def run_cli(args, tmp_path, timeout=60):
     return subprocess.run(CMD + args, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def served(tmp_path):
-    started = []
-
-    def start(*args):
-        s = Served(list(args), tmp_path)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.kill()
 
 
 # ---------------------------------------------------------------------------

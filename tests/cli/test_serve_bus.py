@@ -21,7 +21,7 @@ from fastpacket.apps.relay import JOIN, MOVE, MOVE_FORMAT
 from tests.loops import run  # noqa: F401  (the fixture)
 from tests.redis_server import RedisServer, free_port, require_redis
 from tests.scrape import fetch, total
-from tests.served import CMD, Served
+from tests.served import CMD
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -31,20 +31,6 @@ def redis_server(tmp_path):
     server = RedisServer(str(tmp_path / "redis")).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def served(tmp_path):
-    started = []
-
-    def start(*args):
-        s = Served(list(args), tmp_path)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.kill()
 
 
 def run_cli(args, tmp_path, timeout=120):

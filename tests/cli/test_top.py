@@ -162,6 +162,38 @@ def test_render_rates_percentiles_and_reasons():
     assert "no fastpacket series" in render("empty", Reading(0.0), Reading(1.0))
 
 
+def test_render_packet_types_and_the_bus():
+    reg = fp.Registry()
+    w0, w1 = reg.with_labels(worker="0"), reg.with_labels(worker="1")
+    for w in (w0, w1):
+        w.gauge("connections").set(1)
+        w.counter("packets_in_total")
+        w.gauge("bus_connected").set(1)
+        w.counter("bus_published_packets_total")
+        w.counter("bus_delivered_packets_total")
+        w.metric("bus_rtt_ns")
+    w1.gauge("bus_connected").set(0)
+    r0 = parse_exposition(reg.exposition(), 10.0)
+    w0.counter("packets_by_type_total", {"type": "1"}).inc(400)
+    w1.counter("packets_by_type_total", {"type": "other"}).inc(20)
+    w0.counter("bus_published_packets_total").inc(300)
+    w1.counter("bus_delivered_packets_total").inc(100)
+    w0.metric("bus_rtt_ns").record_many([500_000] * 10)
+    w1.counter("bus_dropped_packets_total", {"reason": "disconnected"}).inc(7)
+    r1 = parse_exposition(reg.exposition(), 12.0)
+    out = render("test", r0, r1)
+    assert "packets/s in by type: 1 200.0, other 10.0" in out
+    bus = [line for line in out.splitlines() if line.startswith("bus: ")]
+    assert len(bus) == 1, out
+    assert "connected 1/2" in bus[0] and "published 150.0 pkts/s" in bus[0] and "other servers 50.0 pkts/s" in bus[0]
+    assert "rtt p50 " in bus[0] and "rtt p50 -" not in bus[0] and "dropped 7 (+7)" in bus[0]
+    # a server without a bus or handlers by type shows neither line
+    plain = fp.Registry()
+    plain.counter("packets_in_total")
+    out = render("plain", parse_exposition(plain.exposition(), 0.0), parse_exposition(plain.exposition(), 1.0))
+    assert "bus:" not in out and "by type" not in out
+
+
 def test_top_help_lists_the_command():
     r = subprocess.run([sys.executable, "-m", "fastpacket", "--help"], capture_output=True, text=True, timeout=60)
     assert "top" in r.stdout

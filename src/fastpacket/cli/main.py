@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Coroutine, Dict, Literal, Optional, Sequence, Tuple, TypeVar
 
 from fastpacket import __version__
 
@@ -22,12 +22,14 @@ __all__ = ["build_parser", "main", "load_kwargs", "input_load_kwargs", "check_lo
 
 #: Players a load (and the demo) plays when --connections is not given: the
 #: relay's movement load, the tick app's input load.
+T = TypeVar("T")
+
 DEFAULT_CONNECTIONS = {"move": 50, "input": 1000}
 #: INPUTs per second per player of the input load when --rate is not given.
 DEFAULT_INPUT_RATE = 30.0
 
 
-def loop_kind(args: argparse.Namespace) -> str:
+def loop_kind(args: argparse.Namespace) -> Literal["asyncio", "uvloop"]:
     """The event loop kind the --uvloop flag asks for."""
     return "uvloop" if getattr(args, "uvloop", False) else "asyncio"
 
@@ -105,6 +107,21 @@ def check_load_args(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
+def _run_load(args: argparse.Namespace, progress: Progress, load: Coroutine[Any, Any, T]) -> Optional[T]:
+    """Runs a load coroutine on the loop --uvloop asks for; None (the reason
+    printed) when it could not connect."""
+    loop = new_event_loop(loop_kind(args))
+    try:
+        return loop.run_until_complete(load)
+    except ConnectionError as exc:
+        progress.clear()
+        print(f"fastpacket load: {exc}", file=sys.stderr)
+        return None
+    finally:
+        progress.clear()
+        loop.close()
+
+
 def _cmd_load(args: argparse.Namespace) -> int:
     from fastpacket.cli.loadgen import move_load
 
@@ -127,17 +144,10 @@ def _cmd_load(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fastpacket load: {exc}", file=sys.stderr)
         return USAGE
-    loop = new_event_loop(loop_kind(args))
-    try:
-        result = loop.run_until_complete(move_load(args.host, args.port, on_progress=on_progress,
-                                                   servers=servers, **load_kwargs(args)))
-    except ConnectionError as exc:
-        progress.clear()
-        print(f"fastpacket load: {exc}", file=sys.stderr)
+    result = _run_load(args, progress, move_load(args.host, args.port, on_progress=on_progress, servers=servers,
+                                                 **load_kwargs(args)))
+    if result is None:
         return FAILED
-    finally:
-        loop.close()
-    progress.clear()
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -205,17 +215,10 @@ def _cmd_input_load(args: argparse.Namespace) -> int:
         progress.show(f"{p['elapsed']:5.1f}/{args.seconds:g} s  {format_rate(p['sent'] / e)} INPUTs/s sent  "
                       f"{format_rate(p['states'] / e)} STATEs/s received  {p['connections']} connections")
 
-    loop = new_event_loop(loop_kind(args))
-    try:
-        result = loop.run_until_complete(input_load(args.host, args.port, on_progress=on_progress,
-                                                    **input_load_kwargs(args)))
-    except ConnectionError as exc:
-        progress.clear()
-        print(f"fastpacket load: {exc}", file=sys.stderr)
+    result = _run_load(args, progress, input_load(args.host, args.port, on_progress=on_progress,
+                                                  **input_load_kwargs(args)))
+    if result is None:
         return FAILED
-    finally:
-        loop.close()
-    progress.clear()
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

@@ -1,7 +1,8 @@
 """``fastpacket top``: a live terminal view of a running server, read from
 its ``/metrics`` URL or its shared metrics file (``fastpacket serve
 --metrics-file PATH``): per worker, packets/s and MB/s in and out, open
-connections, handler p50/p99, CPU and RSS; closes and drops by reason.
+connections, handler p50/p99, CPU and RSS; closes and drops by reason;
+packets by type and the bus (published, delivered, round trip, drops) where the server has them.
 
 Both sources go through one path: the file is read through
 ``Registry.open(path).exposition()``, the same text the URL serves, and
@@ -229,6 +230,33 @@ def render(title: str, r0: Reading, r1: Reading, namespace: str = "fastpacket") 
         parts = [f"{k} {v:.0f} (+{v - before.get(k, 0.0):.0f})"
                  for k, v in sorted(now.items(), key=lambda kv: -kv[1]) if v > 0]
         lines.append(f"{what}: {', '.join(parts) if parts else 'none'}")
+    by_type1, by_type0 = _by_label(r1, ns + "packets_by_type_total", "type"), \
+        _by_label(r0, ns + "packets_by_type_total", "type")
+    if by_type1:
+        rates = {t: (v - by_type0.get(t, 0.0)) / dt for t, v in by_type1.items()}
+        order = sorted(rates, key=lambda t: (-rates[t], t))
+        lines.append("packets/s in by type: " + ", ".join(f"{t} {format_rate(rates[t])}" for t in order))
+    connected = _sum_by_worker(r1, ns + "bus_connected")
+    if connected:
+        pub, dlv = rate("bus_published_packets_total"), rate("bus_delivered_packets_total")
+        rtt1, rtt0 = _buckets_by_worker(r1, ns + "bus_rtt_seconds"), _buckets_by_worker(r0, ns + "bus_rtt_seconds")
+        window = _delta(_merge(list(rtt1.values())), _merge(list(rtt0.values())))
+        if not window or max(window.values()) <= 0:
+            window = _merge(list(rtt1.values()))  # no probe came back in the interval: since the start
+        rtt50, rtt99 = (fmt_seconds(quantile(q, window)) if window and max(window.values()) > 0 else "-"
+                        for q in (0.50, 0.99))
+        drops = sum(_by_label(r1, ns + "bus_dropped_packets_total", "reason").values())
+        drops0 = sum(_by_label(r0, ns + "bus_dropped_packets_total", "reason").values())
+        outages = sum(_sum_by_worker(r1, ns + "bus_outages_total").values())
+
+        def total_rate(d: Dict[str, Optional[float]]) -> str:
+            vals = list(d.values())
+            return "-" if not vals or any(v is None for v in vals) else format_rate(sum(v for v in vals if v))
+
+        lines.append(f"bus: connected {sum(1 for v in connected.values() if v >= 1)}/{len(connected)}, "
+                     f"published {total_rate(pub)} pkts/s, delivered from other servers {total_rate(dlv)} pkts/s, "
+                     f"rtt p50 {rtt50} p99 {rtt99}, dropped {drops:.0f} (+{drops - drops0:.0f}), "
+                     f"outages {outages:.0f}")
     if stale:
         lines.append("* since the start: no handler call in the last interval")
     return "\n".join(lines)
