@@ -202,25 +202,34 @@ static void aggregate_allowance() {
     CHECK(encode_header(l, agg.data(), v, agg.size() - 12) == EncodeError::none);
     v.type = 1;
     CHECK(encode_header(l, plain.data(), v, plain.size() - 12) == EncodeError::none);
-    FrameDecoder dec(l, 1024, 4096);
-    CHECK(dec.max_packet_size() == 1024 && dec.frame_limit() == 4096);
-    Decoded d = feed_all(dec, {agg});
-    CHECK(!d.error && d.types.size() == 1 && d.types[0] == kAggregateType);
-    for (std::size_t cut : {std::size_t{3000}, std::size_t{12}, std::size_t{5}}) {
-        FrameDecoder p(l, 1024, 4096);
-        std::vector<std::vector<std::uint8_t>> chunks;
-        chunks.emplace_back(plain.begin(), plain.begin() + static_cast<std::ptrdiff_t>(cut));
-        if (cut < 12) chunks.emplace_back(plain.begin() + static_cast<std::ptrdiff_t>(cut), plain.begin() + 12);
-        Decoded e = feed_all(p, chunks);
-        CHECK(e.error && e.info.kind == FrameError::too_large && e.info.frame_size == 3000);
-        CHECK(p.pending() <= 12);  // the header at most, never its payload
+    for (bool indexed : {false, true}) {  // the two-pass scan and the one-pass scan + index
+        FrameDecoder dec(l, 1024, 4096);
+        CHECK(dec.max_packet_size() == 1024 && dec.frame_limit() == 4096);
+        Decoded d = feed_all(dec, {agg}, indexed);
+        CHECK(!d.error && d.types.size() == 1 && d.types[0] == kAggregateType);
+        for (std::size_t cut : {std::size_t{3000}, std::size_t{12}, std::size_t{5}}) {
+            FrameDecoder p(l, 1024, 4096);
+            std::vector<std::vector<std::uint8_t>> chunks;
+            chunks.emplace_back(plain.begin(), plain.begin() + static_cast<std::ptrdiff_t>(cut));
+            if (cut < 12) chunks.emplace_back(plain.begin() + static_cast<std::ptrdiff_t>(cut), plain.begin() + 12);
+            Decoded e = feed_all(p, chunks, indexed);
+            CHECK(e.error && e.info.kind == FrameError::too_large && e.info.frame_size == 3000);
+            CHECK(p.pending() <= 12);  // the header at most, never its payload
+        }
+        // an aggregate, then a plain packet over max_packet_size in the same feed
+        std::vector<std::uint8_t> both(agg);
+        both.insert(both.end(), plain.begin(), plain.begin() + 12);
+        FrameDecoder r(l, 1024, 4096);
+        Decoded g = feed_all(r, {both}, indexed);
+        CHECK(g.error && g.types.size() == 1 && g.info.frame_size == 3000 && g.info.stream_offset == 3000);
+        std::vector<std::uint8_t> huge(12, 0);
+        HeaderValues h;
+        h.type = kAggregateType;
+        CHECK(encode_header(l, huge.data(), h, 5000 - 12) == EncodeError::none);
+        FrameDecoder q(l, 1024, 4096);
+        Decoded f = feed_all(q, {huge}, indexed);
+        CHECK(f.error && f.info.kind == FrameError::too_large && f.info.frame_size == 5000);  // over frame_limit
     }
-    std::vector<std::uint8_t> huge(12, 0);
-    v.type = kAggregateType;
-    CHECK(encode_header(l, huge.data(), v, 5000 - 12) == EncodeError::none);
-    FrameDecoder q(l, 1024, 4096);
-    Decoded f = feed_all(q, {huge});
-    CHECK(f.error && f.info.kind == FrameError::too_large && f.info.frame_size == 5000);  // over frame_limit
 }
 
 static void garbage(const Layout& l, unsigned seed) {
