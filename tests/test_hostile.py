@@ -9,6 +9,7 @@ its peak RSS, reset before the attack). Every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import queue
@@ -49,6 +50,8 @@ ATTACK_WORKERS = 64
 #: Seconds the server's RSS may take to come back after an attack: two of
 #: its pool trims (fastpacket.aio trims every 5 s while there is work).
 SETTLE_S = 11.0
+#: Seconds between two connects while the machine is out of ephemeral ports.
+PORT_RETRY_S = 0.05
 
 
 class HostileServer:
@@ -242,11 +245,22 @@ def attack(hostile, body, *, peak_kib=PEAK_BOUND_KIB):
 
 
 async def raw(loop, port):
-    sock = socket.socket()
-    sock.setblocking(False)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), WAIT_S)
-    return sock
+    """A connected non-blocking socket. Out of ephemeral ports for a moment
+    (EADDRNOTAVAIL: other jobs on the machine open connections too), it
+    retries until WAIT_S is over."""
+    deadline = loop.time() + WAIT_S
+    while True:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), WAIT_S)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRNOTAVAIL or loop.time() > deadline:
+                raise
+        await asyncio.sleep(PORT_RETRY_S)
 
 
 async def until_closed(loop, sock):
@@ -328,9 +342,11 @@ def test_many_distinct_bad_sizes_leave_memory_where_it_was(hostile):
             # once starve the well-behaved client on this loop for seconds
             for i in range(first, n, ATTACK_WORKERS):
                 sock = await raw(loop, port)
-                await loop.sock_sendall(sock, struct.pack("<HHII", MAX_PACKET + 1 + i % 60000, 1, i, 0))
-                await until_closed(loop, sock)
-                sock.close()
+                try:
+                    await loop.sock_sendall(sock, struct.pack("<HHII", MAX_PACKET + 1 + i % 60000, 1, i, 0))
+                    await until_closed(loop, sock)
+                finally:
+                    sock.close()
 
         await asyncio.gather(*(worker(k) for k in range(ATTACK_WORKERS)))
         deadline = loop.time() + WAIT_S
