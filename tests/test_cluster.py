@@ -311,3 +311,125 @@ def test_cluster_sharded(run, redis_cluster):
         await _close_all(clients, servers)
 
     run(main())
+
+
+def test_publish_refused_by_redis(run, redis_server, caplog):
+    """Redis answers a publish with an error (here an ACL that forbids
+    PUBLISH to the user of server A): the message is dropped and counted
+    (reason "error"), logged once, and the connection stays up: A still
+    receives what B publishes, and no outage is counted."""
+    async def main():
+        import redis.asyncio as aioredis
+        from fastpacket.cluster import RedisBus
+
+        r = aioredis.Redis(port=redis_server.port)
+        await r.execute_command("ACL", "SETUSER", "nopub", "on", "nopass", "~*", "&*", "+@all", "-publish")
+        bus_a = RedisBus(f"redis://nopub:any@127.0.0.1:{redis_server.port}/0", probe_interval=0)
+        servers = await _servers([bus_a, redis_server.url])
+        a, b = await _players(servers, 1)
+        for i in range(3):
+            a.send(1, b"from a", player_id=1, seq=i)
+            await asyncio.sleep(0.01)
+        assert len(await recv_packets(a, 3)) == 3  # local members get everything
+        for _ in range(500):
+            if bus_a.stats["dropped_packets"] == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert bus_a.stats["dropped_packets"] == 3 and bus_a.stats["published_packets"] == 0
+        with pytest.raises(asyncio.TimeoutError):
+            await b.recv(0.2)
+        b.send(1, b"from b", player_id=2)  # A's subscription is unaffected
+        assert [bytes(p.payload) for p in await recv_packets(a, 1)] == [b"from b"]
+        assert bus_a.connected and bus_a.stats["outages"] == 0
+        text = servers[0].options.registry.exposition()
+        assert 'fastpacket_bus_dropped_packets_total{reason="error"} 3.0' in text
+        refused = [rec for rec in caplog.records if "refused a publish" in rec.getMessage()]
+        assert len(refused) == 1 and "no permissions" in refused[0].getMessage()
+        await _close_all([a, b], servers)
+        await r.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="fastpacket.cluster"):
+        run(main())
+
+
+def test_messages_among_subscribe_confirmations(run, redis_server):
+    """Messages for a subscribed group arrive on the subscribed connection
+    while confirmations of other subscriptions are still coming back: each
+    is delivered exactly once, and every subscription is confirmed."""
+    async def main():
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis(port=redis_server.port)
+        servers = await _servers(redis_server.url)
+        a, b = await _players(servers, 1)
+        channel = servers[0].group("room").channel
+        # a real message of server B's for "room", captured off Redis
+        capture = r.pubsub()
+        await capture.subscribe(channel)
+        assert (await capture.get_message(timeout=5))["type"] == "subscribe"
+        servers[1].group("room").send(5, b"captured", player_id=7)
+        msg = None
+        deadline = time.monotonic() + 10
+        while msg is None or msg["type"] != "message":
+            assert time.monotonic() < deadline, "server B's publish never reached Redis"
+            msg = await capture.get_message(timeout=1)
+        await capture.aclose()
+        assert [bytes(p.payload) for p in await recv_packets(a, 1)] == [b"captured"]
+        (member,) = servers[0].sessions
+        names = [f"extra:{i}" for i in range(20)]
+        for i, name in enumerate(names):  # 20 SUBSCRIBEs, each with a message for "room" behind it
+            servers[0].group(name).add(member)
+            await r.publish(channel, msg["data"])
+        for name in names:
+            assert await servers[0].group(name).ready(5.0)
+        got = await recv_packets(a, len(names))
+        assert [bytes(p.payload) for p in got] == [b"captured"] * len(names)
+        with pytest.raises(asyncio.TimeoutError):
+            await a.recv(0.2)
+        assert servers[0].bus.stats["rejected"] == 0
+        await _close_all([a, b], servers)
+        await r.aclose()
+
+    run(main())
+
+
+def test_redis_stops_answering(run, redis_server, monkeypatch):
+    """A Redis that stops answering without closing the connection
+    (SIGSTOP): once a publish batch has waited REPLY_TIMEOUT_S for its
+    replies the link counts an outage and reconnects; after SIGCONT
+    cross-server delivery resumes."""
+    import signal
+
+    from fastpacket import cluster
+
+    monkeypatch.setattr(cluster, "REPLY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(cluster, "WATCH_INTERVAL_S", 0.05)
+
+    async def main():
+        servers = await _servers(redis_server.url)
+        a, b = await _players(servers, 1)
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            a.send(1, b"stalled", player_id=1)
+            assert len(await recv_packets(a, 1)) == 1
+            for _ in range(500):
+                if not servers[0].bus.connected:
+                    break
+                await asyncio.sleep(0.01)
+            assert not servers[0].bus.connected and servers[0].bus.stats["outages"] == 1
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while True:  # delivery resumes once Redis answers again
+            a.send(1, b"after", player_id=1)
+            try:
+                got = await b.recv(0.05)
+            except asyncio.TimeoutError:
+                assert time.monotonic() < deadline, "cross-server delivery did not resume"
+                continue
+            if b"after" in [bytes(p.payload) for p in got]:
+                break
+        assert servers[0].bus.connected
+        await _close_all([a, b], servers)
+
+    run(main())

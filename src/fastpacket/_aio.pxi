@@ -319,6 +319,11 @@ cdef class Hub:
         for g in dirty:
             if g._dirty:
                 self._publish_group(g)
+        if self.bus is not None:
+            try:
+                self.bus.flush()  # this iteration's publishes, written together now
+            except Exception:
+                _aio_log.exception("the bus failed to flush its publishes")
         return 0
 
     def deliver(self, group, data):

@@ -435,7 +435,7 @@ class Bus:
     ``unsubscribe(group)`` when its last one leaves, and ``publish(group,
     message, packets)`` at most once per group per loop iteration with
     every packet sent to that group in that iteration (a publish buffer
-    filling up publishes early). A message from another server goes to
+    filling up publishes early), then ``flush()`` once. A message from another server goes to
     ``server.deliver(group, message)``. ``publish`` must not block or
     raise: a bus that cannot carry a message drops and counts it.
     ``sender_id`` (a u64) is written into every message this server
@@ -470,6 +470,12 @@ class Bus:
     def publish(self, group: Group, message: bytes, packets: int) -> None:
         """Carry `message` (`packets` packets sent to `group`) to the other servers."""
         raise NotImplementedError
+
+    def flush(self) -> None:
+        """Called after the server published what a loop iteration sent to
+        its groups (one ``publish`` per group): a bus that buffers may send
+        it all now, in one write. Must not block or raise. The default does
+        nothing."""
 
 
 #: What ``serve(bus=...)`` takes: a Redis URL (a fastpacket.cluster.RedisBus

@@ -23,12 +23,22 @@ How it works:
 - a server skips its own messages (its members got the packets directly)
   and delivers the others' to its members natively: ``send`` packets with
   each member's own seq, ``send_batch`` packets byte for byte;
-- one publishing connection per Redis node, used by one task in order, so
-  what one server sends to a group reaches every member in the order it
-  was sent;
-- the publish backlog is bounded (``max_backlog_bytes``): past it, new
-  messages are dropped and counted (``bus_dropped_packets_total{reason=
-  "backlog"}``), never queued without end.
+- one publishing connection per Redis node, written in order, so what one
+  server sends to a group reaches every member in the order it was sent;
+  one batch of PUBLISH commands is in flight at a time (one write), and
+  what is published during its round trip goes in the next one;
+- the publish backlog (messages waiting to be published or for Redis's
+  reply) is bounded (``max_backlog_bytes``): past it, new messages are
+  dropped and counted (``bus_dropped_packets_total{reason="backlog"}``),
+  never queued without end; a publish Redis refuses (an ACL, a moved
+  slot) is dropped and counted too (``reason="error"``, logged once per
+  REFUSED_LOG_EVERY).
+
+The Redis side is redis-py's (connection set-up: URL, TLS, AUTH, SELECT;
+command packing) and hiredis's (parsing); the bus reads both connections
+of a node with loop callbacks, not through Pipeline and PubSub objects,
+whose per-message work (a task wake-up, timeouts, retries) cost more CPU
+than the rest of a cross-server delivery (see README, "Cluster").
 
 Guarantees: while Redis is reachable, every packet sent to a group reaches
 every member on every server exactly once, and the packets one server sends
@@ -49,7 +59,7 @@ groups spread over the shards. redis-py's asyncio cluster client
 plain connection pair (publish, subscribe) per primary node and picks it by
 the channel's key slot. (redis-py 8's ``ClusterPubSub`` reads the shards'
 connections by polling each in turn with a timeout, which adds latency to
-a real-time bus; one reader task per shard does not.) The bus maps slots
+a real-time bus; one reader per shard does not.) The bus maps slots
 to primaries when it starts and keeps that map: a slot that moves while it
 runs (resharding, a failover to a replica) is not followed; restart the
 servers after changing the cluster's layout.
@@ -92,9 +102,10 @@ log = logging.getLogger("fastpacket.cluster")
 
 #: Prefix of every channel the bus uses: servers share groups only within one namespace.
 DEFAULT_NAMESPACE = "fastpacket"
-#: Bytes of messages waiting to be published past which new ones are
-#: dropped (per Redis node): about 8 ms of a 1 GB/s link, far more than a
-#: healthy loopback Redis ever holds, small enough to bound memory.
+#: Bytes of messages waiting to be published (or for Redis's reply) past
+#: which new ones are dropped (per Redis node): about 8 ms of a 1 GB/s
+#: link, far more than a healthy loopback Redis ever holds, small enough
+#: to bound memory.
 DEFAULT_MAX_BACKLOG_BYTES = 8 << 20
 #: A message body of at least this many bytes is lz4-compressed when that
 #: saves 10% (the Aggregator's rule).
@@ -114,11 +125,23 @@ RECONNECT_MAX_S = 0.5
 CLOSE_DRAIN_S = 1.0
 #: ... looking this often, in seconds.
 CLOSE_POLL_S = 0.005
-#: Most messages one pipeline (one write, one round trip) carries.
-PIPELINE_MAX_MESSAGES = 512
+#: Seconds a publish batch may wait for its replies before the link
+#: counts Redis as lost and reconnects (redis-py's default socket timeout) ...
+REPLY_TIMEOUT_S = 5.0
+#: ... checked this often, in seconds (the connections themselves have no
+#: socket timeout: the subscribed one is idle by nature, and a timer around
+#: every read costs more than the read).
+WATCH_INTERVAL_S = 1.0
+#: A publish Redis refuses is logged on the first refusal and then every
+#: this many (a refusal is usually permanent: an ACL, a moved slot).
+REFUSED_LOG_EVERY = 1000
 #: URL schemes that name a Redis Cluster (sharded pub/sub).
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _PLAIN_SCHEMES = ("redis", "rediss", "unix")
+#: The Redis protocol the bus speaks: RESP2, whose pub/sub messages are
+#: plain replies (redis-py 8 defaults to RESP3, whose pushes it hands to a
+#: logging handler one by one).
+RESP_VERSION = 2
 _PROBE = struct.Struct("<QQ")  # sender id, send time (monotonic ns)
 _MISSING_EXTRA = ("the bus needs redis-py with hiredis: pip install 'fastpacket[redis]' "
                   "(or pip install 'redis[hiredis]')")
@@ -139,6 +162,7 @@ def mask_url(url: str) -> str:
 
 def _import_redis() -> Any:
     try:
+        import hiredis  # noqa: F401  (the bus parses with it)
         import redis.asyncio as aioredis
     except ImportError:
         return None
@@ -146,29 +170,48 @@ def _import_redis() -> Any:
 
 
 class _Link:
-    """The bus's connections to one Redis node: one client that publishes
-    (one task, in order) and one pub/sub connection that receives (one
-    task), the channels subscribed there, and the publish backlog."""
+    """The bus's connections to one Redis node: one that publishes and one
+    that is subscribed, the channels subscribed there, and the publish
+    backlog.
+
+    Both connections are opened, authenticated and set up by redis-py
+    (``make_connection().connect()``: URL, TLS, AUTH, SELECT), then read
+    by callbacks: each is handed to a protocol of the bus that feeds what
+    arrives to its own hiredis Reader and handles every reply parsed out
+    of one read at once, in that loop callback: no task wake-up, future or
+    coroutine per message, and the sends a delivery causes share the
+    server's end-of-iteration flush with what its own players sent in the
+    same iteration. Commands are packed by the connection
+    (``pack_command``/``pack_commands``) and written to the transport: one
+    batch of publishes in flight (one write, its replies matched in order),
+    what is published meanwhile sent as the next batch when the last reply
+    comes back. RESP2 (``protocol=2``): pub/sub messages are plain replies."""
 
     def __init__(self, bus: "RedisBus", name: str, kwargs: Dict[str, Any]) -> None:
         self.bus = bus
         self.name = name                      # host:port, for messages
         self.kwargs = kwargs                  # redis.asyncio.Redis(**kwargs) connects to the node
-        self.client: Any = None
-        self.pubsub: Any = None
+        self.client: Any = None               # redis.asyncio.Redis: URL, TLS and auth handling, PING
+        self.pub: Any = None                  # its Connection that publishes ...
+        self.sub: Any = None                  # ... and the one that is subscribed
+        self.pub_transport: Any = None        # their transports, read by _ReplyProtocol
+        self.sub_transport: Any = None
         self.wanted: Dict[bytes, Group] = {}  # channels subscribed (or to be) on this node
         self.confirmed: Set[bytes] = set()    # ... and confirmed by Redis
         self.waiters: Dict[bytes, List["asyncio.Future[bool]"]] = {}
-        self.queue: Deque[Tuple[bytes, bytes, int]] = collections.deque()  # (channel, message, packets)
+        # messages waiting to be written, then written and awaiting their
+        # replies, in order: (channel, message, packets)
+        self.queue: Deque[Tuple[bytes, bytes, int]] = collections.deque()
         self.queued_bytes = 0
-        self.control: Deque[Tuple[bool, bytes]] = collections.deque()  # (subscribe?, channel), in order
-        self.wake: Optional[asyncio.Event] = None
+        self.inflight: Deque[Tuple[bytes, bytes, int]] = collections.deque()
+        self.inflight_bytes = 0
+        self.last_reply_at = 0.0              # monotonic time of the last reply (or of a write after none)
+        self.lost: Optional["asyncio.Future[None]"] = None  # done when a connection of this link is lost
         self.connected = False
         self.lost_at: Optional[float] = None  # monotonic time of the outage, while down
         self.dropped_in_outage = 0
         self.runner: Optional["asyncio.Task[None]"] = None
-        self.tasks: List["asyncio.Task[None]"] = []
-        self.generation = 0                   # bumped when the connection goes: its writer stops
+        self.tasks: List["asyncio.Future[None]"] = []
 
     # -- connection ----------------------------------------------------------------
 
@@ -176,50 +219,59 @@ class _Link:
         """Open both connections, PING, subscribe to every wanted channel."""
         aioredis = self.bus._redis
         client = aioredis.Redis(**self.kwargs)
+        pub = sub = None
         try:
             await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
-            pubsub = client.pubsub()
-            channels = list(self.wanted)
-            probe = self.bus._probe_channel if self.bus._probe_link is self else None
-            if probe is not None:
-                channels.append(probe)
-            if channels:
-                await asyncio.wait_for(self._subscribe(pubsub, channels), CONNECT_TIMEOUT_S)
-            else:  # a pub/sub connection that holds no subscription yet: make it now
-                await asyncio.wait_for(pubsub.connect(), CONNECT_TIMEOUT_S)
+            pool = client.connection_pool
+            pub = pool.make_connection()
+            sub = pool.make_connection()
+            await asyncio.wait_for(pub.connect(), CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(sub.connect(), CONNECT_TIMEOUT_S)
+            lost: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+            pub_transport = await _take_transport(pub, _ReplyProtocol(self, lost, self._on_publish_reply))
+            sub_transport = await _take_transport(sub, _ReplyProtocol(self, lost, self._on_pubsub))
         except BaseException:
+            for conn in (sub, pub):
+                if conn is not None:
+                    await _disconnect_quietly(conn)
             await _close_quietly(client)
             raise
-        self.client = client
-        self.pubsub = pubsub
+        self.client, self.pub, self.sub = client, pub, sub
+        self.pub_transport, self.sub_transport = pub_transport, sub_transport
+        self.lost = lost
         self.confirmed.clear()
-        self.control.clear()  # the wanted set is subscribed as it is now
+        channels = list(self.wanted)
+        probe = self.bus._probe_channel if self.bus._probe_link is self else None
+        if probe is not None:
+            channels.append(probe)
+        if channels:  # confirmed as they come back
+            self._subscribe(channels)
         self.connected = True
 
-    async def _subscribe(self, pubsub: Any, channels: List[bytes]) -> None:
-        if self.bus.sharded:
-            # SSUBSCRIBE takes channels of one slot per call
-            for ch in channels:
-                await pubsub.ssubscribe(ch)
+    def _subscribe(self, channels: List[bytes]) -> None:
+        sub = self.sub
+        if self.bus.sharded:  # SSUBSCRIBE takes channels of one slot per command
+            self.sub_transport.writelines(sub.pack_commands([("SSUBSCRIBE", ch) for ch in channels]))
         else:
-            await pubsub.subscribe(*channels)
+            self.sub_transport.writelines(sub.pack_command("SUBSCRIBE", *channels))
 
-    async def _unsubscribe(self, pubsub: Any, channel: bytes) -> None:
-        if self.bus.sharded:
-            await pubsub.sunsubscribe(channel)
-        else:
-            await pubsub.unsubscribe(channel)
+    def _unsubscribe(self, channel: bytes) -> None:
+        self.sub_transport.writelines(self.sub.pack_command("SUNSUBSCRIBE" if self.bus.sharded else "UNSUBSCRIBE",
+                                                            channel))
 
     def start_tasks(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.wake = self.wake or asyncio.Event()
-        self.tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
-        self.runner = loop.create_task(self._supervise())
+        self._start_watch()
+        self.runner = asyncio.get_running_loop().create_task(self._supervise())
+
+    def _start_watch(self) -> None:
+        assert self.lost is not None
+        self.last_reply_at = time.monotonic()
+        self.tasks = [self.lost, asyncio.get_running_loop().create_task(self._watch())]
 
     async def _supervise(self) -> None:
-        """Waits for a task to fail (the connection is lost), then
-        reconnects with capped backoff until it is back, forever (until
-        the bus closes)."""
+        """Waits for the connection to be lost (or to stop answering),
+        then reconnects with capped backoff until it is back, forever
+        (until the bus closes)."""
         while not self.bus._closing:
             done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
             if self.bus._closing:
@@ -235,28 +287,19 @@ class _Link:
                     delay = min(delay * 2, RECONNECT_MAX_S)
                     continue
                 self._back()
-                loop = asyncio.get_running_loop()
-                self.tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
+                self._start_watch()
                 break
 
     async def _drop_connections(self, exc: Optional[BaseException]) -> None:
-        """The connection is lost: stop both tasks, close both connections,
-        drop what waits to be published (counted), log once."""
-        self.generation += 1
-        if self.wake is not None:
-            self.wake.set()
+        """The connection is lost: close both connections, drop what waits
+        to be published or awaits its reply (counted), log once."""
         await _stop_tasks(self.tasks)
         self.tasks = []
         was_connected = self.connected
         self.connected = False
         self.confirmed.clear()
         self.bus._update_connected()
-        pubsub, client = self.pubsub, self.client
-        self.pubsub = self.client = None
-        if pubsub is not None:
-            await _close_quietly(pubsub)
-        if client is not None:
-            await _close_quietly(client)
+        await self._disconnect()
         if was_connected:
             self.lost_at = time.monotonic()
             self.dropped_in_outage = 0
@@ -273,28 +316,36 @@ class _Link:
         self.lost_at = None
         self.bus._update_connected()
 
+    async def _watch(self) -> None:
+        """Ends (so the link reconnects) when publishes have waited for a
+        reply longer than REPLY_TIMEOUT_S: a Redis that stopped answering
+        without closing the connection. One timer per WATCH_INTERVAL_S
+        instead of a timeout around every read."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if self.inflight and time.monotonic() - self.last_reply_at > REPLY_TIMEOUT_S:
+                raise TimeoutError(f"no reply from Redis at {self.name} within {REPLY_TIMEOUT_S:g} s")
+
     # -- receive -----------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        """Reads the pub/sub connection: messages from other servers go to
-        the server (natively), probes are timed, confirmations noted."""
-        bus = self.bus
-        pubsub = self.pubsub
-        probe = bus._probe_channel
-        while True:
-            response = await pubsub.parse_response(block=True)
-            if not response:
-                continue
-            kind = response[0]
-            if kind == b"message" or kind == b"smessage":
-                channel, data = response[1], response[2]
-                group = self.wanted.get(channel)
-                if group is not None:
-                    bus._deliver(group, data)
-                elif channel == probe:
-                    bus._probe_back(data)
-            elif kind == b"subscribe" or kind == b"ssubscribe":
-                self._confirmed(response[1])
+    def _on_pubsub(self, reply: Any) -> None:
+        """A reply on the subscribed connection: a message from another
+        server goes to the server (natively), a probe is timed, a
+        confirmation noted."""
+        if type(reply) is not list or len(reply) < 3:
+            if isinstance(reply, Exception):  # a (un)subscribe refused (an ACL): the connection is fine
+                log.warning("bus: Redis at %s refused a subscription change: %s", self.name, reply)
+            return
+        kind = reply[0]
+        if kind == b"message" or kind == b"smessage":
+            channel = reply[1]
+            group = self.wanted.get(channel)
+            if group is not None:
+                self.bus._deliver(group, reply[2])
+            elif channel == self.bus._probe_channel:
+                self.bus._probe_back(reply[2])
+        elif kind == b"subscribe" or kind == b"ssubscribe":
+            self._confirmed(reply[1])
 
     def _confirmed(self, channel: bytes) -> None:
         if channel in self.wanted or channel == self.bus._probe_channel:
@@ -310,84 +361,100 @@ class _Link:
             self.dropped_in_outage += packets
             self.bus._count_drop("disconnected", packets, len(message))
             return
-        if self.queued_bytes + len(message) > self.bus.max_backlog_bytes:
+        if self.queued_bytes + self.inflight_bytes + len(message) > self.bus.max_backlog_bytes:
             self.bus._count_drop("backlog", packets, len(message))
             return
         self.queue.append((channel, message, packets))
         self.queued_bytes += len(message)
-        assert self.wake is not None
-        self.wake.set()
+        # written by flush(), once the server published every group of this iteration
+
+    def flush(self) -> None:
+        """Writes what is queued now, unless a batch is in flight (then it
+        goes when that batch's last reply comes back)."""
+        if self.queue and not self.inflight and self.connected:
+            self._send()
+
+    def _send(self) -> None:
+        """Writes the queued publishes, packed by the connection, in one
+        write; they await their replies in order. One batch is in flight at
+        a time: what is published meanwhile goes in the next batch, sent
+        when the last reply comes back (batches grow with the load, by a
+        Redis round trip at most, rather than one write per iteration)."""
+        batch = list(self.queue)
+        self.queue.clear()
+        if not self.inflight:
+            self.last_reply_at = time.monotonic()  # the watch times from the first write awaiting a reply
+        self.inflight.extend(batch)
+        self.inflight_bytes += self.queued_bytes
+        self.queued_bytes = 0
+        command = "SPUBLISH" if self.bus.sharded else "PUBLISH"
+        self.pub_transport.writelines(self.pub.pack_commands([(command, ch, msg) for ch, msg, _ in batch]))
+
+    def _on_publish_reply(self, reply: Any) -> None:
+        """The reply to the oldest publish in flight: published (counted),
+        or refused by Redis (an ACL that forbids it, a cluster slot that
+        moved): dropped and counted (reason "error"), logged on the first
+        and every REFUSED_LOG_EVERY-th refusal, not per message."""
+        if not self.inflight:
+            return  # a reply to no publish: nothing else is sent on this connection
+        channel, message, packets = self.inflight.popleft()
+        self.inflight_bytes -= len(message)
+        self.last_reply_at = time.monotonic()
+        if not self.inflight and self.queue:
+            self._send()  # the next batch: what was published during this one's round trip
+        bus = self.bus
+        if channel == bus._probe_channel:
+            return  # a probe is no group's traffic (a refused one: the next one tries again)
+        if not isinstance(reply, Exception):
+            bus._count_published(packets, len(message))
+            return
+        bus._count_drop("error", packets, len(message))
+        bus._refusals += 1
+        if bus._refusals == 1 or bus._refusals % REFUSED_LOG_EVERY == 0:
+            log.warning("bus: Redis at %s refused a publish to %s (%d refused so far; dropped, counted in "
+                        "bus_dropped_packets_total{reason=\"error\"}): %s", self.name,
+                        channel.decode(errors="replace"), bus._refusals, reply)
 
     def drop_queue(self, reason: str) -> None:
-        for _, message, packets in self.queue:
-            self.dropped_in_outage += packets
-            self.bus._count_drop(reason, packets, len(message))
-        self.queue.clear()
-        self.queued_bytes = 0
+        """Drops (and counts) what waits to be published or awaits its
+        reply: in flight when the connection broke, those Redis already
+        took may still reach the others (at most once)."""
+        for queue in (self.inflight, self.queue):
+            for _, message, packets in queue:
+                self.dropped_in_outage += packets
+                self.bus._count_drop(reason, packets, len(message))
+            queue.clear()
+        self.queued_bytes = self.inflight_bytes = 0
 
     def change_subscription(self, subscribe: bool, channel: bytes) -> None:
         if self.connected:
-            self.control.append((subscribe, channel))
-            assert self.wake is not None
-            self.wake.set()
+            if subscribe:
+                self._subscribe([channel])
+            else:
+                self._unsubscribe(channel)
         # while down: connect() subscribes to the wanted set as it is then
 
-    async def _write(self) -> None:
-        """Publishes the queue in order, a pipeline (one write, one round
-        trip) at a time, and applies subscription changes in order."""
-        bus = self.bus
-        client = self.client
-        pubsub = self.pubsub
-        command = "SPUBLISH" if bus.sharded else "PUBLISH"
-        assert self.wake is not None
-        wake = self.wake
-        generation = self.generation
-        while self.generation == generation:  # a new connection (or close) ends this writer
-            if not self.queue and not self.control:
-                wake.clear()
-                await wake.wait()
-                continue
-            while self.control:
-                subscribe, channel = self.control.popleft()
-                if subscribe:
-                    await self._subscribe(pubsub, [channel])
-                else:
-                    await self._unsubscribe(pubsub, channel)
-            if not self.queue:
-                continue
-            n = min(len(self.queue), PIPELINE_MAX_MESSAGES)
-            batch = [self.queue.popleft() for _ in range(n)]
-            for _, message, _ in batch:
-                self.queued_bytes -= len(message)
-            pipe = client.pipeline(transaction=False)
-            for channel, message, _ in batch:
-                pipe.execute_command(command, channel, message)
-            try:
-                await pipe.execute()
-            except BaseException:
-                for _, message, packets in batch:  # in flight when the connection broke: dropped
-                    self.dropped_in_outage += packets
-                    bus._count_drop("disconnected", packets, len(message))
-                raise
-            bus._count_published(batch)
+    async def _disconnect(self) -> None:
+        sub, pub, client = self.sub, self.pub, self.client
+        self.sub = self.pub = self.client = self.sub_transport = self.pub_transport = None
+        for conn in (sub, pub):
+            if conn is not None:
+                await _disconnect_quietly(conn)
+        if client is not None:
+            await _close_quietly(client)
 
     async def close(self) -> None:
         if self.runner is not None:
             self.runner.cancel()
         deadline = time.monotonic() + CLOSE_DRAIN_S
-        while self.queue and self.connected and time.monotonic() < deadline and all(not t.done() for t in self.tasks):
+        while ((self.queue or self.inflight) and self.connected and time.monotonic() < deadline
+               and all(not t.done() for t in self.tasks)):
             await asyncio.sleep(CLOSE_POLL_S)
-        self.generation += 1
-        if self.wake is not None:
-            self.wake.set()  # the writer sees it is done
         await _stop_tasks(self.tasks + ([self.runner] if self.runner is not None else []))
         self.tasks = []
-        self.drop_queue("disconnected")
         self.connected = False
-        for conn in (self.pubsub, self.client):
-            if conn is not None:
-                await _close_quietly(conn)
-        self.pubsub = self.client = None
+        self.drop_queue("disconnected")
+        await self._disconnect()
         for waiters in self.waiters.values():
             for fut in waiters:
                 if not fut.done():
@@ -395,11 +462,77 @@ class _Link:
         self.waiters.clear()
 
 
+class _ReplyProtocol(asyncio.Protocol):
+    """Reads one connection of a link once redis-py has set it up: what
+    arrives is fed to a hiredis Reader and every reply parsed out of it is
+    handed to `on_reply` in order, in this callback (an error reply as a
+    redis ResponseError instance). The connection closing, or bytes that
+    are not RESP, end the link's connection (`lost`)."""
+
+    def __init__(self, link: _Link, lost: "asyncio.Future[None]", on_reply: Any) -> None:
+        import hiredis
+        from redis.exceptions import InvalidResponse, ResponseError
+
+        self.link = link
+        self.lost = lost
+        self.on_reply = on_reply
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self.transport: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        on_reply = self.on_reply
+        reader.feed(data)
+        try:
+            while True:
+                reply = reader.gets()
+                if reply is False:  # hiredis: no complete reply left
+                    return
+                on_reply(reply)
+        except Exception as exc:
+            log.exception("bus: connection to Redis at %s failed", self.link.name)
+            self._lose(exc)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._lose(exc or ConnectionError(f"Redis at {self.link.name} closed the connection"))
+
+    def _lose(self, exc: BaseException) -> None:
+        if not self.lost.done():
+            self.lost.set_exception(exc)
+            self.lost.exception()  # retrieved here: the link's supervisor reports it
+
+
+async def _take_transport(conn: Any, protocol: _ReplyProtocol) -> Any:
+    """The transport of redis-py Connection `conn` (connected, handshake
+    done, nothing left to read), from now on read by `protocol`. redis-py
+    keeps the transport in its private ``_writer`` (an asyncio
+    StreamWriter) in every version the bus supports (5.0 on); a version
+    without it fails the bus's start with this message rather than
+    misbehaving."""
+    writer = getattr(conn, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is None or not hasattr(transport, "set_protocol"):
+        raise RuntimeError("this redis-py keeps no asyncio transport in Connection._writer: the bus cannot read "
+                           "its connections (use redis-py 5.0 to 8)")
+    # can_read (redis-py 5.3 on) was can_read_destructive before
+    can_read = getattr(conn, "can_read", None) or getattr(conn, "can_read_destructive", None)
+    if can_read is not None and await can_read():
+        raise RuntimeError("unexpected data on a new Redis connection")
+    protocol.transport = transport
+    transport.set_protocol(protocol)
+    return transport
+
+
 #: Seconds a stopping link waits for its tasks to end after cancelling them.
 STOP_TASKS_S = 1.0
 
 
-async def _stop_tasks(tasks: List["asyncio.Task[None]"]) -> None:
+async def _stop_tasks(tasks: List["asyncio.Future[None]"]) -> None:
     """Cancel `tasks` and wait for them (STOP_TASKS_S at most): redis-py
     may swallow a cancellation that lands while it awaits a socket, so the
     tasks also watch the bus's closing flag, and the wait is bounded."""
@@ -411,6 +544,15 @@ async def _stop_tasks(tasks: List["asyncio.Task[None]"]) -> None:
     for t in tasks:
         if t.done() and not t.cancelled():
             t.exception()  # retrieved: a connection error of a link going down is expected
+
+
+async def _disconnect_quietly(conn: Any) -> None:
+    try:
+        # nowait: the transport is read by a _ReplyProtocol now, and the
+        # StreamWriter's wait for its old protocol's close would not end
+        await asyncio.wait_for(conn.disconnect(nowait=True), CLOSE_DRAIN_S)
+    except BaseException:  # a connection to a Redis that is gone: nothing left to close cleanly
+        pass
 
 
 async def _close_quietly(conn: Any) -> None:
@@ -430,9 +572,10 @@ class RedisBus(Bus):
     `url`: ``redis://[[user]:password@]host:port/db`` (``rediss://`` for
     TLS, ``unix:///path``), or ``redis+cluster://host:port`` for a Redis
     Cluster (sharded pub/sub). `namespace` prefixes every channel.
-    `max_backlog_bytes` bounds the messages waiting to be published per
-    Redis node (past it they are dropped and counted); message bodies of
-    `compress_threshold` bytes or more are lz4-compressed when it pays;
+    `max_backlog_bytes` bounds the messages waiting to be published (or
+    for Redis's reply) per Redis node (past it they are dropped and
+    counted); message bodies of `compress_threshold` bytes or more are
+    lz4-compressed when it pays;
     every `probe_interval` seconds (0: never) a probe times the round trip
     through Redis. One RedisBus serves one server. BusUnavailable at
     start when Redis cannot be reached or redis-py is missing.
@@ -472,6 +615,7 @@ class RedisBus(Bus):
         self._links: Dict[str, _Link] = {}         # node name -> link
         self._link_of: Dict[bytes, _Link] = {}     # channel -> link
         self._closing = False
+        self._refusals = 0                         # publishes Redis answered with an error
         self._probe_channel = f"{namespace}:probe:{self.sender_id:016x}".encode()
         self._probe_link: Optional[_Link] = None
         self._probe_task: Optional["asyncio.Task[None]"] = None
@@ -602,9 +746,15 @@ class RedisBus(Bus):
 
     def publish(self, group: Group, message: bytes, packets: int) -> None:
         """Queue `message` for the group's channel (dropped and counted when
-        Redis is unreachable or the backlog is full)."""
+        Redis is unreachable or the backlog is full); flush() writes it."""
         channel = _channel_of(group)
         self._link_for(channel).publish(channel, message, packets)
+
+    def flush(self) -> None:
+        """Write what publish() queued this loop iteration: one write per
+        Redis node (or, while a batch is in flight there, with the next)."""
+        for link in self._links.values():
+            link.flush()
 
     async def wait_subscribed(self, group: Group, timeout: float = CONNECT_TIMEOUT_S) -> bool:
         """Wait until Redis confirmed this server's subscription to the
@@ -645,20 +795,17 @@ class RedisBus(Bus):
                 self._m["delivered_packets"].inc(n)
                 self._m["delivered_bytes"].inc(len(data))
 
-    def _count_published(self, batch: List[Tuple[bytes, bytes, int]]) -> None:
+    def _count_published(self, packets: int, nbytes: int) -> None:
         stats = self.stats
+        stats["publishes"] += 1
+        stats["published_packets"] += packets
+        stats["published_bytes"] += nbytes
         m = self._m
-        for channel, message, packets in batch:
-            if channel == self._probe_channel:
-                continue
-            stats["publishes"] += 1
-            stats["published_packets"] += packets
-            stats["published_bytes"] += len(message)
-            if m is not None:
-                m["publishes"].inc()
-                m["published_packets"].inc(packets)
-                m["published_bytes"].inc(len(message))
-                m["batch"].record(packets)
+        if m is not None:
+            m["publishes"].inc()
+            m["published_packets"].inc(packets)
+            m["published_bytes"].inc(nbytes)
+            m["batch"].record(packets)
 
     def _count_drop(self, reason: str, packets: int, nbytes: int) -> None:
         self.stats["dropped_packets"] += packets
@@ -685,6 +832,7 @@ class RedisBus(Bus):
             if link is not None and link.connected:
                 # through the publish queue: the probe times what a group send goes through
                 link.publish(self._probe_channel, _PROBE.pack(self.sender_id, time.monotonic_ns()), 0)
+                link.flush()
 
     def _probe_back(self, data: bytes) -> None:
         if len(data) != _PROBE.size:
@@ -754,7 +902,8 @@ def _client_kwargs(url: str) -> Dict[str, Any]:
     from redis.retry import Retry
 
     kwargs.update(socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
-                  health_check_interval=0, decode_responses=False, single_connection_client=False)
+                  health_check_interval=0, decode_responses=False, single_connection_client=False,
+                  protocol=RESP_VERSION, socket_timeout=None)
     return kwargs
 
 

@@ -235,7 +235,8 @@ BUS_METRICS: Tuple[MetricInfo, ...] = (
                "Packets received from other servers over the bus, delivered to this server's members."),
     MetricInfo("bus_delivered_bytes_total", "counter", (), "Bytes of the messages received from other servers."),
     MetricInfo("bus_dropped_packets_total", "counter", ("reason",),
-               "Packets not carried to other servers: the bus was disconnected, or its publish backlog full."),
+               "Packets not carried to other servers: the bus was disconnected, its publish backlog full, "
+               "or Redis refused the publish."),
     MetricInfo("bus_dropped_bytes_total", "counter", ("reason",), "Bytes of the messages dropped, by reason."),
     MetricInfo("bus_rejected_total", "counter", (), "Malformed messages received from the bus (none delivered)."),
     MetricInfo("bus_publish_batch_packets", "metric", (), "Packets per message published."),
@@ -245,7 +246,7 @@ BUS_METRICS: Tuple[MetricInfo, ...] = (
     MetricInfo("bus_outages_total", "counter", (), "Times the bus lost Redis."),
 )
 #: The label values ``bus_dropped_packets_total{reason}`` takes.
-BUS_DROP_REASONS = frozenset({"disconnected", "backlog"})
+BUS_DROP_REASONS = frozenset({"disconnected", "backlog", "error"})
 _SERVER_HELP = {m.name: m.help for m in SERVER_METRICS + BUS_METRICS}
 
 #: Most packet types ``packets_by_type_total{type}`` labels one by one (the

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from fastpacket.cli.bench._harness import Row
 
@@ -42,11 +42,16 @@ def _clock_ticks() -> int:
     return os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds_of(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (Linux /proc/PID/stat)."""
+def cpu_times_of(pid: int) -> Tuple[float, float]:
+    """(user, system) CPU seconds of process `pid` (Linux /proc/PID/stat)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()  # utime, stime (fields 14, 15)
+    return int(fields[11]) / _clock_ticks(), int(fields[12]) / _clock_ticks()  # utime, stime (fields 14, 15)
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (Linux /proc/PID/stat)."""
+    return sum(cpu_times_of(pid))
 
 
 def _free_port() -> int:
@@ -61,6 +66,7 @@ class _Proc:
     def __init__(self, args: List[str], cwd: str, ready: Optional[str] = None) -> None:
         self.proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.port = 0
+        self.metrics_port = 0
         if ready is not None:
             line = self._readline(START_TIMEOUT_S)
             m = re.search(ready, line)
@@ -68,6 +74,8 @@ class _Proc:
                 self.stop()
                 raise RuntimeError(f"{args[:4]} did not start: {line!r}")
             self.port = int(m.group(1))
+            metrics = re.search(r"metrics at http://127\.0\.0\.1:(\d+)/", line)
+            self.metrics_port = int(metrics.group(1)) if metrics else 0
 
     def _readline(self, timeout: float) -> str:
         assert self.proc.stdout is not None
@@ -118,29 +126,53 @@ def _redis(workdir: str) -> _Proc:
 
 def _serve(workdir: str, bus: Optional[str]) -> _Proc:
     args = [sys.executable, "-m", "fastpacket", "serve", "relay", "--port", "0"]
-    if bus:
-        args += ["--bus", bus]
+    if bus:  # its /metrics tell how many messages the bus published
+        args += ["--bus", bus, "--metrics-port", "0"]
     return _Proc(args, workdir, ready=r" on 127\.0\.0\.1:(\d+)")
+
+
+def _published(server: _Proc) -> Tuple[float, float]:
+    """(messages, packets) the bus of `server` published so far, from its /metrics."""
+    import urllib.request
+
+    if not server.metrics_port:
+        return 0.0, 0.0
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=START_TIMEOUT_S) as page:
+        text = page.read().decode()
+    out = []
+    for name in ("bus_publishes_total", "bus_published_packets_total"):
+        m = re.search(rf"^fastpacket_{name} (\S+)$", text, re.M)
+        out.append(float(m.group(1)) if m else 0.0)
+    return out[0], out[1]
 
 
 def _measure(servers: List[_Proc], others: List[_Proc], load: Dict[str, Any]) -> Dict[str, Any]:
     """One fixed-rate load against `servers`; the CPU seconds of every
-    process (servers, then `others`) over the sending phase."""
+    process (servers, then `others`) over the sending phase: "cpu" user +
+    system, "user" and "sys" apart."""
     from fastpacket.cli.loadgen import run_move_load
 
     procs = servers + others
-    marks: Dict[str, List[float]] = {}
+
+    marks: Dict[str, List[Tuple[float, float]]] = {}
 
     def start() -> None:
-        marks["t0"] = [cpu_seconds_of(p.pid) for p in procs]
+        marks["p0"] = [_published(s) for s in servers]
+        marks["t0"] = [cpu_times_of(p.pid) for p in procs]
 
     def stop() -> None:
-        marks["t1"] = [cpu_seconds_of(p.pid) for p in procs]
+        marks["t1"] = [cpu_times_of(p.pid) for p in procs]
+        marks["p1"] = [_published(s) for s in servers]
 
     r = run_move_load("127.0.0.1", 0, servers=[("127.0.0.1", s.port) for s in servers], on_start=start,
                       on_stop=stop, **load)
-    cpu = [b - a for a, b in zip(marks["t0"], marks["t1"])]
-    return {"result": r, "cpu": cpu}
+    user = [b[0] - a[0] for a, b in zip(marks["t0"], marks["t1"])]
+    sys_ = [b[1] - a[1] for a, b in zip(marks["t0"], marks["t1"])]
+    messages = sum(b[0] - a[0] for a, b in zip(marks["p0"], marks["p1"]))
+    packets = sum(b[1] - a[1] for a, b in zip(marks["p0"], marks["p1"]))
+    return {"result": r, "cpu": [u + k for u, k in zip(user, sys_)], "user": user, "sys": sys_,
+            "messages": messages, "packets": packets}
 
 
 def run(quick: bool = False) -> List[Row]:
@@ -196,6 +228,7 @@ def _rows(runs: Dict[str, List[Dict[str, Any]]], connections: int, rooms: int, r
     per_room = connections // rooms
     rows = []
     summary: Dict[str, Dict[str, float]] = {}
+    per_rep: Dict[str, List[float]] = {}
     for name, measured in runs.items():
         ins = _median([m["result"].sent_per_s for m in measured])
         outs = _median([m["result"].received_per_s for m in measured])
@@ -203,26 +236,37 @@ def _rows(runs: Dict[str, List[Dict[str, Any]]], connections: int, rooms: int, r
         p99 = _median([m["result"].rtt_us["p99"] for m in measured])
         delivered = [max(1, m["result"].sent * per_room) for m in measured]
         cpu_total = _median([sum(m["cpu"]) / d * 1e6 for m, d in zip(measured, delivered)])
-        per_proc = [_median([m["cpu"][i] / d * 1e6 for m, d in zip(measured, delivered)])
-                    for i in range(len(measured[0]["cpu"]))]
+        per_proc = [{k: _median([m[k][i] / d * 1e6 for m, d in zip(measured, delivered)])
+                     for k in ("cpu", "user", "sys")} for i in range(len(measured[0]["cpu"]))]
         bad = sum(m["result"].missing + m["result"].duplicates + m["result"].out_of_order for m in measured)
         check = "ok" if all(m["result"].delivery_checked for m in measured) and not bad else f"FAILED ({bad})"
         names = ["server"] if len(per_proc) == 1 else ["server A", "server B", "redis"]
-        cpu_text = ", ".join(f"{n} {v:.2f}" for n, v in zip(names, per_proc))
+        cpu_text = ", ".join(f"{n} {v['cpu']:.2f} = user {v['user']:.2f} + sys {v['sys']:.2f}"
+                             for n, v in zip(names, per_proc))
         summary[name] = {"p50": p50, "cpu": cpu_total}
+        per_rep[name] = [sum(m["cpu"]) / d * 1e6 for m, d in zip(measured, delivered)]
+        messages = sum(m.get("messages", 0.0) for m in measured)
+        bus_text = ""
+        if messages:
+            seconds = sum(m["result"].seconds for m in measured)
+            packets = sum(m.get("packets", 0.0) for m in measured)
+            bus_text = f"; bus {messages / seconds:,.0f} messages/s, {packets / messages:.1f} packets each"
         base = summary.get("1 server")
         # vs the single server: packets delivered per CPU-second of every process
         ratio = base["cpu"] / cpu_total if base is not None and name != "1 server" and cpu_total else None
         rows.append(Row("cluster", case, name, outs, "packets/s out", ratio=ratio,
                         extra=f"in {ins:,.0f}/s; RTT p50/p99 {p50:,.0f}/{p99:,.0f} µs; CPU µs per delivered "
-                              f"packet {cpu_total:.2f} ({cpu_text}); delivery {check}"))
+                              f"packet {cpu_total:.2f} ({cpu_text}){bus_text}; delivery {check}"))
     one, two = summary["1 server"], summary["2 servers + Redis"]
     # a MOVE reaches the per_room / 2 players of its room on the other server
     cross_share = (per_room // 2) / per_room
     added = (two["cpu"] - one["cpu"]) / cross_share if cross_share else float("nan")
+    # each repetition's own difference (the setups ran interleaved): the spread the median hides
+    reps = [(b - a) / cross_share for a, b in zip(per_rep["1 server"], per_rep["2 servers + Redis"])]
+    spread = f" (repetitions {min(reps):.1f}-{max(reps):.1f})" if len(reps) > 1 and cross_share else ""
     rows.append(Row("cluster", case, "bus cost", added, "CPU µs/packet across",
                     ratio=two["p50"] / one["p50"] if one["p50"] else None,
-                    extra="CPU added by the bus (both servers + Redis, less the single server) per MOVE "
-                          "delivered to a player on the other server; ratio: RTT p50, 2 servers / 1",
+                    extra=f"CPU added by the bus (both servers + Redis, less the single server) per MOVE "
+                          f"delivered to a player on the other server{spread}; ratio: RTT p50, 2 servers / 1",
                     target="<= 1 µs; p50 ratio <= 2"))
     return rows
