@@ -83,13 +83,6 @@ def check_unpack(fl: FuzzLayout, frame: Any, raw_limit: int, layout_argument: bo
     expect(agg.stats["unpacked"] == before["unpacked"] + 1, "stats did not count one unpacked frame")
 
 
-def by_type_bug(fl: FuzzLayout, batch: Any) -> bool:
-    """Known bug, avoided until fixed: by_type() of a batch of at most one
-    packet whose type field is a little-endian u64 raises ValueError
-    (tests/test_fuzz_regressions.py). Delete this guard with the fix."""
-    return len(batch) <= 1 and batch.types.dtype == "<u8"
-
-
 def frame_limit(fl: FuzzLayout, max_frame_size: Optional[int]) -> int:
     """Largest whole frame the layout's length field (and max_frame_size) allows."""
     field_max = fl.ref.field_max(fl.ref.length_field)
@@ -118,7 +111,7 @@ def check_pack(inp: Reader, fl: FuzzLayout, raw_limit: int, direct: bool) -> Non
     subset = mode >> 1 & 3
     if subset == 1:
         batch, packets = batch[::2], packets[::2]  # not back to back: the body is gathered
-    elif subset == 2 and fl.type_at is not None and len(batch) and not by_type_bug(fl, batch):
+    elif subset == 2 and fl.type_at is not None and len(batch):
         first = fl.row(packets[0])[fl.type_at]
         batch = batch.by_type()[first]
         packets = [p for p in packets if fl.row(p)[fl.type_at] == first]

@@ -847,7 +847,9 @@ def run(
     packets_per_s: Optional[float] = None, bytes_per_s: Optional[float] = None,
     rate_burst: Optional[float] = None, rate_policy: Optional[Literal["drop", "close"]] = None,
     idle_timeout: Optional[float] = None, max_connections: Optional[int] = None,
+    packet_timeout: Optional[float] = None,
     handler_queue_packets: Optional[int] = None, handler_queue_bytes: Optional[int] = None,
+    max_inflate_bytes: Optional[int] = None,
     bus: "BusArg" = None,
 ) -> None:
     """Serve `app` until SIGINT or SIGTERM, then stop gracefully; the
@@ -904,7 +906,8 @@ def run(
               "max_pending_bytes": max_pending_bytes, "write_timeout": write_timeout,
               "packets_per_s": packets_per_s, "bytes_per_s": bytes_per_s, "rate_burst": rate_burst,
               "rate_policy": rate_policy, "idle_timeout": idle_timeout, "max_connections": max_connections,
-              "handler_queue_packets": handler_queue_packets, "handler_queue_bytes": handler_queue_bytes}
+              "packet_timeout": packet_timeout, "handler_queue_packets": handler_queue_packets,
+              "handler_queue_bytes": handler_queue_bytes, "max_inflate_bytes": max_inflate_bytes}
     options = {k: v for k, v in limits.items() if v is not None and not (k == "layout" and v is GAME)}
     config = ServerConfig(host=host, port=port, app=app, factory=factory, app_args=dict(app_args or {}),
                           loop=loop, compress=compress, compress_threshold=compress_threshold, options=options,

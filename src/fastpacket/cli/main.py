@@ -242,8 +242,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     options: Dict[str, Any] = {}
     for name in ("max_packet_size", "packets_per_s", "bytes_per_s", "rate_burst", "rate_policy", "idle_timeout",
-                 "max_connections", "max_pending_bytes", "write_timeout", "handler_queue_packets",
-                 "handler_queue_bytes"):
+                 "packet_timeout", "max_connections", "max_pending_bytes", "write_timeout", "handler_queue_packets",
+                 "handler_queue_bytes", "max_inflate_bytes"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -407,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--bytes-per-s", type=float, default=None, help="token-bucket rate, 0: unlimited (default 0)")
     limits.add_argument("--rate-burst", type=float, default=None, help=f"seconds of rate in the bucket (default {d.rate_burst:g})")
     limits.add_argument("--rate-policy", choices=["drop", "close"], default=None, help="over the rate (default drop)")
-    limits.add_argument("--idle-timeout", type=float, default=None, help="seconds without a packet (default: none)")
+    limits.add_argument("--idle-timeout", type=float, default=None,
+                        help="seconds without a complete packet (default: none)")
+    limits.add_argument("--packet-timeout", type=float, default=None,
+                        help="seconds a begun packet may take to complete (default: none)")
+    limits.add_argument("--max-inflate-bytes", type=int, default=None,
+                        help="with --compress: raw bytes one read may inflate (default: 4 receive buffers)")
     limits.add_argument("--max-connections", type=int, default=None, help="per worker (default: none)")
     limits.add_argument("--max-pending-bytes", type=int, default=None,
                         help=f"output queued for a slow peer before it is cut off (default {d.max_pending_bytes})")
