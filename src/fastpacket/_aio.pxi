@@ -688,6 +688,41 @@ cdef class SessionBase:
             _aio_log.exception("receive failed for %r", self)
             self._abort(f"internal error: {_error_text(exc)}")
 
+    def feed_message(self, data):
+        """Bytes from a message-based transport (a WebSocket message or
+        fragment, fastpacket.ws), handled exactly as bytes read from a
+        socket: copied into the receive ring, decoded, dispatched, flushed.
+        Returns the bytes left over that do not make a whole packet yet
+        (the caller decides whether a message may end inside a packet).
+        Never raises into the caller for what the peer sent: that closes the
+        session with the reason, as buffer_updated does."""
+        cdef Py_buffer view
+        cdef Py_ssize_t off = 0, k
+        cdef RingSpan span
+        cdef RingBuffer ring
+        get_contiguous_buffer(data, &view, "feed_message()")
+        try:
+            while off < view.len and not self._closing:
+                if self._ring is None:
+                    self._ring = self._hub._lend_ring()
+                ring = self._ring
+                span = ring._c.write_span()
+                # the ring holds a max-size packet, so a partial one never fills it
+                k = min(<Py_ssize_t>span.size, view.len - off)
+                if k <= 0:
+                    self._close("protocol error: no room in the receive buffer")
+                    break
+                memcpy(span.data, <const uint8_t*>view.buf + off, k)
+                off += k
+                try:
+                    self._received(ring, k)
+                except Exception as exc:
+                    _aio_log.exception("receive failed for %r", self)
+                    self._abort(f"internal error: {_error_text(exc)}")
+        finally:
+            PyBuffer_Release(&view)
+        return self._ring._c.readable() if self._ring is not None else 0
+
     cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1:
         cdef object error = None
         cdef PacketBatch frames

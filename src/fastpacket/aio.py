@@ -15,6 +15,10 @@ A server in a few lines::
 
     asyncio.run(main())
 
+Browsers: ``serve_ws(handler, host, port, *, path="/", ssl=None, ...)``
+and ``connect_ws(url)`` serve and reach the same sessions over WebSocket
+(fastpacket.ws, the ``fastpacket[ws]`` extra).
+
 Listening mirrors asyncio's ``start_server`` family: ``serve(handler,
 host, port, *, ssl=None, sock=None, ...)`` (TCP; ``ssl`` an
 ``ssl.SSLContext`` for TLS, ``sock`` an already bound socket, as systemd
@@ -153,7 +157,7 @@ from fastpacket.sendbuf import DEFAULT_FILL_RATIO, DEFAULT_MAX_BYTES
 
 __all__ = ["serve", "serve_unix", "connect", "connect_unix", "Session", "PacketServer", "Options", "Handler",
            "SyncHandler", "AsyncHandler", "SessionHook", "is_async_handler", "scatter", "broadcast_array", "Group",
-           "Bus", "BusArg"]
+           "Bus", "BusArg", "serve_ws", "connect_ws"]
 
 #: A synchronous handler: ``handler(session, batch)``, called once per read
 #: burst (or per type group of one with ``handlers=``). The fast path.
@@ -883,3 +887,20 @@ async def connect_unix(
     await loop.create_unix_connection(lambda: session, path, ssl=ssl, server_hostname=server_hostname, sock=sock,
                                       ssl_handshake_timeout=ssl_handshake_timeout)
     return session
+
+
+async def serve_ws(handler: Optional[Handler] = None, host: Optional[str] = None, port: Optional[int] = None,
+                   **kwargs: Any) -> PacketServer:
+    """``fastpacket.ws.serve_ws``: the same server on WebSocket (needs the
+    ``fastpacket[ws]`` extra); see that module for its keywords."""
+    from fastpacket.ws import serve_ws as _serve_ws
+
+    return await _serve_ws(handler, host, port, **kwargs)
+
+
+async def connect_ws(url: str, handler: Optional[Handler] = None, **kwargs: Any) -> Session:
+    """``fastpacket.ws.connect_ws``: a client Session over WebSocket (needs
+    the ``fastpacket[ws]`` extra)."""
+    from fastpacket.ws import connect_ws as _connect_ws
+
+    return await _connect_ws(url, handler, **kwargs)
