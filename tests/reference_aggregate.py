@@ -113,9 +113,11 @@ def _size_and_type(fmt: str, layout: Any) -> Tuple[int, Callable[[bytes, int], T
 
 
 def ref_unpack(frame: bytes, *, max_raw_size: int = 1 << 20, fmt: str = GAME_FORMAT,
-               layout: Any = None) -> List[bytes]:
+               layout: Any = None, max_packet_size: Optional[int] = None) -> List[bytes]:
     """The packets of one aggregate frame, or RefAggregateError(check).
-    `layout` (a RefLayout), when given, replaces `fmt`."""
+    `layout` (a RefLayout), when given, replaces `fmt`; with
+    `max_packet_size`, a packet inside larger than it fails the check
+    "max_packet_size" (wire format 3.3, check 12)."""
     hs, size_and_type = _size_and_type(fmt, layout)
     if len(frame) < hs + AGG_HEADER.size:
         raise RefAggregateError("frame")
@@ -165,7 +167,11 @@ def ref_unpack(frame: bytes, *, max_raw_size: int = 1 << 20, fmt: str = GAME_FOR
         if len(body) - pos < hs:
             raise RefAggregateError("count" if pos == len(body) else "packet_size")
         size, ptype = size_and_type(body, pos)
-        if size < hs or size > len(body) - pos:
+        if size < hs:
+            raise RefAggregateError("packet_size")
+        if max_packet_size is not None and size > max_packet_size:
+            raise RefAggregateError("max_packet_size")
+        if size > len(body) - pos:
             raise RefAggregateError("packet_size")
         if ptype == AGGREGATE_TYPE:
             raise RefAggregateError("nested")

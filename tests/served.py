@@ -32,6 +32,8 @@ class Served:
         m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", self.line)
         self.metrics_port = int(m.group(1)) if m else None
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics" if m else None
+        m = re.search(r"WebSocket at wss?://127\.0\.0\.1:(\d+)", self.line)
+        self.ws_port = int(m.group(1)) if m else None
         m = re.search(r"\(pids ([\d ]+)\)", self.line)
         self.worker_pids = [int(p) for p in m.group(1).split()] if m else []
         m = re.search(r"metrics file (\S+?);", self.line)

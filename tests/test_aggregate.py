@@ -501,6 +501,133 @@ def test_decoder_protocol_error_batch_is_unwrapped():
     assert packets_of(exc.value.batch) == GOOD[:3]
 
 
+# -- the receiver's limits: max_packet_size inside aggregates, the inflate budget --
+
+def test_an_aggregate_cannot_carry_a_packet_over_max_packet_size():
+    """Issue 14, finding 4: a 54-byte zlib frame delivered a 5,012-byte inner
+    packet to a decoder whose max_packet_size is 1,024, while the same
+    packet sent plainly is refused. One check now refuses both."""
+    big = ref_packet(1, b"\0" * 5000)
+    frame = ref_pack([ref_packet(2, b"ok"), big], "zlib", threshold=0)
+    assert len(frame) < 100
+    dec = fp.FrameDecoder(max_packet_size=1024, aggregator=fp.Aggregator())
+    with pytest.raises(fp.AggregateError, match="inner packet 1 .* has size 5012, over max_packet_size 1024") as exc:
+        dec.feed(ref_packet(3, b"before") + frame)
+    assert exc.value.check == "max_packet_size" and exc.value.value == 5012 and exc.value.limit == 1024
+    assert packets_of(exc.value.batch) == [ref_packet(3, b"before")]  # all-or-nothing: none of the aggregate's
+    with pytest.raises(fp.ProtocolError, match="packet size 5012 at stream offset 0 exceeds max_packet_size 1024"):
+        fp.FrameDecoder(max_packet_size=1024, aggregator=fp.Aggregator()).feed(big)
+    with pytest.raises(fp.ProtocolError, match="packet size 5012 at stream offset 0 exceeds max_packet_size 1024"):
+        fp.FrameDecoder(max_packet_size=1024).feed(big)
+    with pytest.raises(fp.AggregateError, match="over max_packet_size 1024") as exc:
+        fp.Aggregator().unpack(frame, max_packet_size=1024)
+    assert exc.value.check == "max_packet_size"
+    assert len(fp.Aggregator().unpack(frame)) == 2  # no limit asked: only the body bounds them
+    assert len(fp.FrameDecoder(max_packet_size=5012, aggregator=fp.Aggregator()).feed(frame)) == 2
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_aggregate_frames_may_be_larger_than_max_packet_size(codec):
+    """max_packet_size bounds the packets; the aggregate frames carrying
+    them are as large as the sender packs them (up to frame_limit)."""
+    packets = [ref_packet(1, compressible(900, i)) for i in range(60)]
+    frames = fp.Aggregator(codec, threshold=0).pack_many(batch_of(packets))
+    assert max(len(f) for f in frames) > 1024
+    dec = fp.FrameDecoder(max_packet_size=1024, aggregator=fp.Aggregator())
+    assert dec.max_packet_size == 1024 and dec.frame_limit == 65535
+    assert packets_of(dec.feed(b"".join(frames))) == packets
+    assert fp.FrameDecoder(max_packet_size=1024).frame_limit == 1024
+    wide = fp.FrameDecoder(WIDE, max_packet_size=1024, aggregator=fp.Aggregator(max_raw_size=4096))
+    assert wide.frame_limit == 10 + 8 + 4096  # header + aggregate header + max_raw_size
+
+
+def test_plain_packet_over_max_packet_size_with_an_aggregator_is_refused_at_its_header():
+    """Aggregate frames pass the scan up to frame_limit; a plain packet
+    over max_packet_size is still refused as soon as its header arrives."""
+    dec = fp.FrameDecoder(max_packet_size=1024, aggregator=fp.Aggregator())
+    ok = ref_packet(1, b"a")
+    big = ref_packet(2, b"b" * 2000)
+    with pytest.raises(fp.ProtocolError, match="packet size 2012 at stream offset 13 exceeds max_packet_size 1024") \
+            as exc:
+        dec.feed(ok + big[:12])  # its header only
+    assert packets_of(exc.value.batch) == [ok] and dec.pending == 0 and dec.failed
+    dec = fp.FrameDecoder(max_packet_size=1024, aggregator=fp.Aggregator())
+    assert packets_of(dec.feed(ok + big[:5])) == [ok]  # the header completes in the next feed
+    with pytest.raises(fp.ProtocolError, match="packet size 2012 at stream offset 13 exceeds max_packet_size 1024"):
+        dec.feed(big[5:12])
+    with pytest.raises(fp.ProtocolError, match="exceeds max_packet_size 1024 and the largest aggregate frame 60018"):
+        fp.FrameDecoder(WIDE, max_packet_size=1024, aggregator=fp.Aggregator(max_raw_size=60000)).feed(
+            struct.pack(">IHI", 70000, 1, 0))
+
+
+def _zeros_aggregate(raw_size, packet_size=1000):
+    """A zlib aggregate of valid packets declaring `raw_size`: a few hundred
+    bytes on the wire (the "bomb" of issue 14, but well-formed)."""
+    count, rest = divmod(raw_size, packet_size)
+    packets = [ref_packet(1, bytes(packet_size - 12))] * count + ([ref_packet(1, bytes(rest - 12))] if rest else [])
+    return ref_pack(packets, "zlib", threshold=0), packets
+
+
+def test_inflate_budget_refuses_an_aggregate_declaring_more_than_it():
+    """Issue 14, finding 2: 60 zlib frames of about 1 KB, each declaring
+    1 MiB, were all inflated from one read. An aggregate declaring more than
+    max_inflate_bytes is refused before anything is decompressed."""
+    bomb, _ = _zeros_aggregate(1 << 20)
+    assert len(bomb) < 4000
+    agg = fp.Aggregator()
+    dec = fp.FrameDecoder(aggregator=agg, max_inflate_bytes=256 << 10)
+    tracemalloc.start()
+    try:
+        with pytest.raises(fp.AggregateError, match="raw_size 1048576 at offset 16 exceeds max_inflate_bytes 262144") \
+                as exc:
+            dec.feed(ref_packet(5, b"first") + bomb * 60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert exc.value.check == "max_inflate_bytes" and exc.value.limit == 256 << 10
+    assert packets_of(exc.value.batch) == [ref_packet(5, b"first")]
+    assert peak < 1 << 20  # nothing inflated
+    assert agg.stats["rejected"] == 1 and agg.stats["unpacked"] == 0
+    with pytest.raises(ValueError, match="max_inflate_bytes bounds what an aggregator inflates"):
+        fp.FrameDecoder(max_inflate_bytes=1 << 20)
+    with pytest.raises(ValueError, match="max_inflate_bytes must be >= 1"):
+        fp.FrameDecoder(aggregator=agg, max_inflate_bytes=0)
+
+
+def test_inflate_budget_defers_what_one_feed_cannot_inflate():
+    """Aggregates that together declare more than the budget are not
+    refused: what does not fit one feed's budget waits, and the next feed
+    (or feed(b"")) delivers it first. Every packet arrives, in order."""
+    frame, inner = _zeros_aggregate(100_000)
+    plain = [ref_packet(9, bytes([i])) for i in range(3)]
+    stream = frame + plain[0] + frame + plain[1] + frame + plain[2]
+    dec = fp.FrameDecoder(aggregator=fp.Aggregator(), max_inflate_bytes=250_000)
+    first = dec.feed(stream)
+    assert packets_of(first) == inner + plain[:1] + inner + plain[1:2]  # 200,000 bytes inflated
+    assert dec.deferred == len(frame) + len(plain[2])
+    later = ref_packet(7, b"later")
+    assert packets_of(dec.feed(later)) == inner + plain[2:] + [later]  # the waiting ones first
+    assert dec.deferred == 0
+    assert packets_of(dec.feed(frame * 5)) == inner * 2
+    assert packets_of(dec.feed(b"")) == inner * 2
+    assert packets_of(dec.feed(b"")) == inner
+    assert packets_of(dec.feed(b"")) == [] and dec.deferred == 0
+    dec.feed(frame * 3)
+    assert dec.deferred > 0
+    dec.reset()
+    assert dec.deferred == 0 and packets_of(dec.feed(b"")) == []
+
+
+def test_inflate_budget_then_a_bad_header_drops_what_waited():
+    frame, inner = _zeros_aggregate(100_000)
+    dec = fp.FrameDecoder(aggregator=fp.Aggregator(), max_inflate_bytes=150_000)
+    with pytest.raises(fp.ProtocolError, match="below the header size.*the 2 frames before it past "
+                                              "max_inflate_bytes were dropped") as exc:
+        dec.feed(frame * 3 + b"\x02\x00" + bytes(10))
+    assert packets_of(exc.value.batch) == inner
+    assert dec.deferred == 0 and dec.failed
+
+
 # -- stats and threads ----------------------------------------------------------
 
 def test_stats_count_what_happened():

@@ -56,7 +56,7 @@ def test_async_handler_keeps_each_sessions_replies_in_order_under_pipelining(run
         for c in clients:
             c.close()
         await wait_for(lambda: not server.sessions, "the clients' closes")
-        assert server.closes == {"peer closed": clients_n}
+        assert server.closes == {"peer_closed": clients_n}
         await server.shutdown(WAIT_S)
 
     run(main())
@@ -145,7 +145,8 @@ def test_async_handler_error_closes_only_its_session(run, caplog):
         session.send_batch(batch)
 
     async def main():
-        server = await aio.serve(handler, "127.0.0.1", 0)
+        sessions = []
+        server = await aio.serve(handler, "127.0.0.1", 0, on_connect=sessions.append)
         bad = await aio.connect("127.0.0.1", server.port)
         good = await aio.connect("127.0.0.1", server.port)
         bad.send(1, b"boom")
@@ -154,7 +155,8 @@ def test_async_handler_error_closes_only_its_session(run, caplog):
         good.send(1, b"fine")
         (p,) = await recv_packets(good, 1)
         assert bytes(p.payload) == b"fine"
-        await wait_for(lambda: "handler error: RuntimeError: kaboom" in server.closes, "the close reason")
+        await wait_for(lambda: "handler_error" in server.closes, "the close reason")
+        assert sessions[0].close_reason == "handler error: RuntimeError: kaboom"
         good.close()
         await server.shutdown(WAIT_S)
 
@@ -170,12 +172,14 @@ def test_a_sync_handler_returning_a_coroutine_is_refused_with_a_reason(run):
         return really_async(session, batch)
 
     async def main():
-        server = await aio.serve(wrapper, "127.0.0.1", 0)
+        sessions = []
+        server = await aio.serve(wrapper, "127.0.0.1", 0, on_connect=sessions.append)
         client = await aio.connect("127.0.0.1", server.port)
         client.send(1, b"x")
         assert await client.recv(WAIT_S) is None
         await wait_for(lambda: server.closes, "the close")
-        (reason,) = server.closes
+        assert server.closes == {"handler_error": 1}
+        reason = sessions[0].close_reason
         assert reason.startswith("handler error: TypeError:") and "async def" in reason
         await server.shutdown(WAIT_S)
 
@@ -244,7 +248,7 @@ def test_peer_close_while_pending_still_handles_what_it_sent_then_on_close(run):
         gate.set()
         await wait_for(lambda: len(events) == 3, "the handlers and on_close")
         assert events == [b"first", b"second", ("closed", "peer closed")]
-        assert server.sessions == set() and server.closes == {"peer closed": 1}
+        assert server.sessions == set() and server.closes == {"peer_closed": 1}
         await server.shutdown(WAIT_S)
 
     run(main())
@@ -271,7 +275,7 @@ def test_graceful_shutdown_waits_for_handlers_then_aborts_at_the_timeout(run):
         (reply,) = await recv_packets(client, 1)
         assert bytes(reply.payload) == b"last request"
         assert await client.recv(WAIT_S) is None
-        assert server.closes == {"server shutdown": 1}
+        assert server.closes == {"server_shutdown": 1}
 
         server = await aio.serve(stuck, "127.0.0.1", 0)
         client = await aio.connect("127.0.0.1", server.port)
@@ -280,7 +284,7 @@ def test_graceful_shutdown_waits_for_handlers_then_aborts_at_the_timeout(run):
         t0 = asyncio.get_running_loop().time()
         assert await server.shutdown(0.2) is False  # aborted after the timeout
         assert asyncio.get_running_loop().time() - t0 < WAIT_S
-        assert server.sessions == set() and server.closes == {"server shutdown": 1}
+        assert server.sessions == set() and server.closes == {"server_shutdown": 1}
         assert await client.recv(WAIT_S) is None
 
     run(main())

@@ -7,6 +7,7 @@ import gc
 import subprocess
 import sys
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -22,6 +23,12 @@ LAYOUTS = {
     "TINY_U8": (ref.TINY_U8, fp.HeaderLayout([("type", "u8"), ("len", "u8")], "len",
                                              length_includes_header=False)),
 }
+
+
+def decoder_max(rl: ref.RefLayout) -> int:
+    """The largest max_packet_size a decoder of `rl` takes: what its length
+    field announces, at most fp.framing.MAX_PACKET_SIZE (sizes are u32)."""
+    return min(rl.max_frame, fp.framing.MAX_PACKET_SIZE)
 
 
 def packets_for(rl: ref.RefLayout, max_payload: int):
@@ -64,9 +71,9 @@ def test_differential_random_chunking(name, data):
                     fp.encode(t, p, seq=s, layout=layout) if "seq" in layout.field_names else
                     fp.encode(t, p, layout=layout) for t, s, pid, p in pkts) == stream
     cuts = data.draw(st.lists(st.integers(0, max(len(stream), 1)), max_size=30))
-    dec = fp.FrameDecoder(layout, max_packet_size=rl.max_frame)
+    dec = fp.FrameDecoder(layout, max_packet_size=decoder_max(rl))
     got = decode_all(dec, ref.chunk(stream, cuts))
-    expected, bad, tail = ref.decode_stream(rl, stream, rl.max_frame)
+    expected, bad, tail = ref.decode_stream(rl, stream, decoder_max(rl))
     assert bad is None and tail == 0
     assert got == [fields_of(rl, p) for p in pkts]
     assert [p["payload"] for p in expected] == [p[3] for p in pkts]
@@ -83,7 +90,7 @@ def test_fixed_chunk_sizes(name, chunk_size):
     stream = ref.encode_all(rl, pkts)
     size = chunk_size or len(stream)
     chunks = [stream[i:i + size] for i in range(0, len(stream), size)]
-    dec = fp.FrameDecoder(layout, max_packet_size=rl.max_frame)
+    dec = fp.FrameDecoder(layout, max_packet_size=decoder_max(rl))
     assert decode_all(dec, chunks) == [fields_of(rl, p) for p in pkts]
 
 
@@ -213,7 +220,7 @@ def test_length_adjustment():
 
 
 def test_max_packet_size_must_hold_a_header():
-    with pytest.raises(ValueError, match="at least the header size"):
+    with pytest.raises(ValueError, match=r"max_packet_size must be an int in \[12, 4294967295\], got 11"):
         fp.FrameDecoder(max_packet_size=11)
 
 
@@ -326,3 +333,39 @@ def test_memory_error_mid_feed_leaves_the_decoder_in_step():
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("ok")
+
+
+# -- found by the fuzzers (the fuzz branch's tests/test_fuzz_regressions.py) ----
+
+U64_LENGTH = fp.HeaderLayout([("len", "u64"), ("type", "u16")], "len")
+
+
+@pytest.mark.parametrize("max_packet_size", [2**32, 2**62, 2**63 - 1, 2**63, 2**64])
+def test_a_max_packet_size_above_u32_is_refused(max_packet_size):
+    """A u64 length of 2**63 or more saturated at 2**62 and was then taken
+    for an incomplete packet below a huge max_packet_size (unbounded
+    buffering); batch sizes are u32, so such limits are refused."""
+    with pytest.raises(ValueError, match=r"max_packet_size must be an int in \[10, 4294967295\]"):
+        fp.FrameDecoder(U64_LENGTH, max_packet_size=max_packet_size)
+
+
+@pytest.mark.parametrize("announced", [2**34, 2**62 - 1, 2**62, 2**63, 2**64 - 1])
+@pytest.mark.parametrize("adjustment", [-2**32, 0, 2**32])
+def test_a_huge_u64_length_is_too_large_whatever_the_adjustment(announced, adjustment):
+    layout = fp.HeaderLayout([("len", "u64"), ("type", "u16")], "len", length_adjustment=adjustment)
+    dec = fp.FrameDecoder(layout, max_packet_size=fp.framing.MAX_PACKET_SIZE)
+    with pytest.raises(fp.ProtocolError, match="exceeds max_packet_size 4294967295"):
+        dec.feed(struct.pack("<QH", announced, 1) + b"x" * 100)
+    assert dec.pending == 0  # refused as soon as the header arrived: nothing buffered
+
+
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_by_type_of_a_batch_with_a_u64_type_field(count):
+    """by_type() took a writable typed memoryview of the read-only types
+    column, which numpy hands back uncopied when it already is contiguous
+    uint64: a u64 type field with at most one packet raised ValueError."""
+    layout = fp.HeaderLayout([("len", "u16"), ("type", "u64")], "len")
+    batch = fp.FrameDecoder(layout).feed(fp.encode(7, b"abc", layout=layout) * count)
+    groups = batch.by_type()
+    assert list(groups) == ([7] if count else [])
+    assert [len(g) for g in groups.values()] == ([count] if count else [])

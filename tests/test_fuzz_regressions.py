@@ -1,9 +1,8 @@
 """Bugs the fuzzers (fuzz/) found, as regression tests.
 
-Each is marked xfail(strict=True) while the bug stands, in code another
-branch owns: the day it is fixed the test passes, strict xfail turns that
-into a failure, and the marker comes off together with the guard that
-steps around the bug in the fuzz target named in the test.
+Each was marked xfail(strict=True) while the bug stood; the markers came
+off with the fixes (#14), together with the guards that stepped around the
+bugs in the fuzz targets, which now check the fixed behaviour.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ import fastpacket as fp
 U64_LENGTH = fp.HeaderLayout([("len", "u64"), ("type", "u16")], "len")
 
 
-@pytest.mark.xfail(strict=True, reason="the u64 length saturates at 2**62 before it is compared with "
-                   "max_packet_size (fuzz: MAX_FUZZ_PACKET_SIZE / fuzz::kMaxPacketSize)")
 @pytest.mark.parametrize("max_packet_size, announced", [(2**63 - 1, 2**64 - 1), (2**62, 2**63)])
 def test_a_length_above_a_huge_max_packet_size_is_refused(max_packet_size, announced):
     """Found writing fuzz_feed's oracle (exact sizes against the core's
@@ -26,27 +23,29 @@ def test_a_length_above_a_huge_max_packet_size_is_refused(max_packet_size, annou
     max_packet_size, yet the decoder
     takes it for an incomplete packet of 2**62 bytes and buffers the stream
     without bound instead of raising. Refusing such a max_packet_size
-    (ValueError) is a fix too."""
-    try:
-        dec = fp.FrameDecoder(U64_LENGTH, max_packet_size=max_packet_size)
-    except ValueError:
-        return
-    with pytest.raises(fp.ProtocolError):
+    (ValueError) is a fix too: the one chosen, sizes being u32 (batch
+    columns), so every announced length above it is refused, saturated or not."""
+    with pytest.raises(ValueError, match="max_packet_size"):
+        fp.FrameDecoder(U64_LENGTH, max_packet_size=max_packet_size)
+    dec = fp.FrameDecoder(U64_LENGTH, max_packet_size=fp.framing.MAX_PACKET_SIZE)
+    with pytest.raises(fp.ProtocolError, match="exceeds max_packet_size"):
         dec.feed(struct.pack("<QH", announced, 1) + b"x" * 100)
+    assert dec.pending == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the saturated size ignores length_adjustment")
 def test_a_saturated_length_with_an_adjustment_is_not_an_error_below_max():
     """The same saturation the other way: with length_adjustment=-2**32 a
     length of 2**62 announces 2**62 - 2**32 bytes, under a max_packet_size of
     2**62 - 2**31, so the packet is incomplete, not too large."""
     layout = fp.HeaderLayout([("len", "u64"), ("type", "u16")], "len", length_adjustment=-2**32)
-    try:
-        dec = fp.FrameDecoder(layout, max_packet_size=2**62 - 2**31)
-    except ValueError:
-        return
-    assert len(dec.feed(struct.pack("<QH", 2**62, 1))) == 0
+    with pytest.raises(ValueError, match="max_packet_size"):
+        fp.FrameDecoder(layout, max_packet_size=2**62 - 2**31)
+    # within the u32 limit the adjustment is applied before the comparison
+    dec = fp.FrameDecoder(layout, max_packet_size=fp.framing.MAX_PACKET_SIZE)
+    assert len(dec.feed(struct.pack("<QH", 2**32 + 100, 1))) == 0
     assert dec.pending == 10
+    with pytest.raises(fp.ProtocolError, match="exceeds max_packet_size"):
+        fp.FrameDecoder(layout, max_packet_size=fp.framing.MAX_PACKET_SIZE).feed(struct.pack("<QH", 2**62, 1))
 
 
 @pytest.mark.parametrize("count", [0, 1, 2])
@@ -76,8 +75,6 @@ def test_send_batch_refuses_a_batch_whose_length_counts_something_else():
         fp.SendBuffer(layout=whole).send_batch(batch)
 
 
-@pytest.mark.xfail(strict=True, reason="HeaderLayout lets one field take two roles "
-                   "(fuzz_layout.KNOWN_SHARED_ROLE_BUG)")
 def test_one_field_cannot_take_two_roles():
     """Found by fuzz_layout: with type_field and seq_field naming the same
     field, encode() writes the type and then overwrites it with the seq, so

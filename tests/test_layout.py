@@ -43,7 +43,11 @@ def test_custom_layout_big_endian():
         (dict(fields=[(f"f{i}", "u64") for i in range(9)], length_field="f0"), "at most 64 bytes"),
         (dict(fields=[("len", "u16"), ("t", "u16")], length_field="len", type_field="x"), "type_field"),
         (dict(fields=[("type", "u16")], length_field="type"), "cannot also be the type field"),
-        (dict(fields=[("len", "u16")], length_field="len", length_adjustment=1.5), "length_adjustment"),
+        (dict(fields=[("len", "u16")], length_field="len", length_adjustment=2**33), "length_adjustment"),
+        (dict(fields=[("len", "u16"), ("a", "u32")], length_field="len", type_field="a", seq_field="a"),
+         "both the type field and the seq field"),
+        (dict(fields=[("len", "u16"), ("type", "u16"), ("b", "u32")], length_field="len", player_id_field="type"),
+         "both the type field and the player_id field"),
     ],
 )
 def test_layout_validation(kwargs, message):
@@ -87,8 +91,10 @@ def test_encode_range_errors():
     with pytest.raises(ValueError, match="does not fit the length field 'size'"):
         fp.encode(1, bytes(65535 - 11))
     assert len(fp.encode(1, bytes(65535 - 12))) == 65535
-    with pytest.raises(OverflowError):
+    with pytest.raises(ValueError, match=r"type must be an int in \[0, "):
         fp.encode(-1, b"")
+    with pytest.raises(TypeError, match="type must be an int, not 'float'"):
+        fp.encode(3.99, b"")  # never truncated to 3
     tiny = fp.HeaderLayout([("type", "u8"), ("len", "u8")], "len", length_includes_header=False)
     assert len(fp.encode(1, bytes(255), layout=tiny)) == 257
     with pytest.raises(ValueError, match="256 bytes does not fit"):

@@ -55,7 +55,7 @@ def test_capacity_is_a_power_of_two_and_at_least_a_page(make_ring, asked, expect
 
 @pytest.mark.parametrize("bad", [0, -1])
 def test_capacity_must_be_positive(bad):
-    with pytest.raises(ValueError, match="capacity must be a positive"):
+    with pytest.raises(ValueError, match=r"capacity must be an int in \[1, "):
         fp.RingBuffer(bad)
 
 
@@ -181,12 +181,12 @@ def test_write_rejects_non_buffers_and_non_contiguous(make_ring):
 
 def test_commit_and_consume_check_their_bounds(make_ring):
     ring = make_ring(PAGE)
-    with pytest.raises(ValueError, match=r"commit\(-1\)"):
+    with pytest.raises(ValueError, match=r"n \(bytes to commit\) must be an int in \[0, "):
         ring.commit(-1)
-    with pytest.raises(ValueError, match="free bytes"):
+    with pytest.raises(ValueError, match=rf"bytes to commit.*\[0, {ring.capacity}\]"):
         ring.commit(ring.capacity + 1)
     ring.write(b"abc")
-    with pytest.raises(ValueError, match="3 readable bytes"):
+    with pytest.raises(ValueError, match=r"bytes to consume.*\[0, 3\]"):
         ring.consume(4)
     ring.consume(3)
     assert len(ring) == 0

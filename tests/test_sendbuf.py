@@ -69,7 +69,7 @@ def test_seq_wraps_at_2_to_the_32():
     sb.next_seq = 2**32 - 2
     assert [sb.send(1, b"") for _ in range(4)] == [2**32 - 2, 2**32 - 1, 0, 1]
     assert [s for _, s, _, _ in decode(sb.flush())] == [2**32 - 2, 2**32 - 1, 0, 1]
-    with pytest.raises(ValueError, match="next_seq must be at most 4294967295"):
+    with pytest.raises(ValueError, match=r"next_seq must be an int in \[0, 4294967295\]"):
         sb.next_seq = 2**32
 
 
@@ -96,8 +96,10 @@ def test_values_that_do_not_fit_their_field():
         sb.send(65536, b"")
     with pytest.raises(ValueError, match="player_id 4294967296 does not fit"):
         sb.send(1, b"", player_id=2**32)
-    with pytest.raises(OverflowError):
+    with pytest.raises(ValueError, match="type must be an int in"):
         sb.send(-1, b"")
+    with pytest.raises(TypeError, match="seq must be an int, not 'float'"):
+        sb.send(1, b"", seq=3.5)
     with pytest.raises(TypeError, match="bytes-like"):
         sb.send(1, "text")
     assert len(sb) == 0 and sb.next_seq == 0  # nothing half-written, no seq used
@@ -138,7 +140,7 @@ def test_buffer_full_and_oversize():
 
 @pytest.mark.parametrize("bad", [0, 11, 1 << 31])
 def test_max_bytes_range(bad):
-    with pytest.raises(ValueError, match="max_bytes must be between"):
+    with pytest.raises(ValueError, match=r"max_bytes must be an int in \[12, 1073741824\]"):
         fp.SendBuffer(max_bytes=bad)
 
 
@@ -289,20 +291,59 @@ def test_send_batch_relays_byte_for_byte():
 
 
 def test_send_batch_limits_and_layout():
-    batch = fp.PacketBatch.build([1] * 10, [b"z" * 38] * 10)  # 500 bytes
+    batch = fp.PacketBatch.build([1] * 10, [b"z" * 38] * 10)  # 10 packets of 50 bytes
     sb = fp.SendBuffer(max_bytes=600)
     sb.send(1, b"x" * 89)  # 101 bytes: 499 left
-    with pytest.raises(fp.BufferFull, match="a batch of 10 packets needs 500 bytes but only 499"):
-        sb.send_batch(batch)
-    with pytest.raises(ValueError, match="more than max_bytes=600"):
-        sb.send_batch(fp.PacketBatch.build([1] * 20, [b"z" * 38] * 20))
+    assert sb.send_batch(batch) == 9  # what fits, whole packets: 450 bytes
+    assert sb.free == 49
+    with pytest.raises(fp.BufferFull, match="packet 9 of the batch needs 50 bytes but only 49 of 600"):
+        sb.send_batch(batch, 9)
+    assert len(sb) == 10
+    with pytest.raises(ValueError, match="packet 3 of the batch needs 601 bytes, more than max_bytes=600"):
+        sb.send_batch(fp.PacketBatch.build([1] * 5, [b"z"] * 3 + [b"z" * 589] + [b"z"]))
+    assert len(sb) == 10  # refused before anything was queued
     other = fp.HeaderLayout([("len", "u32"), ("type", "u16")], "len", name="other")
     with pytest.raises(ValueError, match="layout"):
         sb.send_batch(fp.PacketBatch.build([1], [b""], layout=other))
     with pytest.raises(TypeError, match="PacketBatch"):
         sb.send_batch(b"bytes")
-    sb.send_batch(batch[:0])
-    assert len(sb) == 1
+    assert sb.send_batch(batch[:0]) == 0
+    assert sb.send_batch(batch, 10) == 0
+    with pytest.raises(ValueError, match=r"start must be an int in \[0, 10\], got 11"):
+        sb.send_batch(batch, 11)
+    assert len(sb) == 10
+
+
+@pytest.mark.parametrize("max_bytes", [64, 600, 65536])
+def test_send_batch_of_any_size_goes_out_whole_and_in_order(max_bytes):
+    """Issue 14, finding 1: a batch larger than the buffer raised ValueError
+    ("can never fit"). It fills the buffer, the caller flushes and goes on,
+    and every packet arrives whole, once, in order."""
+    rng = np.random.default_rng(max_bytes)
+    payloads = [bytes(rng.integers(0, 256, int(rng.integers(0, 52)), dtype=np.uint8)) for _ in range(5000)]
+    batch = fp.PacketBatch.build(rng.integers(0, 100, len(payloads)), payloads, seqs=np.arange(len(payloads)))
+    sb = fp.SendBuffer(max_bytes=max_bytes)
+    sb.send(9, b"already queued")
+    flushes = []
+    i = 0
+    while i < len(batch):
+        try:
+            i += sb.send_batch(batch, i)
+        except fp.BufferFull:
+            pass
+        if i < len(batch):
+            flushes.append(bytes(sb.flush()))
+    flushes.append(bytes(sb.flush()))
+    assert all(0 < len(f) <= max_bytes for f in flushes)
+    got = []
+    dec = fp.FrameDecoder()
+    for f in flushes:
+        part = dec.feed(f)
+        assert dec.pending == 0  # each flush holds whole packets
+        got.extend(p.to_bytes() for p in part)
+    assert got[0] == fp.encode(9, b"already queued")
+    assert b"".join(got[1:]) == batch.to_bytes()
+    assert len(flushes) >= batch.nbytes // max_bytes
 
 
 def test_an_empty_flush_view_may_be_released():

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "fastpacket/framing.hpp"
 #include "fastpacket/layout.hpp"
@@ -80,6 +81,7 @@ enum class AggregateCheck : std::uint8_t {
     raw_size,      // the body is not exactly raw_size bytes
     packet_size,   // an inner packet's size is below the header size or runs past the body
     nested,        // an inner packet is itself an aggregate
+    max_packet_size,  // an inner packet is larger than the receiver's max_packet_size
 };
 
 /// A failed (or passed) check and where: `offset` is relative to the frame
@@ -171,6 +173,21 @@ inline AggregateFault parse_aggregate_frame(const Layout& l, const std::uint8_t*
     return f;
 }
 
+/// What an aggregate frame frame[0, n) declares (its aggregate header),
+/// read before any check: rate limits and inflate budgets charge an
+/// aggregate its declared count and raw_size before anything is
+/// decompressed. False (nothing declared) when `frame` is not an aggregate
+/// of layout `l` or too short to hold the aggregate header.
+inline bool declared_aggregate(const Layout& l, const std::uint8_t* frame, std::size_t n,
+                               AggregateHeader* out) noexcept {
+    if (n < std::size_t{l.header_size} + kAggregateHeaderBytes || l.type_index < 0 ||
+        l.read(frame, l.type_index) != kAggregateType) {
+        return false;
+    }
+    *out = read_aggregate_header(frame + l.header_size);
+    return true;
+}
+
 namespace detail {
 
 // The body check with the length and type fields read through readers fixed
@@ -202,7 +219,7 @@ inline bool is_game_layout(const Layout& l) noexcept {
 
 template <class Fields>
 AggregateFault check_body_with(const Fields& fl, const std::uint8_t* body, std::size_t n, std::size_t count,
-                               std::int64_t base_offset, IndexColumns* cols) noexcept {
+                               std::int64_t base_offset, IndexColumns* cols, std::int64_t max_size) noexcept {
     AggregateFault f;
     const std::size_t hs = fl.header_size();
     std::size_t pos = 0;
@@ -219,6 +236,16 @@ AggregateFault check_body_with(const Fields& fl, const std::uint8_t* body, std::
         }
         const std::uint8_t* h = body + pos;
         const std::int64_t size = fl.size(h);
+        if (!frame_size_ok(size, hs, max_size) && size >= static_cast<std::int64_t>(hs)) {
+            // the stream's rule (framing.hpp), so an aggregate cannot carry a
+            // packet its receiver would refuse if it came alone
+            f.check = AggregateCheck::max_packet_size;
+            f.offset = pos;
+            f.index = i;
+            f.value = size;
+            f.limit = max_size;
+            return f;
+        }
         if (size < static_cast<std::int64_t>(hs) || size > static_cast<std::int64_t>(n - pos)) {
             f.check = AggregateCheck::packet_size;
             f.offset = pos;
@@ -254,19 +281,24 @@ AggregateFault check_body_with(const Fields& fl, const std::uint8_t* body, std::
 
 }  // namespace detail
 
+/// No max_packet_size for the packets of an aggregate: only the body bounds them.
+constexpr std::int64_t kNoMaxPacketSize = std::numeric_limits<std::int64_t>::max();
+
 /// Checks a decompressed body of `n` bytes: exactly `count` packets of
-/// layout `l` back to back, each at least a header and inside the body,
-/// none an aggregate. One pass over the headers, no allocation. With
-/// `cols` (room for `count` rows), also indexes the packets as
-/// index_frames() would, offsets relative to body - base_offset; on a
-/// fault the rows written so far are meaningless.
+/// layout `l` back to back, each at least a header, at most
+/// `max_packet_size` (the receiver's limit for packets, frame_size_ok())
+/// and inside the body, none an aggregate. One pass over the headers, no
+/// allocation. With `cols` (room for `count` rows), also indexes the
+/// packets as index_frames() would, offsets relative to body -
+/// base_offset; on a fault the rows written so far are meaningless.
 inline AggregateFault check_aggregate_body(const Layout& l, const std::uint8_t* body, std::size_t n,
                                            std::size_t count, std::int64_t base_offset = 0,
-                                           IndexColumns* cols = nullptr) noexcept {
+                                           IndexColumns* cols = nullptr,
+                                           std::int64_t max_packet_size = kNoMaxPacketSize) noexcept {
     if (detail::is_game_layout(l)) {
-        return detail::check_body_with(detail::GameFields{}, body, n, count, base_offset, cols);
+        return detail::check_body_with(detail::GameFields{}, body, n, count, base_offset, cols, max_packet_size);
     }
-    return detail::check_body_with(detail::GenericFields{l}, body, n, count, base_offset, cols);
+    return detail::check_body_with(detail::GenericFields{l}, body, n, count, base_offset, cols, max_packet_size);
 }
 
 /// Copies `count` frames (offsets/sizes into `base`) back to back into `out`.

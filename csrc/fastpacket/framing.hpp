@@ -21,6 +21,34 @@ namespace fastpacket {
 /// Default max_packet_size, in bytes: the largest frame GAME's u16 size
 /// field can announce.
 constexpr std::size_t kDefaultMaxPacketSize = 0xFFFF;
+/// Largest max_packet_size a decoder takes, in bytes: a batch's sizes
+/// column is u32. Bounded so, every frame size a header can announce is
+/// compared exactly: a u64 length field's values from 2^62 up saturate
+/// (frame_size()), and 2^62 less any length_adjustment (|adj| <= 2^32)
+/// still exceeds this limit, so a saturated size is always too_large.
+constexpr std::size_t kMaxPacketSizeLimit = 0xFFFFFFFF;
+
+/// The one frame-size rule, shared by a stream's frames (the decoder) and
+/// the packets inside an aggregate frame (check_aggregate_body()): a frame
+/// is at least its header and at most max_size bytes.
+inline bool frame_size_ok(std::int64_t frame, std::size_t header_size, std::int64_t max_size) noexcept {
+    return frame >= static_cast<std::int64_t>(header_size) && frame <= max_size;
+}
+
+/// Which frames a decoder that unwraps aggregate frames (type 0xFFFF)
+/// takes above max_packet_size: aggregate frames only, up to the larger
+/// limit it scans with (they carry many packets; each packet inside is
+/// checked against max_packet_size when unwrapped). A plain packet over
+/// plain_max is refused as soon as its header arrives, as without one.
+struct AggregateAllowance {
+    std::int64_t plain_max;  // max_packet_size: frames above it must be aggregates
+    const Layout* layout;    // whose type field says so
+
+    static AggregateAllowance none(const Layout& l, std::int64_t max) noexcept { return {max, &l}; }
+    bool is_aggregate(const std::uint8_t* header) const noexcept {
+        return layout->type_index >= 0 && layout->read(header, layout->type_index) == kAggregateType;
+    }
+};
 
 enum class FrameError : std::uint8_t {
     none = 0,
@@ -63,13 +91,14 @@ struct LengthReader {
 
 template <class Reader>
 ScanResult scan_with(const std::uint8_t* data, std::size_t n, std::size_t header_size,
-                     std::int64_t max_size, Reader size_of) noexcept {
+                     std::int64_t max_size, Reader size_of, const AggregateAllowance& allow) noexcept {
     ScanResult r;
     std::size_t pos = 0;
-    const auto hs = static_cast<std::int64_t>(header_size);
     while (n - pos >= header_size) {
         const std::int64_t frame = size_of(data + pos);
-        if (frame < hs || frame > max_size) {
+        // one compare more per frame; the allowance's type read only past max_packet_size
+        if (!frame_size_ok(frame, header_size, max_size) ||
+            (frame > allow.plain_max && !allow.is_aggregate(data + pos))) {
             r.error = true;
             break;
         }
@@ -82,32 +111,40 @@ ScanResult scan_with(const std::uint8_t* data, std::size_t n, std::size_t header
 }
 
 template <unsigned W, bool BE>
-ScanResult scan_fixed(const Layout& l, const std::uint8_t* d, std::size_t n, std::int64_t max) noexcept {
+ScanResult scan_fixed(const Layout& l, const std::uint8_t* d, std::size_t n, std::int64_t max,
+                      const AggregateAllowance& allow) noexcept {
     LengthReader<W, BE> reader{l.fields[l.length_index].offset, l.frame_bias()};
-    return scan_with(d, n, l.header_size, max, reader);
+    return scan_with(d, n, l.header_size, max, reader, allow);
 }
 
 }  // namespace detail
 
 /// Scans `data[0, n)` for complete frames of layout `l`; stops at the first
 /// incomplete frame or at the first bad header (result.error, at result.end).
+/// With an `allow`ance, frames above its plain_max (up to max_packet_size)
+/// must be aggregate frames.
 inline ScanResult scan_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
-                              std::int64_t max_packet_size) noexcept {
+                              std::int64_t max_packet_size, const AggregateAllowance& allow) noexcept {
     const unsigned w = l.fields[l.length_index].width;
     if (l.big_endian) {
         switch (w) {
-            case 1: return detail::scan_fixed<1, true>(l, data, n, max_packet_size);
-            case 2: return detail::scan_fixed<2, true>(l, data, n, max_packet_size);
-            case 4: return detail::scan_fixed<4, true>(l, data, n, max_packet_size);
-            default: return detail::scan_fixed<8, true>(l, data, n, max_packet_size);
+            case 1: return detail::scan_fixed<1, true>(l, data, n, max_packet_size, allow);
+            case 2: return detail::scan_fixed<2, true>(l, data, n, max_packet_size, allow);
+            case 4: return detail::scan_fixed<4, true>(l, data, n, max_packet_size, allow);
+            default: return detail::scan_fixed<8, true>(l, data, n, max_packet_size, allow);
         }
     }
     switch (w) {
-        case 1: return detail::scan_fixed<1, false>(l, data, n, max_packet_size);
-        case 2: return detail::scan_fixed<2, false>(l, data, n, max_packet_size);
-        case 4: return detail::scan_fixed<4, false>(l, data, n, max_packet_size);
-        default: return detail::scan_fixed<8, false>(l, data, n, max_packet_size);
+        case 1: return detail::scan_fixed<1, false>(l, data, n, max_packet_size, allow);
+        case 2: return detail::scan_fixed<2, false>(l, data, n, max_packet_size, allow);
+        case 4: return detail::scan_fixed<4, false>(l, data, n, max_packet_size, allow);
+        default: return detail::scan_fixed<8, false>(l, data, n, max_packet_size, allow);
     }
+}
+
+inline ScanResult scan_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
+                              std::int64_t max_packet_size) noexcept {
+    return scan_frames(l, data, n, max_packet_size, AggregateAllowance::none(l, max_packet_size));
 }
 
 /// Column storage for `count` frames: offsets into the data, whole sizes and
@@ -190,14 +227,16 @@ namespace detail {
 // as it is found, so the frames of a feed are read once, not twice.
 template <std::size_t HS, class Reader>
 ScanResult scan_index_with(std::size_t header_size, const std::uint8_t* data, std::size_t n, std::int64_t max_size,
-                           std::int64_t base_offset, IndexColumns cols, Reader size_of) noexcept {
+                           std::int64_t base_offset, IndexColumns cols, Reader size_of,
+                           const AggregateAllowance& allow) noexcept {
     ScanResult r;
     const std::size_t hs = HS ? HS : header_size;
     const auto ihs = static_cast<std::int64_t>(hs);
     std::size_t pos = 0, k = 0;
     while (n - pos >= hs) {
         const std::int64_t frame = size_of(data + pos);
-        if (frame < ihs || frame > max_size) {
+        // the allowance's type read only past max_packet_size, as in scan_with()
+        if (frame < ihs || frame > max_size || (frame > allow.plain_max && !allow.is_aggregate(data + pos))) {
             r.error = true;
             break;
         }
@@ -215,10 +254,10 @@ ScanResult scan_index_with(std::size_t header_size, const std::uint8_t* data, st
 
 template <unsigned W, bool BE>
 ScanResult scan_index_fixed(const Layout& l, const std::uint8_t* d, std::size_t n, std::int64_t max,
-                            std::int64_t base_offset, IndexColumns cols) noexcept {
+                            std::int64_t base_offset, IndexColumns cols, const AggregateAllowance& allow) noexcept {
     LengthReader<W, BE> reader{l.fields[l.length_index].offset, l.frame_bias()};
-    if (l.header_size == 12) return scan_index_with<12>(12, d, n, max, base_offset, cols, reader);
-    return scan_index_with<0>(l.header_size, d, n, max, base_offset, cols, reader);
+    if (l.header_size == 12) return scan_index_with<12>(12, d, n, max, base_offset, cols, reader, allow);
+    return scan_index_with<0>(l.header_size, d, n, max, base_offset, cols, reader, allow);
 }
 
 }  // namespace detail
@@ -232,22 +271,30 @@ inline std::size_t max_frames(std::size_t n, std::size_t header_size) noexcept {
 /// pass over the frames instead of scan_frames() then index_frames().
 inline ScanResult scan_index_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
                                     std::int64_t max_packet_size, std::int64_t base_offset,
-                                    IndexColumns cols) noexcept {
+                                    IndexColumns cols, const AggregateAllowance& allow) noexcept {
     const unsigned w = l.fields[l.length_index].width;
+    const std::int64_t m = max_packet_size;
     if (l.big_endian) {
         switch (w) {
-            case 1: return detail::scan_index_fixed<1, true>(l, data, n, max_packet_size, base_offset, cols);
-            case 2: return detail::scan_index_fixed<2, true>(l, data, n, max_packet_size, base_offset, cols);
-            case 4: return detail::scan_index_fixed<4, true>(l, data, n, max_packet_size, base_offset, cols);
-            default: return detail::scan_index_fixed<8, true>(l, data, n, max_packet_size, base_offset, cols);
+            case 1: return detail::scan_index_fixed<1, true>(l, data, n, m, base_offset, cols, allow);
+            case 2: return detail::scan_index_fixed<2, true>(l, data, n, m, base_offset, cols, allow);
+            case 4: return detail::scan_index_fixed<4, true>(l, data, n, m, base_offset, cols, allow);
+            default: return detail::scan_index_fixed<8, true>(l, data, n, m, base_offset, cols, allow);
         }
     }
     switch (w) {
-        case 1: return detail::scan_index_fixed<1, false>(l, data, n, max_packet_size, base_offset, cols);
-        case 2: return detail::scan_index_fixed<2, false>(l, data, n, max_packet_size, base_offset, cols);
-        case 4: return detail::scan_index_fixed<4, false>(l, data, n, max_packet_size, base_offset, cols);
-        default: return detail::scan_index_fixed<8, false>(l, data, n, max_packet_size, base_offset, cols);
+        case 1: return detail::scan_index_fixed<1, false>(l, data, n, m, base_offset, cols, allow);
+        case 2: return detail::scan_index_fixed<2, false>(l, data, n, m, base_offset, cols, allow);
+        case 4: return detail::scan_index_fixed<4, false>(l, data, n, m, base_offset, cols, allow);
+        default: return detail::scan_index_fixed<8, false>(l, data, n, m, base_offset, cols, allow);
     }
+}
+
+inline ScanResult scan_index_frames(const Layout& l, const std::uint8_t* data, std::size_t n,
+                                    std::int64_t max_packet_size, std::int64_t base_offset,
+                                    IndexColumns cols) noexcept {
+    return scan_index_frames(l, data, n, max_packet_size, base_offset, cols,
+                             AggregateAllowance::none(l, max_packet_size));
 }
 
 /// Values for a header's role fields; fields without a role are written 0.
@@ -456,8 +503,14 @@ inline RecordsFault encode_records(const Layout& l, const std::uint8_t* records,
 /// emitted; the decoder then refuses input (FrameError::failed) until reset().
 class FrameDecoder {
 public:
-    FrameDecoder(const Layout& layout, std::size_t max_packet_size)
-        : layout_(layout), max_(static_cast<std::int64_t>(max_packet_size)) {}
+    /// `max_packet_size` above kMaxPacketSizeLimit is taken as that limit
+    /// (the bindings refuse it with an error instead). A decoder whose
+    /// caller unwraps aggregate frames passes `max_aggregate_size`: aggregate
+    /// frames up to that size pass the scan (AggregateAllowance).
+    FrameDecoder(const Layout& layout, std::size_t max_packet_size, std::size_t max_aggregate_size = 0)
+        : layout_(layout),
+          plain_max_(static_cast<std::int64_t>(std::min(max_packet_size, kMaxPacketSizeLimit))),
+          max_(std::max(plain_max_, static_cast<std::int64_t>(std::min(max_aggregate_size, kMaxPacketSizeLimit)))) {}
 
     struct FeedPlan {
         bool head_complete = false;  // the pending frame completes with in[0, scan_begin)
@@ -476,7 +529,9 @@ public:
     }
 
     const Layout& layout() const noexcept { return layout_; }
-    std::int64_t max_packet_size() const noexcept { return max_; }
+    std::int64_t max_packet_size() const noexcept { return plain_max_; }
+    /// The largest frame scanned: max_packet_size, or the aggregate frames' limit.
+    std::int64_t frame_limit() const noexcept { return max_; }
     std::size_t pending() const noexcept { return pending_.size(); }
     std::uint64_t stream_offset() const noexcept { return stream_offset_; }
     bool failed() const noexcept { return failed_; }
@@ -528,7 +583,7 @@ private:
                 }
             }
             const std::int64_t frame = layout_.frame_size(header);
-            if (!size_ok(frame)) {
+            if (!size_ok(frame, header)) {
                 p.scan_begin = p.scan_end = used;
                 describe(p.error, stream_offset_, frame, header);
                 return p;
@@ -547,6 +602,7 @@ private:
             }
         }
         p.scan_begin = used;
+        const AggregateAllowance allow{plain_max_, &layout_};
         ScanResult r;
         if (index != nullptr) {
             // the output holds the head frame (have + used bytes), then
@@ -557,9 +613,9 @@ private:
             rest.sizes += p.count;
             rest.headers += p.count * hs;
             const std::int64_t base = p.head_complete ? static_cast<std::int64_t>(have + used) : 0;
-            r = scan_index_frames(layout_, in + used, n - used, max_, base, rest);
+            r = scan_index_frames(layout_, in + used, n - used, max_, base, rest, allow);
         } else {
-            r = scan_frames(layout_, in + used, n - used, max_);
+            r = scan_frames(layout_, in + used, n - used, max_, allow);
         }
         p.scan_end = used + r.end;
         p.count += r.count;
@@ -626,8 +682,9 @@ private:
         return want < available ? want : available;
     }
 
-    bool size_ok(std::int64_t frame) const noexcept {
-        return frame >= static_cast<std::int64_t>(layout_.header_size) && frame <= max_;
+    bool size_ok(std::int64_t frame, const std::uint8_t* header) const noexcept {
+        return frame_size_ok(frame, layout_.header_size, max_) &&
+               (frame <= plain_max_ || AggregateAllowance{plain_max_, &layout_}.is_aggregate(header));
     }
 
     void describe(ErrorInfo& e, std::uint64_t offset, std::int64_t frame, const std::uint8_t* header) const noexcept {
@@ -638,7 +695,8 @@ private:
     }
 
     Layout layout_;
-    std::int64_t max_;
+    std::int64_t plain_max_;  // max_packet_size
+    std::int64_t max_;        // frame_limit(): plain_max_, or the aggregate frames' limit
     std::vector<std::uint8_t> pending_;
     std::uint64_t stream_offset_ = 0;  // stream offset of the first byte not yet emitted
     bool failed_ = false;

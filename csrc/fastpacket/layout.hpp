@@ -64,7 +64,8 @@ struct Layout {
     int player_id_index = -1;
 
     /// True when the layout is usable: fields inside the header, widths valid,
-    /// a length field present.
+    /// a length field present, and no field in two roles (encoding would
+    /// write one role's value over the other's).
     bool valid() const noexcept {
         if (nfields == 0 || nfields > kMaxFields) return false;
         if (header_size == 0 || header_size > kMaxHeaderBytes) return false;
@@ -74,8 +75,17 @@ struct Layout {
             if (std::size_t{fields[i].offset} + w > header_size) return false;
         }
         auto ok_index = [this](int idx) { return idx >= -1 && idx < static_cast<int>(nfields); };
-        return length_index >= 0 && ok_index(length_index) && ok_index(type_index) &&
-               ok_index(seq_index) && ok_index(player_id_index);
+        if (!(length_index >= 0 && ok_index(length_index) && ok_index(type_index) && ok_index(seq_index) &&
+              ok_index(player_id_index))) {
+            return false;
+        }
+        const int roles[4] = {length_index, type_index, seq_index, player_id_index};
+        for (int i = 0; i < 4; ++i) {
+            for (int j = i + 1; j < 4; ++j) {
+                if (roles[i] >= 0 && roles[i] == roles[j]) return false;
+            }
+        }
+        return true;
     }
 
     std::uint64_t read(const std::uint8_t* header, int index) const noexcept {

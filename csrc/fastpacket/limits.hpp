@@ -21,6 +21,29 @@ public:
 
     bool enabled() const noexcept { return packet_rate_ > 0 || byte_rate_ > 0; }
 
+    /// Refills both buckets for the time since the last refill (`now` in
+    /// seconds, any monotonic origin; time never runs backwards for it).
+    void refill(double now) noexcept {
+        if (last_ < 0) last_ = now;
+        const double dt = now > last_ ? now - last_ : 0.0;
+        last_ = now;
+        packets_ = packets_ + dt * packet_rate_;
+        if (packets_ > packet_cap_) packets_ = packet_cap_;
+        bytes_ = bytes_ + dt * byte_rate_;
+        if (bytes_ > byte_cap_) bytes_ = byte_cap_;
+    }
+
+    /// Takes the tokens of one item that costs `packets` packets and
+    /// `bytes` bytes (an aggregate frame: its declared count and raw_size)
+    /// when both buckets hold them (an unlimited one always does): true;
+    /// else false, and nothing is taken. Call refill() first.
+    bool take(double packets, double bytes) noexcept {
+        if ((packet_rate_ > 0 && packets > packets_) || (byte_rate_ > 0 && bytes > bytes_)) return false;
+        if (packet_rate_ > 0) packets_ -= packets;
+        if (byte_rate_ > 0) bytes_ -= bytes;
+        return true;
+    }
+
     /// Refills for the time since the last call (`now` in seconds, any
     /// monotonic origin), then admits the longest prefix of `n` packets of
     /// the given sizes that both buckets can pay for, takes its tokens and
@@ -40,16 +63,6 @@ public:
     }
 
 private:
-    void refill(double now) noexcept {
-        if (last_ < 0) last_ = now;
-        const double dt = now > last_ ? now - last_ : 0.0;
-        last_ = now;
-        packets_ = packets_ + dt * packet_rate_;
-        if (packets_ > packet_cap_) packets_ = packet_cap_;
-        bytes_ = bytes_ + dt * byte_rate_;
-        if (bytes_ > byte_cap_) bytes_ = byte_cap_;
-    }
-
     double packet_rate_ = 0, byte_rate_ = 0;
     double packet_cap_ = 0, byte_cap_ = 0;
     double packets_ = 0, bytes_ = 0;

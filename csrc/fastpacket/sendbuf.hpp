@@ -278,6 +278,20 @@ public:
         return SendStatus::ok;
     }
 
+    /// Appends whole frames from the front of frames [0, count), in order
+    /// and as they are, as many as fit the free space now; returns how
+    /// many (0 when not even the first fits). A batch larger than the
+    /// buffer goes out over several flushes this way, never a packet split.
+    std::size_t append_frames_fitting(const std::uint8_t* base, const std::int64_t* offsets,
+                                      const std::uint32_t* sizes, std::size_t count) noexcept {
+        const std::size_t room = max_ - used_;
+        std::size_t k = 0;
+        std::uint64_t total = 0;
+        while (k < count && total + sizes[k] <= room) total += sizes[k++];
+        if (k != 0) append_frames(base, offsets, sizes, k);  // fits: checked above
+        return k;
+    }
+
     /// True when the buffer should be flushed: at least `min_packets` packets
     /// or at least fill_ratio * max_bytes bytes queued; never when empty.
     bool should_flush(std::size_t min_packets, double fill_ratio) const noexcept {

@@ -106,6 +106,29 @@ int main() {
         std::copy(outer_body.begin(), outer_body.end(), frame.begin() + 12 + kAggregateHeaderBytes);
         CHECK(open_frame(frame, 1 << 20) == AggregateCheck::nested);
     }
+    // inner packets obey the receiver's max_packet_size (frame_size_ok, the stream's rule)
+    {
+        std::mt19937 sized(11);
+        const auto frame = raw_frame(sized, 20, &body);
+        const Layout l = game_layout();
+        std::int64_t largest = 0;
+        for (std::size_t pos = 0; pos < body.size();) {
+            const std::int64_t size = l.frame_size(body.data() + pos);
+            largest = std::max(largest, size);
+            pos += static_cast<std::size_t>(size);
+        }
+        CHECK(check_aggregate_body(l, body.data(), body.size(), 20, 0, nullptr, largest).check == AggregateCheck::ok);
+        const AggregateFault f = check_aggregate_body(l, body.data(), body.size(), 20, 0, nullptr, largest - 1);
+        CHECK(f.check == AggregateCheck::max_packet_size && f.value == largest && f.limit == largest - 1);
+        CHECK(check_aggregate_body(l, body.data(), body.size(), 20).check == AggregateCheck::ok);  // no limit
+        // what it declares, read before any check
+        AggregateHeader declared;
+        CHECK(declared_aggregate(l, frame.data(), frame.size(), &declared));
+        CHECK(declared.count == 20 && declared.raw_size == body.size());
+        CHECK(!declared_aggregate(l, frame.data(), 12 + kAggregateHeaderBytes - 1, &declared));  // too short
+        std::uint8_t plain[12] = {12, 0, 1, 0};
+        CHECK(!declared_aggregate(l, plain, 12, &declared));  // type 1: not an aggregate
+    }
     // random garbage
     for (int round = 0; round < 20000; ++round) {
         std::vector<std::uint8_t> g(rng() % 300);

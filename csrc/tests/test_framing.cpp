@@ -163,6 +163,75 @@ static void errors() {
     CHECK(encode_header(l, good, v, 0) == EncodeError::type_range);
 }
 
+// max_packet_size is at most kMaxPacketSizeLimit (sizes are u32), so a u64
+// length that saturates (2^62 and up), whatever its adjustment, is too large.
+static void huge_lengths() {
+    CHECK(frame_size_ok(12, 12, 12) && !frame_size_ok(11, 12, 100) && !frame_size_ok(101, 12, 100));
+    for (std::int64_t adjustment : {-(std::int64_t{1} << 32), std::int64_t{0}, std::int64_t{1} << 32}) {
+        Layout l;
+        l.nfields = 2;
+        l.header_size = 10;
+        l.fields[0] = {0, 8};
+        l.fields[1] = {8, 2};
+        l.length_index = 0;
+        l.type_index = 1;
+        l.length_adjustment = adjustment;
+        CHECK(l.valid());
+        FrameDecoder dec(l, ~std::size_t{0});  // taken as kMaxPacketSizeLimit
+        CHECK(dec.max_packet_size() == static_cast<std::int64_t>(kMaxPacketSizeLimit));
+        for (std::uint64_t announced : {std::uint64_t{1} << 34, (std::uint64_t{1} << 62) - 1, std::uint64_t{1} << 62,
+                                        std::uint64_t{1} << 63, ~std::uint64_t{0}}) {
+            std::vector<std::uint8_t> s(10 + 100, 'x');
+            store_unsigned(s.data(), 8, false, announced);
+            Decoded d = feed_all(dec, {s});
+            CHECK(d.error && d.info.kind == FrameError::too_large);
+            CHECK(dec.pending() == 0);  // refused at the header: nothing buffered
+            dec.reset();
+        }
+    }
+}
+
+// A decoder whose caller unwraps aggregates scans aggregate frames up to
+// their own limit, and still refuses a plain packet over max_packet_size at
+// its header, whole or split.
+static void aggregate_allowance() {
+    const Layout l = game_layout();
+    std::vector<std::uint8_t> agg(3000, 0), plain(3000, 0);
+    HeaderValues v;
+    v.type = kAggregateType;
+    CHECK(encode_header(l, agg.data(), v, agg.size() - 12) == EncodeError::none);
+    v.type = 1;
+    CHECK(encode_header(l, plain.data(), v, plain.size() - 12) == EncodeError::none);
+    for (bool indexed : {false, true}) {  // the two-pass scan and the one-pass scan + index
+        FrameDecoder dec(l, 1024, 4096);
+        CHECK(dec.max_packet_size() == 1024 && dec.frame_limit() == 4096);
+        Decoded d = feed_all(dec, {agg}, indexed);
+        CHECK(!d.error && d.types.size() == 1 && d.types[0] == kAggregateType);
+        for (std::size_t cut : {std::size_t{3000}, std::size_t{12}, std::size_t{5}}) {
+            FrameDecoder p(l, 1024, 4096);
+            std::vector<std::vector<std::uint8_t>> chunks;
+            chunks.emplace_back(plain.begin(), plain.begin() + static_cast<std::ptrdiff_t>(cut));
+            if (cut < 12) chunks.emplace_back(plain.begin() + static_cast<std::ptrdiff_t>(cut), plain.begin() + 12);
+            Decoded e = feed_all(p, chunks, indexed);
+            CHECK(e.error && e.info.kind == FrameError::too_large && e.info.frame_size == 3000);
+            CHECK(p.pending() <= 12);  // the header at most, never its payload
+        }
+        // an aggregate, then a plain packet over max_packet_size in the same feed
+        std::vector<std::uint8_t> both(agg);
+        both.insert(both.end(), plain.begin(), plain.begin() + 12);
+        FrameDecoder r(l, 1024, 4096);
+        Decoded g = feed_all(r, {both}, indexed);
+        CHECK(g.error && g.types.size() == 1 && g.info.frame_size == 3000 && g.info.stream_offset == 3000);
+        std::vector<std::uint8_t> huge(12, 0);
+        HeaderValues h;
+        h.type = kAggregateType;
+        CHECK(encode_header(l, huge.data(), h, 5000 - 12) == EncodeError::none);
+        FrameDecoder q(l, 1024, 4096);
+        Decoded f = feed_all(q, {huge}, indexed);
+        CHECK(f.error && f.info.kind == FrameError::too_large && f.info.frame_size == 5000);  // over frame_limit
+    }
+}
+
 static void garbage(const Layout& l, unsigned seed) {
     std::mt19937 rng(seed);
     for (int round = 0; round < 300; ++round) {
@@ -273,6 +342,8 @@ int main() {
     round_trip(big_u32_layout(), 700, 2);
     round_trip(tiny_u8_layout(), 255, 3);
     errors();
+    huge_lengths();
+    aggregate_allowance();
     garbage(game_layout(), 4);
     garbage(big_u32_layout(), 5);
     garbage(tiny_u8_layout(), 6);

@@ -237,6 +237,17 @@ void validation() {
     l = game_layout();
     l.seq_index = -2;
     CHECK(!l.valid());
+    // one field in two roles: encoding would write one role over the other
+    l = game_layout();
+    l.seq_index = l.type_index;
+    CHECK(!l.valid());
+    l = game_layout();
+    l.player_id_index = l.length_index;
+    CHECK(!l.valid());
+    l = game_layout();
+    l.seq_index = -1;
+    l.player_id_index = -1;  // roles a layout does not have may all be -1
+    CHECK(l.valid());
     // the largest header: 8 u64 fields
     Layout big;
     big.nfields = 8;

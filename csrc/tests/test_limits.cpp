@@ -85,6 +85,26 @@ void clock_going_back() {
     CHECK_EQ(admit(b, kT0 - 5, packets(1)), 0u);
 }
 
+void take_declared_costs() {
+    // an aggregate frame is charged what it declares (count, raw_size), before inflating
+    TokenBucket b(64, 1024, 1.0);  // 64 packets/s and 1 KiB/s, burst 1 s
+    b.refill(kT0);
+    CHECK(b.take(40, 512));
+    CHECK(!b.take(30, 10));   // 24 packets left: refused, nothing taken
+    CHECK(!b.take(1, 600));   // 512 bytes left
+    CHECK(b.take(24, 512));   // exactly what is left
+    CHECK(!b.take(1, 0));
+    b.refill(kT0 + 0.5);      // half a second: 32 packets, 512 bytes
+    CHECK(b.take(32, 512));
+    CHECK(!b.take(0, 1));
+    TokenBucket packets_only(8, 0, 1.0);
+    packets_only.refill(kT0);
+    CHECK(packets_only.take(8, 1e12));  // no byte rate: bytes are free
+    TokenBucket none;
+    none.refill(kT0);
+    CHECK(none.take(1e12, 1e12));
+}
+
 void burst_too_small() {
     // A bucket that cannot hold one packet admits none, ever: the reason the
     // adapter's Options refuse rate_burst * packets_per_s < 1 and
@@ -105,6 +125,7 @@ int main() {
     byte_rate();
     both_rates();
     clock_going_back();
+    take_declared_costs();
     burst_too_small();
     return fastpacket_test::finish("limits");
 }

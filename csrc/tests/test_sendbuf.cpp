@@ -506,6 +506,18 @@ void relay_frames() {
     CHECK(small.append_frames(src.data(), pick_off + 4, pick_size + 4, 1) == SendStatus::full);  // 21 > 15 free
     CHECK_EQ(small.count(), 3u);
     CHECK_EQ(small.size(), 45u);
+    // or as many whole frames as fit, from the front: a batch of any size
+    // goes out over several flushes, in order, never a frame split
+    small.attach(small_mem.data());
+    CHECK_EQ(small.append_frames_fitting(src.data(), pick_off, pick_size, 5), 3u);  // 45 of 60; 21 would not fit
+    CHECK_EQ(small.append_frames_fitting(src.data(), pick_off + 3, pick_size + 3, 2), 0u);
+    CHECK_EQ(small.size(), 45u);
+    small.attach(small_mem.data());
+    CHECK_EQ(small.append_frames_fitting(src.data(), pick_off + 3, pick_size + 3, 2), 2u);  // 21 + 12
+    const auto rest = decode(small);
+    CHECK_EQ(rest.size(), 2u);
+    if (rest.size() == 2) CHECK(rest[0].seq == 505 && rest[1].seq == 503);
+    CHECK_EQ(small.append_frames_fitting(src.data(), pick_off, pick_size, 0), 0u);
 }
 
 void flush_policy() {

@@ -70,15 +70,13 @@ AGG_HEADER = struct.Struct("<BBHI")  # codec, flags, count, raw_size (DESIGN.md)
 #: Values past this saturate in the native length reader (layout.hpp); the
 #: error it reports for such a header carries this as the size.
 LENGTH_SATURATION = 1 << 62
-#: Largest max_packet_size the targets try. At 2**62 and above the native
-#: saturation makes the decoder disagree with the wire format (a u64 length
-#: of 2**63 is taken for an incomplete 2**62-byte packet instead of an
-#: error): tests/test_fuzz_regressions.py, lifted once the decoder bounds
-#: max_packet_size.
-MAX_FUZZ_PACKET_SIZE = 1 << 61
+#: Largest max_packet_size a FrameDecoder takes (sizes are u32); a larger
+#: one is refused with ValueError, which the targets check (a u64 length
+#: past it, saturated or not, is then always a ProtocolError).
+MAX_FUZZ_PACKET_SIZE = fp.framing.MAX_PACKET_SIZE
 #: A max_packet_size (bytes) for decoding streams a target built itself:
 #: above every packet they hold, the limit is not what is tested there.
-ANY_PACKET_SIZE = 1 << 40
+ANY_PACKET_SIZE = fp.framing.MAX_PACKET_SIZE
 #: One past the largest unsigned 64-bit argument.
 U64_END = 1 << 64
 #: Corruption parameters (u8) are read as signed deltas around this.

@@ -44,23 +44,31 @@ class Expected:
         self.limit = 0
         self.check = ""                    # aggregate: the failed check
         self.tail = 0                      # bytes of an incomplete last packet
+        self.frame_limit = 0               # the largest frame the decoder may hold
 
 
 def expected_for(fl: FuzzLayout, stream: bytes, max_packet_size: int,
                  max_raw_size: Optional[int] = None) -> Expected:
     """The reference's account of `stream`; with `max_raw_size`, aggregate
-    frames are opened (the decoder has an Aggregator)."""
+    frames are opened (the decoder has an Aggregator): aggregate frames may
+    then be as large as aggregate_frame_limit(), any other packet is held to
+    max_packet_size at its header, and so is every packet inside an
+    aggregate (wire format 2.1 and 3.3; no inflate budget here)."""
     e = Expected()
-    outer, bad, tail = ref.decode_stream(fl.ref, stream, max_packet_size)
+    if max_raw_size is None:
+        outer, bad, tail = ref.decode_stream(fl.ref, stream, max_packet_size)
+        limit = max_packet_size
+    else:
+        limit = aggregate_frame_limit(fl, max_packet_size, max_raw_size)
+        outer, bad, tail = decode_outer(fl, stream, max_packet_size, limit)
+    e.frame_limit = limit
     pos = 0
     for d in outer:
         row = tuple(d[n] for n in fl.names) + (d["payload"],)
         if max_raw_size is not None and fl.carries_aggregates and d["type"] == AGGREGATE_TYPE:
-            # Inner packets are held to the aggregate checks only, not to
-            # max_packet_size, and nothing bounds what one feed inflates:
-            # issue 14 items 4 and 2 change both, and this model with them.
             try:
-                inner = ref_agg.ref_unpack(fl.wire(row), max_raw_size=max_raw_size, layout=fl.ref)
+                inner = ref_agg.ref_unpack(fl.wire(row), max_raw_size=max_raw_size, layout=fl.ref,
+                                           max_packet_size=max_packet_size)
             except ref_agg.RefAggregateError as err:
                 e.error, e.check, e.error_at, e.error_end = "aggregate", err.check, pos, pos + d["size"]
                 return e
@@ -74,10 +82,38 @@ def expected_for(fl: FuzzLayout, stream: bytes, max_packet_size: int,
         header = fl.ref.struct.unpack_from(stream, bad)
         e.error, e.error_at, e.error_end = "protocol", bad, bad + fl.hs
         e.value = fl.announced(header)
-        e.limit = fl.hs if e.value < fl.hs else max_packet_size
+        e.limit = fl.hs if e.value < fl.hs else max_packet_size if e.value <= limit else limit
     else:
         e.tail = tail
     return e
+
+
+def aggregate_frame_limit(fl: FuzzLayout, max_packet_size: int, max_raw_size: int) -> int:
+    """The largest frame a decoder unwrapping aggregates takes: an aggregate
+    frame of max_raw_size raw bytes (header + 8 + max_raw_size), within what
+    the length field announces and fp.framing.MAX_PACKET_SIZE, and never
+    less than max_packet_size."""
+    by_raw = fl.hs + ref_agg.AGG_HEADER.size + max_raw_size
+    return max(max_packet_size, min(by_raw, fl.ref.max_frame, fp.framing.MAX_PACKET_SIZE))
+
+
+def decode_outer(fl: FuzzLayout, stream: bytes, max_packet_size: int,
+                 frame_limit: int) -> Tuple[List[dict], Optional[int], int]:
+    """ref.decode_stream() for a decoder that unwraps aggregates: a frame
+    up to frame_limit is taken when it is an aggregate, any other only up
+    to max_packet_size, each decided at its header."""
+    packets, bad, tail = ref.decode_stream(fl.ref, stream, frame_limit)
+    pos = 0
+    for i, d in enumerate(packets):
+        if d["size"] > max_packet_size and not (fl.carries_aggregates and d["type"] == AGGREGATE_TYPE):
+            return packets[:i], pos, 0
+        pos += d["size"]
+    if bad is None and tail >= fl.hs:  # the incomplete tail's header is checked too
+        values = dict(zip([n for n, _ in fl.ref.fields], fl.ref.struct.unpack_from(stream, pos)))
+        if fl.ref.frame_size(values[fl.ref.length_field]) > max_packet_size and not (
+                fl.carries_aggregates and values.get("type") == AGGREGATE_TYPE):
+            return packets, pos, 0
+    return packets, bad, tail
 
 
 def as_buffer(chunk: bytes, kind: int) -> Any:
@@ -98,6 +134,7 @@ class StreamRun:
         self.fl = fl
         self.exp = exp
         self.mps = max_packet_size
+        self.limit = exp.frame_limit
         self.rows: List[Row] = []
         self.fed = 0
         self.ring: Any = None
@@ -129,7 +166,7 @@ class StreamRun:
         expect(dec.stream_offset == offset, "stream_offset is not the end of the last whole packet",
                dec.stream_offset, offset)
         expect(offset + held == self.fed, "bytes lost or duplicated between feeds", offset, held, self.fed)
-        expect(dec.pending <= self.mps, "the decoder holds more than max_packet_size", dec.pending, self.mps)
+        expect(dec.pending <= self.limit, "the decoder holds more than its frame limit", dec.pending, self.limit)
         expect(not dec.failed, "failed without raising")
 
     def _on_error(self, err: BaseException, before: int) -> None:
@@ -183,8 +220,8 @@ class StreamRun:
 def run_stream(dec: Any, fl: FuzzLayout, stream: bytes, chunks: Sequence[bytes], delivery: int,
                exp: Expected, max_packet_size: int) -> None:
     run = StreamRun(dec, fl, exp, max_packet_size)
-    if delivery in (DELIVER_RING, DELIVER_RING_FALLBACK) and max_packet_size <= MAX_RING_BYTES:
-        cap = SMALL_RING_BYTES if max_packet_size <= SMALL_RING_BYTES else MAX_RING_BYTES
+    if delivery in (DELIVER_RING, DELIVER_RING_FALLBACK) and exp.frame_limit <= MAX_RING_BYTES:
+        cap = SMALL_RING_BYTES if exp.frame_limit <= SMALL_RING_BYTES else MAX_RING_BYTES
         run.ring = fp.RingBuffer(cap, double_map=None if delivery == DELIVER_RING else False)
         _through_ring(run, chunks)
     else:

@@ -22,11 +22,14 @@ from _streams import DELIVERIES, expected_for, run_stream  # noqa: E402
 #: Most chunk boundaries one input asks for.
 MAX_CUTS = 32
 (MAX_LAYOUT_FRAME, MAX_HEADER_PLUS_U16, MAX_HEADER_PLUS_U8, MAX_ANY_U32) = range(4)
+#: The largest max_packet_size tried: what a u64 length field announces
+#: (past MAX_FUZZ_PACKET_SIZE: refused, which is checked).
+MAX_TRIED = (1 << 64) - 1
 
 
 def choose_max_packet_size(inp: Reader, hs: int, layout_max: int, mode: int) -> int:
     if mode == MAX_LAYOUT_FRAME:
-        return max(hs, min(layout_max, MAX_FUZZ_PACKET_SIZE))
+        return max(hs, min(layout_max, MAX_TRIED))
     if mode == MAX_HEADER_PLUS_U16:
         return hs + inp.u16()
     if mode == MAX_HEADER_PLUS_U8:
@@ -42,9 +45,10 @@ def test_one_input(data: bytes) -> None:
     try:
         dec = fp.FrameDecoder(fl.native, max_packet_size=mps)
     except ValueError:
-        expect(mps < fl.hs, "FrameDecoder refused a valid max_packet_size", mps, fl.hs)
+        expect(mps < fl.hs or mps > MAX_FUZZ_PACKET_SIZE, "FrameDecoder refused a valid max_packet_size", mps,
+               fl.hs)
         return
-    expect(mps >= fl.hs, "FrameDecoder took a max_packet_size below the header size", mps, fl.hs)
+    expect(fl.hs <= mps <= MAX_FUZZ_PACKET_SIZE, "FrameDecoder took a max_packet_size out of range", mps, fl.hs)
     expect(dec.max_packet_size == mps and dec.pending == 0, "a new decoder's state")
     cuts = [inp.u16() for _ in range(inp.u8() % (MAX_CUTS + 1))]
     stream = build_stream(fl, inp, aggregates=False) if cfg >> 5 & 1 else inp.rest()

@@ -38,15 +38,12 @@ MAX_OPS = 300
 (OP_SEND, OP_BROADCAST, OP_SEND_BATCH, OP_FLUSH, OP_SHOULD_FLUSH, OP_NEXT_SEQ, OP_CLEAR, OP_RELEASE,
  OP_CHECK) = range(9)
 OPS = 9
-#: Known, owned by issue 14 item 6: native entry points truncate floats
-#: (send(3.99, ...) sends type 3) instead of raising TypeError. Set to
-#: False once they raise, so floats join the bad arguments.
-KNOWN_FLOAT_TRUNCATION = True
-#: Argument values outside every field: negative, past u64, not an int.
-BAD_INTS: Tuple[Any, ...] = (-1, U64_END, "7", -1 if KNOWN_FLOAT_TRUNCATION else 1.5)
+#: Argument values outside every field: negative, past u64, not an int
+#: (a float is never truncated: TypeError).
+BAD_INTS: Tuple[Any, ...] = (-1, U64_END, "7", 1.5)
 RATIOS = (0.0, 0.5, 0.8, 1.0, 2.0, -1.0, math.inf, math.nan)
 ID_DTYPES = ("list", "tuple", "u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", ">u1", ">u4", "f8", "2d")
-ArgErrors = (TypeError, ValueError, OverflowError)  # OverflowError: issue 14 item 6 turns it into ValueError
+ArgErrors = (TypeError, ValueError)  # never OverflowError: out of range is a ValueError naming the argument
 #: A bug found here, fixed since: send_batch() accepted a batch of another
 #: layout with the same dtype (one whose length counts something else), so
 #: the relayed bytes were misframed by the buffer's peers
@@ -205,7 +202,12 @@ def step(inp: Reader, sb: Any, spec: SendSpec, held: List[Tuple[memoryview, byte
         sel = inp.u8()
         ratio = RATIOS[sel % len(RATIOS)] if sel < 128 else (sel - 128) / 100
         count = len(spec.queued)
-        want = count > 0 and (count >= max(min_packets, 0) or float(spec.nbytes) >= ratio * float(spec.max))
+        if min_packets < 0 or not 0.0 <= ratio <= 1.0:  # NaN included: a ValueError naming the argument
+            ok, err = attempt(lambda: sb.should_flush(min_packets, ratio), {ValueError}, sb, spec)
+            expect(not ok and ("min_packets" in str(err) or "fill_ratio" in str(err)),
+                   "should_flush took an argument out of range", min_packets, ratio)
+            return
+        want = count > 0 and (count >= min_packets or float(spec.nbytes) >= ratio * float(spec.max))
         expect(sb.should_flush(min_packets, ratio) == want, "should_flush disagrees", min_packets, ratio,
                count, spec.nbytes)
     elif op == OP_NEXT_SEQ:
@@ -254,7 +256,8 @@ def broadcast(sb: Any, spec: SendSpec, t: Any, payload: bytes, kind: str, raw_id
     if "player_id" not in fl.names:
         errors.add(ValueError)
     if t is not None and not (isinstance(t, int) and 0 <= t < U64_END):
-        errors |= {TypeError, ValueError, OverflowError}
+        # a layout without a type field wants None; then a float is a TypeError, never truncated
+        errors.add(TypeError if isinstance(t, (float, str)) and fl.type_at is not None else ValueError)
     else:
         errors |= spec.type_errors(t, value=False)  # checked early, whatever the count
     count = len(values)
@@ -310,15 +313,25 @@ def send_batch(inp: Reader, sb: Any, spec: SendSpec) -> None:
         wire = packets
     if shape & 1:
         batch, wire = batch[::2], wire[::2]  # not back to back: copied run by run
+    # like socket.send: as many whole packets of batch[start:] as fit now
+    start = min(shape >> 1 & 3, len(wire))
+    rest = wire[start:]
     errors: Set[Type[BaseException]] = set()
-    if other is None:
+    fit = 0
+    if other is None or any(len(p) > spec.max for p in rest):
         errors.add(ValueError)
-    elif wire:
-        errors |= spec.room_errors(sum(len(p) for p in wire))
-    ok, _ = attempt(lambda: sb.send_batch(batch), errors, sb, spec)
+    else:
+        free = spec.max - spec.nbytes
+        while fit < len(rest) and len(rest[fit]) <= free:
+            free -= len(rest[fit])
+            fit += 1
+        if rest and fit == 0:
+            errors.add(fp.BufferFull)
+    ok, got = attempt(lambda: sb.send_batch(batch, start), errors, sb, spec)
     if ok:
         expect(not errors, "send_batch() succeeded where the model fails", errors, layout, fl.native)
-        spec.queued.extend(wire)
+        expect(got == fit, "send_batch() queued another number of packets", got, fit)
+        spec.queued.extend(rest[:fit])
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 // generic path, which must agree on every field of every verdict.
 //
 // Input: a layout descriptor (fuzz_input.hpp), a config byte (bits 0-1:
-// max_raw_size 1 MiB / u16 / u8 / 0; bit 2: body mode), the max_raw_size
-// argument when asked; then in frame mode the frame (whole: parsed, and for
+// max_raw_size 1 MiB / u16 / u8 / 0; bit 2: body mode; bit 3: a
+// max_packet_size for the packets inside, header + u16), the max_raw_size
+// argument when asked, the max_packet_size's u16 when asked; then in frame mode the frame (whole: parsed, and for
 // codec 0 its body checked and indexed), in body mode a count (u16, mod
 // kMaxCount) and a body.
 #include <cstdint>
@@ -32,6 +33,7 @@ oracle::Check as_oracle(fastpacket::AggregateCheck c) {
         case AggregateCheck::count: return oracle::Check::count;
         case AggregateCheck::raw_size: return oracle::Check::raw_size;
         case AggregateCheck::packet_size: return oracle::Check::packet_size;
+        case AggregateCheck::max_packet_size: return oracle::Check::max_packet_size;
         case AggregateCheck::nested: return oracle::Check::nested;
     }
     FUZZ_CHECK(false, "an AggregateCheck value outside the enum: %d", static_cast<int>(c));
@@ -44,24 +46,29 @@ bool same_fault(const fastpacket::AggregateFault& a, const fastpacket::Aggregate
 
 // The body check against the oracle, with and without an index; returns the check.
 void check_body(const fastpacket::Layout& layout, const oracle::Spec& spec, const std::uint8_t* body_src,
-                std::size_t n, std::size_t count) {
+                std::size_t n, std::size_t count, std::int64_t max_packet_size) {
     using namespace fastpacket;
     fuzz::Exact body(body_src, n);
     std::vector<oracle::Frame> packets;
-    const oracle::Verdict want = oracle::check_body(spec, body.data, n, count, &packets);
+    const bool limited = max_packet_size != kNoMaxPacketSize;
+    const oracle::Verdict want = oracle::check_body(spec, body.data, n, count, &packets,
+                                                    limited ? oracle::Wide{max_packet_size} : oracle::Wide{-1});
     fuzz::Exact block(index_bytes(count, spec.header_size));
     IndexColumns cols = index_view(block.data, count, spec.header_size);
-    const AggregateFault f = check_aggregate_body(layout, body.data, n, count, kBaseOffset, &cols);
+    const AggregateFault f = check_aggregate_body(layout, body.data, n, count, kBaseOffset, &cols, max_packet_size);
     FUZZ_CHECK(as_oracle(f.check) == want.check && (f.check == AggregateCheck::ok ||
                                                     (f.offset == want.offset && f.index == want.index)),
                "body: check %d at %llu index %llu; oracle %d at %zu index %zu", static_cast<int>(f.check),
                static_cast<unsigned long long>(f.offset), static_cast<unsigned long long>(f.index),
                static_cast<int>(want.check), want.offset, want.index);
-    const AggregateFault again = check_aggregate_body(layout, body.data, n, count, kBaseOffset, nullptr);
+    const AggregateFault again = check_aggregate_body(layout, body.data, n, count, kBaseOffset, nullptr,
+                                                      max_packet_size);
     FUZZ_CHECK(same_fault(f, again), "the body check differs without an index");
     if (detail::is_game_layout(layout)) {  // the fast path and the generic one
-        const AggregateFault g = detail::check_body_with(detail::GenericFields{layout}, body.data, n, count, 0, nullptr);
-        const AggregateFault h = detail::check_body_with(detail::GameFields{}, body.data, n, count, 0, nullptr);
+        const AggregateFault g =
+            detail::check_body_with(detail::GenericFields{layout}, body.data, n, count, 0, nullptr, max_packet_size);
+        const AggregateFault h =
+            detail::check_body_with(detail::GameFields{}, body.data, n, count, 0, nullptr, max_packet_size);
         FUZZ_CHECK(same_fault(g, h), "GAME fast path and generic path disagree: %d vs %d", static_cast<int>(h.check),
                    static_cast<int>(g.check));
     }
@@ -85,11 +92,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const unsigned cfg = in.u8();
     const unsigned mode = cfg & 3;
     const std::uint64_t max_raw = mode == 0 ? (1u << 20) : mode == 1 ? in.u16() : mode == 2 ? in.u8() : 0;
+    // the receiver's max_packet_size for the packets inside (#14 item 4), or none
+    const std::int64_t max_packet =
+        (cfg >> 3) & 1 ? static_cast<std::int64_t>(spec.header_size + in.u16()) : kNoMaxPacketSize;
     std::size_t n = 0;
     if ((cfg >> 2) & 1) {
         const unsigned count = in.u16() % kMaxCount;
         const std::uint8_t* body = in.rest(&n);
-        check_body(layout, spec, body, n, count);
+        check_body(layout, spec, body, n, count, max_packet);
         return 0;
     }
     const std::uint8_t* src = in.rest(&n);
@@ -105,6 +115,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                    af.body_offset == want.body_offset && af.body_size == want.body_size &&
                    af.body_offset + af.body_size == n,
                "the parsed header differs");
-    if (af.header.codec == 0) check_body(layout, spec, frame.data + af.body_offset, af.body_size, af.header.count);
+    if (af.header.codec == 0) {
+        check_body(layout, spec, frame.data + af.body_offset, af.body_size, af.header.count, max_packet);
+    }
     return 0;
 }

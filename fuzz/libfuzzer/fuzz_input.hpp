@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "fastpacket/framing.hpp"  // kMaxPacketSizeLimit
 #include "fastpacket/layout.hpp"
 #include "oracle.hpp"
 
@@ -27,9 +28,9 @@
 
 namespace fuzz {
 
-/// Largest max_packet_size tried: at 2**62 and above the core's length
-/// saturation disagrees with exact sizes (tests/test_fuzz_regressions.py).
-constexpr long long kMaxPacketSize = 1LL << 61;
+/// Largest max_packet_size tried: the most a decoder takes (sizes are u32;
+/// the bindings refuse more, the core takes more as this limit).
+constexpr long long kMaxPacketSize = static_cast<long long>(fastpacket::kMaxPacketSizeLimit);
 
 class Reader {
 public:

@@ -87,7 +87,8 @@ inline Stream decode(const Spec& s, const std::uint8_t* data, std::size_t n, lon
 }
 
 /// Aggregate checks, in the order DESIGN.md and fastpacket.aggregate list them.
-enum class Check { ok, frame, not_aggregate, flags, codec, max_raw_size, count, raw_size, packet_size, nested };
+enum class Check { ok, frame, not_aggregate, flags, codec, max_raw_size, count, raw_size, packet_size, max_packet_size,
+                   nested };
 
 struct Verdict {
     Check check = Check::ok;
@@ -156,8 +157,11 @@ inline Verdict parse_frame(const Spec& s, const std::uint8_t* frame, std::size_t
 
 /// The checks on a (decompressed) body: exactly `count` packets back to
 /// back, each at least a header and inside the body, none an aggregate.
+/// `max_packet_size` < 0: no limit for the packets inside (only the body
+/// bounds them); else one larger fails Check::max_packet_size (wire format
+/// 3.3: after "below a header", before "past the body").
 inline Verdict check_body(const Spec& s, const std::uint8_t* body, std::size_t n, std::size_t count,
-                          std::vector<Frame>* packets) {
+                          std::vector<Frame>* packets, Wide max_packet_size = -1) {
     Verdict v;
     const std::size_t hs = s.header_size;
     std::size_t pos = 0;
@@ -169,6 +173,10 @@ inline Verdict check_body(const Spec& s, const std::uint8_t* body, std::size_t n
             return v;
         }
         const Wide size = frame_size(s, body + pos);
+        if (size >= static_cast<Wide>(hs) && max_packet_size >= 0 && size > max_packet_size) {
+            v.check = Check::max_packet_size;
+            return v;
+        }
         if (size < static_cast<Wide>(hs) || size > static_cast<Wide>(n - pos)) {
             v.check = Check::packet_size;
             return v;

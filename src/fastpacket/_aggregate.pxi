@@ -181,6 +181,8 @@ DEFAULT_MIN_SAVING = kDefaultMinSaving
 #: Most packets one aggregate frame holds (its count field is a u16).
 MAX_AGGREGATE_COUNT = kMaxAggregateCount
 _ZLIB_MAX_LEVEL = 9
+#: Largest lz4 acceleration (liblz4 takes an int; it caps the factor itself).
+_LZ4_MAX_ACCELERATION = 0x7FFFFFFF
 _ZLIB_DEFAULT_LEVEL = 6
 
 cdef dict _CHECK_NAMES = {
@@ -193,6 +195,7 @@ cdef dict _CHECK_NAMES = {
     <int>AggregateCheck.raw_size: "raw_size",
     <int>AggregateCheck.packet_size: "packet_size",
     <int>AggregateCheck.nested: "nested",
+    <int>AggregateCheck.max_packet_size: "max_packet_size",
 }
 
 
@@ -255,6 +258,9 @@ cdef object _fault_error(AggregateFault f, AggregateFrame* frame, int64_t stream
     elif f.check == AggregateCheck.packet_size:
         msg = (f"inner packet {f.index} at body offset {f.offset} has size {f.value}; expected "
                f"{'at least' if f.value < f.limit else 'at most'} {f.limit}")
+    elif f.check == AggregateCheck.max_packet_size:
+        msg = (f"inner packet {f.index} at body offset {f.offset} has size {f.value}, over max_packet_size "
+               f"{f.limit} (refused inside an aggregate as it would be alone)")
     else:
         msg = f"inner packet {f.index} at body offset {f.offset} is itself an aggregate (type 0xffff)"
     return AggregateError(f"{_where(stream_offset)}: bad aggregate frame ({check}): {msg}", check=check,
@@ -307,22 +313,19 @@ cdef class Aggregator:
             number = codec
         else:
             raise ValueError(f"codec must be one of {sorted(CODECS)} or 0..2, got {codec!r}")
-        if not isinstance(threshold, int) or threshold < 0:
-            raise ValueError(f"threshold must be a non-negative int (bytes), got {threshold!r}")
-        if not isinstance(min_saving, (int, float)) or not isfinite(min_saving) or not 0 <= min_saving < 1:
+        threshold = ssize_arg(threshold, "threshold", 0, PY_SSIZE_T_MAX)
+        if not isinstance(min_saving, (int, float)):
+            raise TypeError(f"min_saving must be a number in [0, 1), not {type(min_saving).__name__!r}")
+        if not isfinite(min_saving) or not 0 <= min_saving < 1:
             raise ValueError(f"min_saving must be in [0, 1), got {min_saving!r}")
-        if not isinstance(max_raw_size, int) or not 0 <= max_raw_size <= kRawSizeLimit:
-            raise ValueError(f"max_raw_size must be an int in [0, {kRawSizeLimit}] (what every codec "
-                             f"handles), got {max_raw_size!r}")
-        if not isinstance(level, int) or not 0 <= level <= _ZLIB_MAX_LEVEL:
-            raise ValueError(f"level must be a zlib level 0..{_ZLIB_MAX_LEVEL}, got {level!r}")
-        if not isinstance(acceleration, int) or acceleration < 1:
-            raise ValueError(f"acceleration must be an int >= 1, got {acceleration!r}")
+        max_raw_size = u64_arg(max_raw_size, "max_raw_size", kRawSizeLimit)
+        level = ssize_arg(level, "level", 0, _ZLIB_MAX_LEVEL)
+        # liblz4 takes an int
+        acceleration = ssize_arg(acceleration, "acceleration", 1, _LZ4_MAX_ACCELERATION)
         cdef HeaderLayout nl = _layout_arg(layout)
         min_frame = nl.c.header_size + kAggregateHeaderBytes
-        if max_frame_size is not None and (not isinstance(max_frame_size, int) or max_frame_size < min_frame):
-            raise ValueError(f"max_frame_size must be an int >= {min_frame} (header + aggregate header), "
-                             f"got {max_frame_size!r}")
+        if max_frame_size is not None:  # at least header + aggregate header
+            max_frame_size = ssize_arg(max_frame_size, "max_frame_size", min_frame, PY_SSIZE_T_MAX)
         self._stats = new AggregateStats()
         self._codec = number
         self._level = level
@@ -529,7 +532,7 @@ cdef class Aggregator:
             return PyBytes_FromStringAndSize(dst, got)
         return _zlib_compress(_window(owner, body, n), self._level)
 
-    def pack(self, batch, *, uint64_t seq=0, uint64_t player_id=0):
+    def pack(self, batch, *, seq=0, player_id=0):
         """pack(batch, *, seq=0, player_id=0) -> bytes
 
         One aggregate frame (type 0xFFFF, in the batch's layout, with the
@@ -545,10 +548,11 @@ cdef class Aggregator:
         if not isinstance(batch, PacketBatch):
             raise TypeError(f"pack needs a PacketBatch, not {type(batch).__name__!r}")
         cdef PacketBatch b = <PacketBatch>batch
+        cdef uint64_t seq_ = u64_arg(seq, "seq"), pid = u64_arg(player_id, "player_id")
         self._check_layout(b._layout)
-        return self._pack_run(b, 0, b._count, seq, player_id)
+        return self._pack_run(b, 0, b._count, seq_, pid)
 
-    def pack_many(self, batch, *, uint64_t seq=0, uint64_t player_id=0):
+    def pack_many(self, batch, *, seq=0, player_id=0):
         """pack_many(batch, *, seq=0, player_id=0) -> list[bytes]
 
         The batch split into as many aggregate frames as needed, in order.
@@ -558,7 +562,7 @@ cdef class Aggregator:
         """
         if not isinstance(batch, PacketBatch):
             raise TypeError(f"pack_many needs a PacketBatch, not {type(batch).__name__!r}")
-        return self._pack_many(<PacketBatch>batch, seq, player_id)
+        return self._pack_many(<PacketBatch>batch, u64_arg(seq, "seq"), u64_arg(player_id, "player_id"))
 
     def frame_capacity(self, layout=None):
         """frame_capacity(layout=None) -> int
@@ -598,7 +602,7 @@ cdef class Aggregator:
 
     cdef bytes _open(self, HeaderLayout nl, bytes owner, const uint8_t* frame, size_t n,
                      int64_t where, const uint8_t** body_out, size_t* count_out, size_t* nbytes_out,
-                     PacketBatch into):
+                     PacketBatch into, int64_t max_packet_size):
         """Checks one whole aggregate frame frame[0, n) (memory kept alive by
         `owner`, or None when the caller's buffer may change; `where` is its
         stream offset, or -1 for unpack()) and decompresses its body.
@@ -606,9 +610,11 @@ cdef class Aggregator:
         *nbytes_out bytes) and sets *count_out; with `into` (a fresh
         batch), also makes it the batch of those packets, indexed in the
         same pass as the check. Raises AggregateError naming the failed
-        check. The body never takes more than raw_size <= max_raw_size
-        bytes (+1 for zlib's overrun probe); the index of `into` is bounded
-        by count <= raw_size / header size."""
+        check; an inner packet over `max_packet_size` fails the
+        "max_packet_size" one (kNoMaxPacketSize: only the body bounds them).
+        The body never takes more than raw_size <= max_raw_size bytes (+1
+        for zlib's overrun probe); the index of `into` is bounded by count
+        <= raw_size / header size."""
         cdef AggregateFrame af
         cdef AggregateFault f = parse_aggregate_frame(nl.c, frame, n, self._max_raw_size, &af)
         if f.check != AggregateCheck.ok:
@@ -640,7 +646,7 @@ cdef class Aggregator:
             if af.header.count:
                 cols = &into._cols
                 base_offset = body - into._base
-        f = check_aggregate_body(nl.c, body, raw_size, af.header.count, base_offset, cols)
+        f = check_aggregate_body(nl.c, body, raw_size, af.header.count, base_offset, cols, max_packet_size)
         if f.check != AggregateCheck.ok:
             self._stats.count_rejected()
             raise _fault_error(f, NULL, where)
@@ -713,16 +719,21 @@ cdef class Aggregator:
                                where)
         return out
 
-    def unpack(self, frame, *, layout=None):
-        """unpack(frame, *, layout=None) -> PacketBatch
+    def unpack(self, frame, *, layout=None, max_packet_size=None):
+        """unpack(frame, *, layout=None, max_packet_size=None) -> PacketBatch
 
         The packets of one aggregate frame (any contiguous bytes-like object
         holding exactly that packet), in the aggregator's layout unless
         `layout` is given. Every check failure raises AggregateError naming
         the check (see fastpacket.aggregate); raw_size is checked against
-        max_raw_size before anything is decompressed.
+        max_raw_size before anything is decompressed. With
+        `max_packet_size`, an inner packet larger than that fails the
+        "max_packet_size" check, as FrameDecoder refuses it alone.
         """
         cdef HeaderLayout nl = self._layout if layout is None else _layout_arg(layout)
+        cdef int64_t limit = kNoMaxPacketSize
+        if max_packet_size is not None:
+            limit = ssize_arg(max_packet_size, "max_packet_size", nl.c.header_size, kMaxPacketSizeLimit)
         cdef Py_buffer view
         cdef const uint8_t* body
         cdef size_t count, nbytes
@@ -730,10 +741,24 @@ cdef class Aggregator:
         get_contiguous_buffer(frame, &view, "Aggregator.unpack")
         try:
             self._open(nl, frame if type(frame) is bytes else None, <const uint8_t*>view.buf, view.len, -1,
-                       &body, &count, &nbytes, b)
+                       &body, &count, &nbytes, b, limit)
             return b
         finally:
             PyBuffer_Release(&view)
+
+    cdef int64_t _outer_frame_limit(self, HeaderLayout nl, uint64_t budget):
+        """Largest aggregate frame (header included) that a peer packing at
+        most this aggregator's max_raw_size (and `budget`; 0: none) of
+        packets makes: a compressed body is kept only when smaller than the
+        raw one, so header + aggregate header + raw body bounds it; no more
+        than the layout's length field (or max_frame_size) announces, nor
+        MAX_PACKET_SIZE."""
+        cdef uint64_t raw = self._max_raw_size if budget == 0 else min(self._max_raw_size, budget)
+        cdef int64_t limit = self._frame_limit(nl)
+        cdef uint64_t by_raw = nl.c.header_size + kAggregateHeaderBytes + raw
+        if limit < 0 or <uint64_t>limit > by_raw:
+            limit = <int64_t>by_raw
+        return min(limit, <int64_t>kMaxPacketSizeLimit)
 
 
 cdef Aggregator _aggregator_arg(object aggregator):
@@ -742,12 +767,15 @@ cdef Aggregator _aggregator_arg(object aggregator):
     return <Aggregator>aggregator
 
 
-cdef PacketBatch _concat_segments(HeaderLayout nl, list segments, size_t nbytes, size_t count):
+cdef PacketBatch _concat_segments(HeaderLayout nl, list segments):
     """One batch of the segments' packets in order; each segment is
     (owner, address, nbytes, count) of validated packets back to back."""
+    cdef size_t nbytes = 0, count = 0, pos = 0, k
+    for seg in segments:
+        nbytes += <size_t>seg[2]
+        count += <size_t>seg[3]
     data = PyBytes_FromStringAndSize(NULL, nbytes)
     cdef uint8_t* dst = <uint8_t*>PyBytes_AS_STRING(data)
-    cdef size_t pos = 0, k
     for seg in segments:
         k = seg[2]
         memcpy(dst + pos, <const uint8_t*><size_t>seg[1], k)
@@ -755,50 +783,181 @@ cdef PacketBatch _concat_segments(HeaderLayout nl, list segments, size_t nbytes,
     return _batch_over(nl, data, count)
 
 
-cdef PacketBatch _unwrap_aggregates(Aggregator agg, PacketBatch b, uint64_t stream_base):
-    """The batch with each aggregate frame replaced by its packets, in stream
-    order. A bad aggregate raises AggregateError carrying, as exc.batch, the
-    packets before it (earlier aggregates unwrapped)."""
-    cdef HeaderLayout nl = b._layout
+cdef int _add_run(list segments, PacketBatch b, Py_ssize_t begin, Py_ssize_t end) except -1:
+    """Adds b's plain packets [begin, end) to `segments` (as they lie in b)."""
+    if end <= begin:
+        return 0
+    cdef size_t nbytes = b._cols.offsets[end - 1] + b._cols.sizes[end - 1] - b._cols.offsets[begin]
+    segments.append((b._data, <size_t>(b._base + b._cols.offsets[begin]), nbytes, end - begin))
+    return 0
+
+
+@cython.final
+cdef class _Unwrapper:
+    """The aggregate-unwrapping half of decoding a stream (FrameDecoder with
+    an aggregator; the asyncio adapter's sessions): decoded frames in, their
+    packets out in stream order, each aggregate frame replaced by its
+    packets, under two limits checked before anything is decompressed:
+
+    - max_packet_size: every packet delivered, alone or inside an
+      aggregate, is at most this (frame_size_ok(), the stream's rule);
+    - the inflate budget (max_inflate_bytes; 0: none): the raw_size the
+      aggregates unwrapped by one call declare adds up to at most the
+      budget. An aggregate declaring more than the whole budget is refused
+      (AggregateError, check "max_inflate_bytes"); one that would take the
+      call past it waits, with every frame after it, for the next call
+      (`_held_bytes`), which starts with them.
+
+    A bad frame raises AggregateError (ProtocolError for a plain packet
+    over max_packet_size) with the packets before it as exc.batch; the
+    frames after it are dropped (the stream cannot be trusted any more)."""
+
+    def __cinit__(self, Aggregator agg not None, HeaderLayout layout not None, int64_t max_packet_size,
+                  uint64_t budget):
+        self._agg = agg
+        self._layout = layout
+        self._max_packet_size = max_packet_size
+        self._budget = budget
+        self._held = []
+        self._held_bytes = 0
+
+    cdef int _hold(self, PacketBatch b, Py_ssize_t row, uint64_t stream_base) except -1:
+        """Holds b's frames from `row` on (its data at stream offset stream_base)."""
+        self._held.append((b, row, stream_base))
+        self._held_bytes += _frames_bytes(b, row)
+        return 0
+
+    cdef Py_ssize_t _drop_held(self):
+        """Forgets the held frames; returns how many there were."""
+        cdef Py_ssize_t n = 0
+        for item in self._held:
+            n += (<PacketBatch>item[0])._count - <Py_ssize_t>item[1]
+        self._held = []
+        self._held_bytes = 0
+        return n
+
+    cdef bint _plain(self, PacketBatch b):
+        """True when `b` holds no aggregate and no packet over
+        max_packet_size: it passes as it is, uncopied."""
+        cdef Layout* c = &b._layout.c
+        cdef size_t hs = c.header_size
+        cdef Py_ssize_t i
+        cdef bint may_aggregate = c.type_index >= 0 and c.field_max(c.type_index) >= kAggregateType
+        for i in range(b._count):
+            if not frame_size_ok(b._cols.sizes[i], hs, self._max_packet_size):
+                return False
+            if may_aggregate and c.read(b._cols.headers + i * hs, c.type_index) == kAggregateType:
+                return False
+        return True
+
+    cdef int _fail(self, list segments, object error, uint64_t where) except -1:
+        """Raises `error` for the frame at stream offset `where`, with the
+        packets before it (`segments`) as error.batch."""
+        self._drop_held()
+        error.stream_offset = where
+        error.batch = _concat_segments(self._layout, segments)
+        raise error
+
+    cdef PacketBatch unwrap(self, PacketBatch frames, uint64_t stream_base):
+        """The packets of the frames held from the previous call, then of
+        `frames` (complete frames whose data starts at stream offset
+        `stream_base`; None or empty: the held ones only), as far as the
+        inflate budget goes; the rest is held for the next call."""
+        if not self._held:
+            if frames is None or frames._count == 0:
+                return frames if frames is not None else _batch_over(self._layout, _EMPTY_BYTES, 0)
+            if self._plain(frames):
+                return frames
+        if frames is not None and frames._count:
+            self._hold(frames, 0, stream_base)
+        cdef HeaderLayout nl = self._layout
+        cdef Layout* c = &nl.c
+        cdef size_t hs = c.header_size
+        cdef bint may_aggregate = c.type_index >= 0 and c.field_max(c.type_index) >= kAggregateType
+        cdef PacketBatch b, single
+        cdef Py_ssize_t i, row, run_start
+        cdef uint64_t base, spent = 0, where
+        cdef size_t count, inner_bytes
+        cdef const uint8_t* body
+        cdef const uint8_t* frame
+        cdef AggregateHeader declared
+        cdef bint has_declared
+        segments = []
+        while self._held:
+            item = self._held[0]
+            b = <PacketBatch>item[0]
+            row = item[1]
+            base = item[2]
+            run_start = row
+            i = row
+            while i < b._count:
+                where = base + b._cols.offsets[i]
+                frame = b._base + b._cols.offsets[i]
+                if not (may_aggregate and c.read(b._cols.headers + i * hs, c.type_index) == kAggregateType):
+                    if not frame_size_ok(b._cols.sizes[i], hs, self._max_packet_size):
+                        _add_run(segments, b, run_start, i)
+                        self._fail(segments, _oversize_error(nl, b, i, where, self._max_packet_size), where)
+                    i += 1
+                    continue
+                has_declared = declared_aggregate(c[0], frame, b._cols.sizes[i], &declared)
+                if self._budget and has_declared:
+                    if declared.raw_size > self._budget:
+                        self._agg._stats.count_rejected()
+                        _add_run(segments, b, run_start, i)
+                        self._fail(segments, _budget_error(declared.raw_size, self._budget, where, hs), where)
+                    if spent + declared.raw_size > self._budget:
+                        # this call's budget is spent: the frames from here on wait for the next
+                        _add_run(segments, b, run_start, i)
+                        self._held[0] = (b, i, base)
+                        self._held_bytes = 0
+                        for item in self._held:
+                            self._held_bytes += _frames_bytes(<PacketBatch>item[0], item[1])
+                        return _concat_segments(nl, segments)
+                    spent += declared.raw_size
+                _add_run(segments, b, run_start, i)
+                single = None
+                if b._count == 1 and not segments and len(self._held) == 1:
+                    single = PacketBatch.__new__(PacketBatch)  # the only frame: its batch, no copy
+                try:
+                    owner = self._agg._open(nl, b._data, frame, b._cols.sizes[i], where, &body, &count,
+                                            &inner_bytes, single, self._max_packet_size)
+                except AggregateError as exc:
+                    self._fail(segments, exc, where)
+                if single is not None:
+                    self._held.pop(0)
+                    self._held_bytes = 0
+                    return single
+                segments.append((owner, <size_t>body, inner_bytes, count))
+                i += 1
+                run_start = i
+            _add_run(segments, b, run_start, b._count)
+            self._held.pop(0)
+        self._held_bytes = 0
+        return _concat_segments(nl, segments)
+
+
+cdef size_t _frames_bytes(PacketBatch b, Py_ssize_t row):
+    """Bytes of b's frames from `row` on."""
+    if row >= b._count:
+        return 0
+    return b._cols.offsets[b._count - 1] + b._cols.sizes[b._count - 1] - b._cols.offsets[row]
+
+
+cdef object _budget_error(uint64_t raw_size, uint64_t budget, uint64_t where, size_t hs):
+    """An aggregate declaring more than the whole inflate budget."""
+    return AggregateError(f"{_where(where)}: bad aggregate frame (max_inflate_bytes): raw_size {raw_size} at "
+                          f"offset {hs + 4} exceeds max_inflate_bytes {budget}, the most one read inflates; "
+                          f"refused before decompressing", check="max_inflate_bytes", offset=hs + 4,
+                          value=raw_size, limit=budget)
+
+
+cdef object _oversize_error(HeaderLayout nl, PacketBatch b, Py_ssize_t i, uint64_t where, int64_t limit):
+    """A plain packet over max_packet_size that the scan let through (with
+    an aggregator its limit is the aggregate frames'): the ProtocolError
+    FrameDecoder raises for it without one."""
     cdef Layout* c = &nl.c
-    cdef size_t hs = c.header_size
-    cdef Py_ssize_t i, n = b._count, run_start = 0, naggs = 0
-    cdef const uint8_t* body
-    cdef size_t count, total_bytes = 0, total_count = 0, inner_bytes
-    if c.type_index < 0 or c.field_max(c.type_index) < kAggregateType:
-        return b
-    for i in range(n):
-        if c.read(b._cols.headers + i * hs, c.type_index) == kAggregateType:
-            naggs += 1
-    if naggs == 0:
-        return b
-    segments = []
-    for i in range(n):
-        if c.read(b._cols.headers + i * hs, c.type_index) != kAggregateType:
-            continue
-        if i > run_start:  # the ordinary packets since the previous aggregate
-            inner_bytes = b._cols.offsets[i - 1] + b._cols.sizes[i - 1] - b._cols.offsets[run_start]
-            segments.append((b._data, <size_t>(b._base + b._cols.offsets[run_start]), inner_bytes,
-                             i - run_start))
-            total_bytes += inner_bytes
-            total_count += i - run_start
-        single = PacketBatch.__new__(PacketBatch) if n == 1 else None
-        try:
-            owner = agg._open(nl, b._data, b._base + b._cols.offsets[i], b._cols.sizes[i],
-                              stream_base + b._cols.offsets[i], &body, &count, &inner_bytes, single)
-        except AggregateError as exc:
-            exc.stream_offset = stream_base + b._cols.offsets[i]
-            exc.batch = _concat_segments(nl, segments, total_bytes, total_count)
-            raise
-        if single is not None:
-            return single  # the whole feed was one aggregate: its batch, no copy
-        segments.append((owner, <size_t>body, inner_bytes, count))
-        total_bytes += inner_bytes
-        total_count += count
-        run_start = i + 1
-    if run_start < n:
-        inner_bytes = b._cols.offsets[n - 1] + b._cols.sizes[n - 1] - b._cols.offsets[run_start]
-        segments.append((b._data, <size_t>(b._base + b._cols.offsets[run_start]), inner_bytes, n - run_start))
-        total_bytes += inner_bytes
-        total_count += n - run_start
-    return _concat_segments(nl, segments, total_bytes, total_count)
+    field = nl.field_names[c.length_index]
+    length = c.read(b._cols.headers + i * c.header_size, c.length_index)
+    return ProtocolError(f"packet size {b._cols.sizes[i]} at stream offset {where} exceeds max_packet_size "
+                         f"{limit} (length field {field!r} = {length})", offset=where, value=b._cols.sizes[i],
+                         limit=limit)

@@ -11,7 +11,7 @@ cdef class Hub:
     cdef readonly object loop
     cdef readonly object options        # the checked fastpacket.aio.Options
     cdef readonly set sessions          # the open (accepted) sessions
-    cdef readonly dict closes           # close reason -> sessions
+    cdef readonly dict closes           # close reason class (slug) -> sessions
     cdef readonly dict drops            # drop reason -> packets (or connections)
     # handed in
     cdef object _handler                # handler(session, batch), or None
@@ -30,6 +30,8 @@ cdef class Hub:
     cdef Py_ssize_t _max_packet_size
     cdef Py_ssize_t _send_buffer
     cdef Py_ssize_t _ring_capacity
+    cdef Py_ssize_t _frame_limit        # the decoders' limit: max_packet_size, or aggregate frames'
+    cdef uint64_t _inflate_budget       # max_inflate_bytes per read and connection; 0: none
     cdef Py_ssize_t _max_pending_bytes
     cdef Py_ssize_t _max_connections    # -1: no limit
     cdef double _fill_ratio
@@ -40,6 +42,7 @@ cdef class Hub:
     cdef double _rate_burst
     cdef bint _rate_close
     cdef uint64_t _idle_timeout_ns      # 0: no idle timeout
+    cdef uint64_t _packet_timeout_ns    # 0: no packet timeout
     cdef Py_ssize_t _queue_packets      # handler_queue_packets: received, not yet handled, per session
     cdef Py_ssize_t _queue_bytes        # handler_queue_bytes
     # state
@@ -49,6 +52,9 @@ cdef class Hub:
     cdef object _flush_handle
     cdef bint _flush_soon               # _flush_handle runs at the end of this loop iteration
     cdef object _idle_handle
+    cdef object _trim_handle            # the pool trim timer, or None
+    cdef Py_ssize_t _rings_low          # fewest rings pooled since the last trim (never needed: spare)
+    cdef Py_ssize_t _closes_since_trim
     # groups and the bus
     cdef object _groups                 # weakref.WeakValueDictionary: name -> Group
     cdef list _dirty_groups             # groups with packets gathered for the bus this iteration
@@ -60,6 +66,7 @@ cdef class Hub:
 
     cdef RingBuffer _lend_ring(self)
     cdef int _return_ring(self, RingBuffer ring) except -1
+    cdef int _arm_trim(self) except -1
     cdef int _count_type(self, object ptype, Py_ssize_t n) except -1
     cdef int _call_handler(self, object fn, SessionBase session, PacketBatch batch) except -1
     cdef int _flush_dirty(self) except -1
@@ -83,16 +90,20 @@ cdef class SessionBase:
     cdef Hub _hub
     cdef object _handler
     cdef dict _handlers
-    cdef FrameDecoder _decoder
+    cdef FrameDecoder _decoder          # no aggregator: _unwrapper unwraps, after the rate limit
+    cdef _Unwrapper _unwrapper          # with an aggregator, else None
     cdef RingBuffer _ring               # lent while data is pending, else None
-    cdef SendBuffer _sendbuf            # made on the first send (idle connections hold none); _out() makes it
+    cdef SendBuffer _sendbuf
     cdef object _close_reason
     cdef bint _opened                   # accepted by the hub (not refused)
     cdef bint _closing
     cdef bint _writing_paused
     cdef bint _in_burst                 # this session's own read burst is being handled
     cdef bint _dirty                    # on the hub's dirty list
-    cdef uint64_t _last_activity_ns
+    cdef uint64_t _last_packet_ns       # when the last complete packet arrived (idle_timeout)
+    cdef uint64_t _partial_since_ns     # when the partial packet pending began; 0: none (packet_timeout)
+    cdef bint _inflate_paused           # reading paused: aggregate frames wait for the next inflate budget
+    cdef object _unwrap_handle          # the loop callback unwrapping them, or None
     cdef TokenBucket _bucket
     cdef bint _rate_close
     cdef object _inbox                  # asyncio.Queue of batches for a client without a handler
@@ -112,6 +123,9 @@ cdef class SessionBase:
     cdef bint _transport_buffered       # the transport may hold bytes: write through it until it is empty
 
     cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1
+    cdef PacketBatch _admit(self, PacketBatch frames, uint64_t now)
+    cdef int _deliver(self, PacketBatch frames, uint64_t base, object error) except -1
+    cdef int _drop_held(self) except -1
     cdef int _dispatch(self, PacketBatch batch) except -1
     cdef int _dispatch_ordered(self, PacketBatch batch) except -1
     cdef int _handle(self, object fn, PacketBatch batch, bint is_async) except -1
@@ -128,6 +142,7 @@ cdef class SessionBase:
     cdef SendBuffer _out(self)
     cdef int _flush(self) except -1
     cdef Py_ssize_t _write_through(self, size_t nbytes, size_t count) except -2
+    cdef int _write_out(self) except -1
     cdef int _send_failed(self, BaseException exc, size_t n) except -1
     cdef int _close(self, object reason) except -1
     cdef int _abort(self, object reason) except -1

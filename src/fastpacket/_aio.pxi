@@ -28,9 +28,23 @@ except ImportError:  # pragma: no cover - every CPython since 3.4 has it
 
 _aio_log = _logging.getLogger("fastpacket.aio")
 
-# Receive rings a hub keeps for lending (idle connections hold none).
+# Receive rings a hub keeps for lending (idle connections hold none): at
+# most RING_POOL_SIZE; past RING_POOL_FLOOR, the rings no connection needed
+# for a whole POOL_TRIM_S period are released (memory comes back after a
+# wave of connections).
 cdef enum:
     RING_POOL_SIZE = 1024
+    RING_POOL_FLOOR = 16
+# After this many closes, the next pool trim also hands the allocator's free
+# memory back to the system (malloc_trim, glibc).
+cdef enum:
+    TRIM_AFTER_CLOSES = 256
+# Seconds between pool trims (while there is something to trim).
+cdef double POOL_TRIM_S = 5.0
+# Distinct close-reason classes (slugs) server.closes keeps, "other"
+# included: any further class counts under "other", so it cannot grow.
+cdef enum:
+    MAX_CLOSE_CLASSES = 64
 # Cap on a transport's high-water mark, in bytes: past it asyncio pauses
 # writing (pause_writing), well before max_pending_bytes cuts the peer off.
 cdef enum:
@@ -48,6 +62,19 @@ cdef uint64_t _NS_PER_S = 1000000000
 # frame's raw body is at most the aggregator's max_raw_size (1 MiB) plus headers.
 cdef enum:
     BUS_MAX_FRAME_BYTES = 2 << 20
+
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    /* glibc keeps freed heap pages until its top chunk is freed; malloc_trim
+       madvises every free page back to the system. */
+    static void fastpacket_release_free_memory(void) { malloc_trim(0); }
+    #else
+    static void fastpacket_release_free_memory(void) {}
+    #endif
+    """
+    void _release_free_memory "fastpacket_release_free_memory"() nogil
 
 
 cdef inline double _seconds(uint64_t ns) noexcept nogil:
@@ -122,6 +149,15 @@ cdef class Hub:
         self._max_packet_size = options.max_packet_size
         self._send_buffer = options.send_buffer
         self._ring_capacity = options.recv_buffer
+        # With an aggregator the decoders take aggregate frames as large as a
+        # peer packs them (within the receive ring); every packet delivered,
+        # alone or unwrapped, stays within max_packet_size (_Unwrapper).
+        self._inflate_budget = options.inflate_budget or 0
+        self._frame_limit = self._max_packet_size
+        if self._aggregator is not None:
+            self._frame_limit = max(self._max_packet_size,
+                                    min(self._aggregator._outer_frame_limit(self._layout, self._inflate_budget),
+                                        self._ring_capacity))
         self._max_pending_bytes = options.max_pending_bytes
         self._max_connections = -1 if options.max_connections is None else options.max_connections
         self._fill_ratio = options.fill_ratio
@@ -132,6 +168,7 @@ cdef class Hub:
         self._rate_burst = options.rate_burst
         self._rate_close = options.rate_policy == "close"
         self._idle_timeout_ns = <uint64_t>(options.idle_timeout * _NS_PER_S) if options.idle_timeout else 0
+        self._packet_timeout_ns = <uint64_t>(options.packet_timeout * _NS_PER_S) if options.packet_timeout else 0
         self._in_burst = False
         self._dirty = []
         self._rings = []
@@ -147,14 +184,21 @@ cdef class Hub:
                 self._bus_agg = _aggregator_arg(bus.aggregator)
             limit = BUS_MAX_FRAME_BYTES if self._bus_agg is not None else max(self._send_buffer, self._max_packet_size)
             self._bus_decoder = FrameDecoder(self._layout, limit, self._bus_agg)
-        if self._idle_timeout_ns:
+        self._trim_handle = None
+        self._rings_low = 0
+        self._closes_since_trim = 0
+        if self._idle_timeout_ns or self._packet_timeout_ns:
             self._arm_idle_sweep()
 
     # -- pools ----------------------------------------------------------------
 
     cdef RingBuffer _lend_ring(self):
         if self._rings:
-            return <RingBuffer>self._rings.pop()
+            ring = self._rings.pop()
+            if len(self._rings) < self._rings_low:
+                self._rings_low = len(self._rings)
+            return <RingBuffer>ring
+        self._rings_low = 0
         return RingBuffer(self._ring_capacity)
 
     cdef int _return_ring(self, RingBuffer ring) except -1:
@@ -162,7 +206,35 @@ cdef class Hub:
         # still holds bytes stays with its session and is dropped with it
         if len(self._rings) < RING_POOL_SIZE:
             self._rings.append(ring)
+            if len(self._rings) > RING_POOL_FLOOR:
+                self._arm_trim()
         return 0
+
+    cdef int _arm_trim(self) except -1:
+        if self._trim_handle is None and not self.loop.is_closed():
+            self._trim_handle = self.loop.call_later(POOL_TRIM_S, self._trim_pools)
+        return 0
+
+    def _trim_pools(self):
+        """Timer callback: releases the pooled rings no connection needed
+        during the last period (down to RING_POOL_FLOOR), and after many
+        closes hands the allocator's free memory back to the system."""
+        cdef Py_ssize_t spare = min(self._rings_low, len(self._rings) - RING_POOL_FLOOR)
+        self._trim_handle = None
+        if spare > 0:
+            del self._rings[:spare]  # the least recently used: rings are lent from the end
+        self._rings_low = len(self._rings)
+        if spare > 0 or self._closes_since_trim >= TRIM_AFTER_CLOSES:
+            self._closes_since_trim = 0
+            with nogil:
+                _release_free_memory()
+        if len(self._rings) > RING_POOL_FLOOR:
+            self._arm_trim()
+
+    @property
+    def pooled_rings(self):
+        """Receive rings pooled for lending now (tests, diagnostics)."""
+        return len(self._rings)
 
     # -- the burst and its flushes --------------------------------------------
 
@@ -383,7 +455,17 @@ cdef class Hub:
         return True
 
     cdef int _count_close(self, SessionBase session, str reason, bint was_open) except -1:
-        self.closes[reason] = self.closes.get(reason, 0) + 1
+        # counted by class (the metrics' slug), not by text: a reason's text
+        # holds what the peer sent (sizes, offsets), and a peer must not be
+        # able to grow this dict; the text stays on the session and in the log
+        _aio_log.debug("%r closed: %s", session, reason)
+        key = _slug(reason)
+        if key not in self.closes and len(self.closes) >= MAX_CLOSE_CLASSES - 1:  # "other" is the last
+            key = "other"
+        self.closes[key] = self.closes.get(key, 0) + 1
+        self._closes_since_trim += 1
+        if self._closes_since_trim >= TRIM_AFTER_CLOSES:
+            self._arm_trim()
         if not was_open:
             return 0
         self.sessions.discard(session)
@@ -407,20 +489,31 @@ cdef class Hub:
     # -- idle sweep and shutdown ----------------------------------------------
 
     cdef int _arm_idle_sweep(self) except -1:
-        cdef double period = _seconds(self._idle_timeout_ns) / IDLE_SWEEPS_PER_TIMEOUT
+        cdef uint64_t shortest = self._idle_timeout_ns
+        if self._packet_timeout_ns and (not shortest or self._packet_timeout_ns < shortest):
+            shortest = self._packet_timeout_ns
+        cdef double period = _seconds(shortest) / IDLE_SWEEPS_PER_TIMEOUT
         period = min(max(period, IDLE_SWEEP_MIN_S), IDLE_SWEEP_MAX_S)
         self._idle_handle = self.loop.call_later(period, self._sweep_idle)
         return 0
 
     def _sweep_idle(self):
-        """Closes the sessions that received nothing for idle_timeout (timer callback)."""
+        """Timer callback: closes the sessions that completed no packet for
+        idle_timeout ("idle timeout": bytes that complete nothing, such as a
+        drip into one packet, do not count) and those whose partial packet
+        has waited packet_timeout for the rest ("packet timeout")."""
         cdef SessionBase s
         cdef uint64_t now = monotonic_ns()
-        cdef uint64_t deadline = now - self._idle_timeout_ns if now > self._idle_timeout_ns else 0
+        cdef uint64_t idle_before = now - self._idle_timeout_ns if now > self._idle_timeout_ns else 0
+        cdef uint64_t partial_before = now - self._packet_timeout_ns if now > self._packet_timeout_ns else 0
         for session in list(self.sessions):
             s = <SessionBase>session
-            if s._last_activity_ns < deadline and s._task is None:  # a session being handled is not idle
+            if s._task is not None or s._closing or not s._may_read():
+                continue  # being handled, or not read from by our choice (write_timeout's case): not idle
+            if self._idle_timeout_ns and s._last_packet_ns < idle_before:
                 s._close("idle timeout")
+            elif self._packet_timeout_ns and s._partial_since_ns and s._partial_since_ns < partial_before:
+                s._close("packet timeout")
         self._arm_idle_sweep()
 
     def shutdown(self, str reason):
@@ -431,6 +524,9 @@ cdef class Hub:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
+            self._trim_handle = None
         self._flush_dirty()
         for session in list(self.sessions):
             s = <SessionBase>session
@@ -463,10 +559,15 @@ cdef class SessionBase:
         self._hub = hub
         self._handler = hub._handler
         self._handlers = hub._handlers
-        self._decoder = FrameDecoder(hub._layout, hub._max_packet_size, hub._aggregator)
+        # aggregates are unwrapped by _unwrapper, after the rate limit charged what they declare
+        self._decoder = FrameDecoder(hub._layout, hub._max_packet_size)
+        if hub._aggregator is not None:
+            self._decoder._allow_aggregates(hub._frame_limit)
+            self._unwrapper = _Unwrapper(hub._aggregator, hub._layout, hub._max_packet_size, hub._inflate_budget)
+        self._sendbuf = SendBuffer(hub._send_buffer, hub._layout)
         self._bucket = TokenBucket(hub._packets_per_s, hub._bytes_per_s, hub._rate_burst)
         self._rate_close = hub._rate_close
-        self._last_activity_ns = monotonic_ns()
+        self._last_packet_ns = monotonic_ns()
         self._fd = -1
         self._closed = hub.loop.create_future()
         # a client connected without a handler reads with recv()
@@ -521,6 +622,7 @@ cdef class SessionBase:
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+        self._drop_held()
         self._ring = None  # not pooled: asyncio may still hold a view of it
         self.transport = None
         if self._task is not None:
@@ -571,8 +673,10 @@ cdef class SessionBase:
 
     cdef bint _may_read(self):
         """Nothing holds reading paused: the peer reads our output, the
-        handler queue has room, no graceful close is waiting for the handler."""
-        return not (self._writing_paused or self._queue_paused or self._drain_reason is not None)
+        handler queue has room, no aggregate frames wait for the next
+        inflate budget, no graceful close is waiting for the handler."""
+        return not (self._writing_paused or self._queue_paused or self._inflate_paused or
+                    self._drain_reason is not None)
 
     def _write_timed_out(self):
         self._write_timer = None
@@ -581,57 +685,160 @@ cdef class SessionBase:
 
     # -- receive -------------------------------------------------------------
 
-    def get_buffer(self, Py_ssize_t size_hint):
-        """asyncio callback: the receive ring's free space (size_hint ignored)."""
+    def get_buffer(self, size_hint):
+        """asyncio callback: the receive ring's free space (size_hint, an
+        int, ignored)."""
+        ssize_arg(size_hint, "size_hint", PY_SSIZE_T_MIN, PY_SSIZE_T_MAX)
         if self._ring is None:
             self._ring = self._hub._lend_ring()
         return self._ring.writable()
 
-    def buffer_updated(self, Py_ssize_t nbytes):
+    def buffer_updated(self, nbytes):
         """asyncio callback: `nbytes` arrived; decode, dispatch, flush.
         Never raises into the event loop: whatever goes wrong closes this
         session with the reason."""
         cdef RingBuffer ring = self._ring
-        if ring is None or nbytes < 0 or <size_t>nbytes > ring._c.free_space():
-            raise ValueError(f"buffer_updated({nbytes}): more than the buffer lent")  # asyncio's bug, not ours
+        if ring is None:
+            raise ValueError(f"buffer_updated({nbytes!r}) without a buffer lent by get_buffer()")  # asyncio's bug
+        cdef Py_ssize_t n = ssize_arg(nbytes, "nbytes (at most the buffer lent)", 0, ring._c.free_space())
         try:
-            self._received(ring, nbytes)
+            self._received(ring, n)
         except Exception as exc:
             _aio_log.exception("receive failed for %r", self)
             self._abort(f"internal error: {_error_text(exc)}")
 
+    def feed_message(self, data):
+        """Bytes from a message-based transport (a WebSocket message or
+        fragment, fastpacket.ws), handled exactly as bytes read from a
+        socket: copied into the receive ring, decoded, dispatched, flushed.
+        Returns the bytes left over that do not make a whole packet yet
+        (the caller decides whether a message may end inside a packet).
+        Never raises into the caller for what the peer sent: that closes the
+        session with the reason, as buffer_updated does."""
+        cdef Py_buffer view
+        cdef Py_ssize_t off = 0, k
+        cdef RingSpan span
+        cdef RingBuffer ring
+        get_contiguous_buffer(data, &view, "feed_message()")
+        try:
+            while off < view.len and not self._closing:
+                if self._ring is None:
+                    self._ring = self._hub._lend_ring()
+                ring = self._ring
+                span = ring._c.write_span()
+                # the ring holds a max-size packet, so a partial one never fills it
+                k = min(<Py_ssize_t>span.size, view.len - off)
+                if k <= 0:
+                    self._close("protocol error: no room in the receive buffer")
+                    break
+                memcpy(span.data, <const uint8_t*>view.buf + off, k)
+                off += k
+                try:
+                    self._received(ring, k)
+                except Exception as exc:
+                    _aio_log.exception("receive failed for %r", self)
+                    self._abort(f"internal error: {_error_text(exc)}")
+        finally:
+            PyBuffer_Release(&view)
+        return self._ring._c.readable() if self._ring is not None else 0
+
     cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1:
         cdef object error = None
-        cdef PacketBatch batch
-        cdef size_t admitted
+        cdef PacketBatch frames
         cdef Hub hub = self._hub
         cdef uint64_t now = monotonic_ns()
+        cdef uint64_t base
+        cdef Py_ssize_t i
         ring._c.commit(nbytes)
         self.bytes_in += nbytes
-        self._last_activity_ns = now
         if hub._metrics is not None:
             hub._metrics["bytes_in"].inc(nbytes)
         try:
-            batch = _feed_from_ring(self._decoder, ring)
+            frames = _feed_from_ring(self._decoder, ring)
         except ProtocolError as exc:
             error = exc
-            batch = exc.batch
+            frames = exc.batch
+        base = self._decoder._dec.stream_offset()  # the frames end here
+        if frames is not None:
+            for i in range(frames._count):
+                base -= frames._cols.sizes[i]
+            if frames._count:
+                self._last_packet_ns = now  # idle_timeout counts complete packets, not bytes
+                if self._bucket.enabled():
+                    frames = self._admit(frames, now)
+                    if frames is None:
+                        return 0  # closed by the rate policy
+        # a partial packet's age (packet_timeout): from its first byte, or
+        # from the last packet completed while bytes kept arriving
+        if ring._c.readable() or self._decoder._dec.pending():
+            if self._partial_since_ns == 0 or (frames is not None and frames._count):
+                self._partial_since_ns = now
+        else:
+            self._partial_since_ns = 0
+        self._deliver(frames, base, error)
+        if (error is None and not self._closing and self._ring is not None and ring._c.readable() == 0
+                and not self._inflate_paused):
+            hub._return_ring(ring)  # idle connections hold no receive buffer
+            self._ring = None
+        return 0
+
+    cdef PacketBatch _admit(self, PacketBatch frames, uint64_t now):
+        """The frames the rate limit admits (the longest prefix it can pay
+        for), charged before anything is inflated: a plain packet one packet
+        and its size, an aggregate frame the count and raw_size it declares.
+        The rest is dropped (counted), or with rate_policy "close" the
+        session closes: None."""
+        cdef Py_ssize_t i, n = frames._count, dropped = 0
+        cdef AggregateHeader declared
+        cdef Layout* c = &frames._layout.c
+        cdef const uint8_t* frame
+        self._bucket.refill(_seconds(now))
+        for i in range(n + 1):
+            if i == n:
+                return frames
+            frame = frames._base + frames._cols.offsets[i]
+            if self._unwrapper is not None and declared_aggregate(c[0], frame, frames._cols.sizes[i], &declared):
+                if not self._bucket.take(declared.count, declared.raw_size):
+                    break
+            elif not self._bucket.take(1, frames._cols.sizes[i]):
+                break
+        cdef Py_ssize_t admitted = i
+        for i in range(admitted, n):
+            frame = frames._base + frames._cols.offsets[i]
+            if self._unwrapper is not None and declared_aggregate(c[0], frame, frames._cols.sizes[i], &declared):
+                dropped += declared.count
+            else:
+                dropped += 1
+        self.dropped_in += dropped
+        self._hub._count_drop("rate limit", dropped)
+        if self._rate_close:
+            self._close("rate limit exceeded")
+            return None
+        return frames[:admitted]
+
+    cdef int _deliver(self, PacketBatch frames, uint64_t base, object error) except -1:
+        """The packets of `frames` (whose data starts at stream offset
+        `base`; None: only what waits for the inflate budget) unwrapped and
+        handled, the burst's output flushed; then the close an error asks
+        for, or, while frames wait for the next inflate budget, reading
+        paused and their turn scheduled (bounded memory: one budget
+        inflated per turn, what waits is what one read brought)."""
+        cdef Hub hub = self._hub
+        cdef PacketBatch batch = frames
+        if self._unwrapper is not None:
+            try:
+                batch = self._unwrapper.unwrap(frames, base)
+            except ProtocolError as exc:  # before any decode error: that one is after every frame
+                error = exc
+                batch = exc.batch
+            if error is not None:
+                self._drop_held()
         if batch is not None and batch._count:
-            if self._bucket.enabled():
-                admitted = self._bucket.admit(_seconds(now), batch._cols.sizes, batch._count)
-                if admitted < <size_t>batch._count:
-                    self.dropped_in += batch._count - admitted
-                    hub._count_drop("rate limit", batch._count - admitted)
-                    if self._rate_close:
-                        self._close("rate limit exceeded")
-                        return 0
-                    batch = batch[:admitted]
-            if batch._count:
-                self.packets_in += batch._count
-                self.batches_in += 1
-                if hub._metrics is not None:
-                    hub._metrics["packets_in"].inc(batch._count)
-                self._dispatch(batch)
+            self.packets_in += batch._count
+            self.batches_in += 1
+            if hub._metrics is not None:
+                hub._metrics["packets_in"].inc(batch._count)
+            self._dispatch(batch)
         # end of the read burst: this session's replies go out now (no added
         # latency); output it produced for other sessions (broadcasts) goes
         # out once at the end of this loop iteration, coalesced with what
@@ -641,9 +848,39 @@ cdef class SessionBase:
             hub._schedule_flush(True)
         if error is not None:
             self._close(f"protocol error: {error}")
-        elif self._ring is not None and ring._c.readable() == 0 and not self._closing:
-            hub._return_ring(ring)  # idle connections hold no receive buffer
-            self._ring = None
+        elif self._unwrapper is not None and self._unwrapper._held and not self._closing:
+            if not self._inflate_paused:
+                self._inflate_paused = True
+                if self.transport is not None and not self._queue_paused and not self._writing_paused:
+                    self.transport.pause_reading()
+            if self._unwrap_handle is None:
+                self._unwrap_handle = hub.loop.call_soon(self._unwrap_more)
+        elif self._inflate_paused:
+            self._inflate_paused = False
+            if self.transport is not None and not self._closing and self._may_read():
+                self.transport.resume_reading()
+        return 0
+
+    def _unwrap_more(self):
+        """Loop callback: the next inflate budget's worth of the aggregate
+        frames that wait (see _deliver)."""
+        self._unwrap_handle = None
+        if self._closing or self.transport is None:
+            return
+        try:
+            self._deliver(None, 0, None)
+        except Exception as exc:
+            _aio_log.exception("receive failed for %r", self)
+            self._abort(f"internal error: {_error_text(exc)}")
+
+    cdef int _drop_held(self) except -1:
+        """Forgets the aggregate frames waiting for an inflate budget (the
+        session is closing); they count as dropped_in."""
+        if self._unwrap_handle is not None:
+            self._unwrap_handle.cancel()
+            self._unwrap_handle = None
+        if self._unwrapper is not None and self._unwrapper._held:
+            self.dropped_in += self._unwrapper._drop_held()
         return 0
 
     cdef int _dispatch(self, PacketBatch batch) except -1:
@@ -807,20 +1044,31 @@ cdef class SessionBase:
 
     def send_batch(self, batch):
         """send_batch(batch): relay a PacketBatch byte-for-byte (headers, seq
-        included, as they are); dropped (and counted) like send()."""
-        if self._closing:
-            self.dropped_out += len(batch)
-            return
-        try:
-            self._out().send_batch(batch)
-        except BufferFull:
-            if not self._make_room():
-                self.dropped_out += len(batch)
-                return
-            self._sendbuf.send_batch(batch)
-        self._after_send()
+        included, as they are), of any size: what does not fit the send
+        buffer is written in as many flushes as it takes, packets whole and
+        in order. Dropped (and counted) like send() when the session is
+        closed or the peer is cut off meanwhile; a batch in another layout
+        or with a packet larger than send_buffer raises ValueError, sending
+        nothing."""
+        if not isinstance(batch, PacketBatch):
+            raise TypeError(f"send_batch needs a fastpacket.PacketBatch, not {type(batch).__name__!r}")
+        cdef Py_ssize_t n = (<PacketBatch>batch)._count, done = 0
+        cdef SendBuffer sb = self._sendbuf
+        while done < n and not self._closing:
+            try:
+                done += sb.send_batch(batch, done)
+            except BufferFull:  # nothing fitted: write what is queued, then go on
+                if not self._make_room():
+                    break
+                continue
+            if done < n and not self._make_room():  # the buffer is full: write it, then go on
+                break
+        if done < n:
+            self.dropped_out += n - done
+        if done:
+            self._after_send()
 
-    def send_array(self, uint64_t type, records, *, player_ids=None):
+    def send_array(self, type, records, *, player_ids=None):
         """send_array(type, records, *, player_ids=None) -> int
 
         Queue one packet per row of `records` (a numpy array, as
@@ -831,13 +1079,15 @@ cdef class SessionBase:
         peer is cut off meanwhile (the rest dropped and counted, as by
         send()). Bad arguments raise before anything is queued.
         """
+        cdef uint64_t type_
+        _type_arg(self._sendbuf._layout, type, &type_)
         arr = records_array(records, "Session.send_array")
         cdef RecordsView rv
         records_view(arr, &rv)
         cdef U64Values ids
         keep = u64_values(player_ids, rv.count, "player_ids", &ids)
-        check_player_ids(self._hub._layout, &ids, rv.count)
-        return self._send_rows(type, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride)
+        check_player_ids(self._sendbuf._layout, &ids, rv.count)
+        return self._send_rows(type_, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride)
 
     cdef Py_ssize_t _send_rows(self, uint64_t type_, const uint8_t* rows, Py_ssize_t count, Py_ssize_t row_bytes,
                                Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except -1:
@@ -879,10 +1129,18 @@ cdef class SessionBase:
                           None if include_self else self)
 
     cdef bint _make_room(self) except -1:
-        """The send buffer is full: flush it if the peer is writable, else
-        apply the slow-consumer policy. True when there is room now."""
-        if not self._writing_paused and self.transport is not None:
-            self._flush()
+        """The send buffer is full: write it out. While the peer's output is
+        paused (it reads slower than we write) it is written all the same
+        as long as what may be pending for the peer, the transport's buffer
+        with it and a send buffer filled again, stays within
+        max_pending_bytes (the bound; the paused state only signals that
+        the transport passed its high-water mark); past it, the
+        slow-consumer policy. True when there is room now."""
+        if self.transport is not None and (
+                not self._writing_paused or
+                self.transport.get_write_buffer_size() + <Py_ssize_t>self._sendbuf._c.size()
+                + <Py_ssize_t>self._sendbuf._max <= self._hub._max_pending_bytes):
+            self._write_out()
             return not self._closing
         self._hub._slow_consumer(self)
         return False
@@ -909,10 +1167,14 @@ cdef class SessionBase:
         counts the packets as dropped; it never propagates, so no caller
         (the read burst, the hub's end-of-iteration flush) is interrupted."""
         self._dirty = False
-        if self._sendbuf is None:
-            return 0  # nothing was ever sent
+        if self._writing_paused:
+            return 0  # held until resume_writing(), or written by _make_room() within max_pending_bytes
+        return self._write_out()
+
+    cdef int _write_out(self) except -1:
+        """_flush() even while the peer's output is paused."""
         cdef size_t n = self._sendbuf._c.count()
-        if self._writing_paused or self.transport is None or n == 0:
+        if self.transport is None or n == 0:
             return 0
         cdef size_t nbytes = self._sendbuf._c.size()
         cdef Py_ssize_t sent = 0
@@ -934,8 +1196,7 @@ cdef class SessionBase:
         return 0
 
     cdef SendBuffer _out(self):
-        """This session's send buffer, made on first use: an idle connection
-        holds none (its 64 KiB chunk is most of an idle session's memory)."""
+        """This session's send buffer (made on first use if it has none)."""
         if self._sendbuf is None:
             self._sendbuf = SendBuffer(self._hub._send_buffer, self._hub._layout)
         return self._sendbuf
@@ -994,6 +1255,7 @@ cdef class SessionBase:
         if self._closing:
             return 0
         self._drop_work()
+        self._drop_held()
         self._closing = True
         self._leave_groups()
         if self._close_reason is None:
@@ -1010,6 +1272,7 @@ cdef class SessionBase:
         if self._closing:
             return 0
         self._drop_work()
+        self._drop_held()
         self._closing = True
         self._leave_groups()
         if self._close_reason is None:
@@ -1121,6 +1384,10 @@ def _broadcast(targets, ptype, payload, player_id, SessionBase skip):
     """Sends one packet to every session of `targets` but `skip`; how many
     got it queued (fastpacket.aio's Session.broadcast and PacketServer.broadcast)."""
     cdef Py_ssize_t n = 0
+    # checked once here, so a bad value raises even with no session to send to
+    if ptype is not None:
+        u64_arg(ptype, "type")
+    u64_arg(player_id, "player_id")
     for s in targets:
         if s is skip:
             continue
@@ -1169,6 +1436,13 @@ async def _run_async_handlers(SessionBase s, object fn, PacketBatch batch):
         s._drained()
 
 
+cdef uint64_t _rows_type_arg(object type) except? 0xFFFFFFFFFFFFFFFF:
+    """The packet type of scatter/broadcast_array before any session's
+    layout is known: an int in the u64 range, or None (a layout without a
+    type field); _type_arg then checks it against each session's layout."""
+    return 0 if type is None else u64_arg(type, "type")
+
+
 cdef Py_ssize_t _session_rows(object s, uint64_t type_, const uint8_t* rows, Py_ssize_t count,
                               Py_ssize_t row_bytes, Py_ssize_t row_stride, const uint64_t* ids,
                               size_t id_stride, bint flush) except -1:
@@ -1181,9 +1455,10 @@ cdef Py_ssize_t _session_rows(object s, uint64_t type_, const uint8_t* rows, Py_
     return done
 
 
-def _scatter(sessions, uint64_t type, records, player_ids, index, starts, bint flush):
+def _scatter(sessions, type, records, player_ids, index, starts, bint flush):
     """fastpacket.aio.scatter (documented there): per-session rows of one
     array, one native pass."""
+    cdef uint64_t type_ = _rows_type_arg(type)
     arr = records_array(records, "scatter")
     cdef RecordsView rv
     records_view(arr, &rv)
@@ -1203,14 +1478,15 @@ def _scatter(sessions, uint64_t type, records, player_ids, index, starts, bint f
             if not isinstance(<object>items[i], SessionBase):
                 raise TypeError(f"scatter targets are sessions (or None), not {(<object>items[i]).__class__.__name__!r} "
                                 f"(index {i})")
-            check_player_ids((<SessionBase>items[i])._hub._layout, &ids, rv.count)
+            _type_arg((<SessionBase>items[i])._sendbuf._layout, type, &type_)
+            check_player_ids((<SessionBase>items[i])._sendbuf._layout, &ids, rv.count)
     if index is None:
         if n != rv.count:
             raise ValueError(f"scatter needs one row per session: {n} sessions, {rv.count} rows")
         for i in range(n):
             if <object>items[i] is None:
                 continue
-            queued += _session_rows(<object>items[i], type, rv.data + i * rv.row_stride, 1, rv.row_bytes, 0,
+            queued += _session_rows(<object>items[i], type_, rv.data + i * rv.row_stride, 1, rv.row_bytes, 0,
                                     ids.values + i * ids.stride if ids.values != NULL else NULL, 0, flush) > 0
         return queued
     rows_idx = np.ascontiguousarray(index, dtype=np.int64)
@@ -1248,7 +1524,7 @@ def _scatter(sessions, uint64_t type, records, player_ids, index, starts, bint f
                 memcpy(scratch + (j - begin) * rv.row_bytes, rv.data + rows_of[j] * rv.row_stride, rv.row_bytes)
                 if ids.values != NULL:
                     scratch_ids[j - begin] = ids.values[rows_of[j] * ids.stride]
-            queued += _session_rows(<object>items[k], type, scratch, end - begin, rv.row_bytes, rv.row_bytes,
+            queued += _session_rows(<object>items[k], type_, scratch, end - begin, rv.row_bytes, rv.row_bytes,
                                     scratch_ids if ids.values != NULL else NULL, 1, flush) > 0
     finally:
         free(scratch)
@@ -1256,8 +1532,9 @@ def _scatter(sessions, uint64_t type, records, player_ids, index, starts, bint f
     return queued
 
 
-def _broadcast_array(sessions, uint64_t type, records, player_ids, SessionBase skip, bint flush):
+def _broadcast_array(sessions, type, records, player_ids, SessionBase skip, bint flush):
     """fastpacket.aio.broadcast_array (documented there): every row to every session."""
+    cdef uint64_t type_ = _rows_type_arg(type)
     arr = records_array(records, "broadcast_array")
     cdef RecordsView rv
     records_view(arr, &rv)
@@ -1268,11 +1545,12 @@ def _broadcast_array(sessions, uint64_t type, records, player_ids, SessionBase s
         if s is not None and s is not skip:
             if not isinstance(s, SessionBase):
                 raise TypeError(f"broadcast targets are sessions, not {s.__class__.__name__!r}")
-            check_player_ids((<SessionBase>s)._hub._layout, &ids, rv.count)
+            _type_arg((<SessionBase>s)._sendbuf._layout, type, &type_)
+            check_player_ids((<SessionBase>s)._sendbuf._layout, &ids, rv.count)
     cdef Py_ssize_t queued = 0
     for s in targets:
         if s is None or s is skip:
             continue
-        queued += _session_rows(s, type, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride,
+        queued += _session_rows(s, type_, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride,
                                 flush) > 0
     return queued

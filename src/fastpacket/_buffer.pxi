@@ -83,12 +83,12 @@ cdef object u64_values(object values, Py_ssize_t n, str name, U64Values* out):
     if values is None:
         return None
     if isinstance(values, (int, np.integer)):
-        if values < 0 or values > 0xFFFFFFFFFFFFFFFF:
-            raise ValueError(f"{name} must be an unsigned 64-bit integer, got {values}")
-        out.scalar = values
+        out.scalar = u64_arg(values, name)
         out.values = &out.scalar
         return None
     arr = np.asarray(values)
+    if arr.ndim == 0:  # a float, a string...: never truncated to an id
+        raise TypeError(f"{name} must be None, an int or one int per payload, not {type(values).__name__!r}")
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must be an integer or have one value per payload ({n}), got shape {arr.shape}")
     if n and arr.dtype.kind not in "iu":

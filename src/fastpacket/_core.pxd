@@ -37,6 +37,8 @@ cdef extern from "fastpacket/layout.hpp" namespace "fastpacket" nogil:
 
 cdef extern from "fastpacket/framing.hpp" namespace "fastpacket" nogil:
     const size_t kDefaultMaxPacketSize
+    const size_t kMaxPacketSizeLimit
+    cpp_bool frame_size_ok(int64_t frame, size_t header_size, int64_t max_size)
 
     cdef enum class FrameError(uint8_t):
         none
@@ -105,9 +107,10 @@ cdef extern from "fastpacket/framing.hpp" namespace "fastpacket" nogil:
             size_t data_bytes
             ErrorInfo error
 
-        CppFrameDecoder(const Layout& layout, size_t max_packet_size)
+        CppFrameDecoder(const Layout& layout, size_t max_packet_size, size_t max_aggregate_size)
         const Layout& layout()
         int64_t max_packet_size()
+        int64_t frame_limit()
         size_t pending()
         uint64_t stream_offset()
         cpp_bool failed()
@@ -186,6 +189,8 @@ cdef extern from "fastpacket/sendbuf.hpp" namespace "fastpacket" nogil:
                                       size_t* bad_index, EncodeError* err)
         SendStatus append_frames(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
                                  size_t count, cpp_bool renumber)
+        size_t append_frames_fitting(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
+                                     size_t count)
         cpp_bool should_flush(size_t min_packets, double fill_ratio)
 
     void fanout_frames(CppSendBuffer* const* targets, size_t n, const uint8_t* base, const int64_t* offsets,
@@ -217,6 +222,7 @@ cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:
         raw_size
         packet_size
         nested
+        max_packet_size
 
     cdef struct AggregateFault:
         AggregateCheck check
@@ -233,8 +239,10 @@ cdef extern from "fastpacket/aggregate.hpp" namespace "fastpacket" nogil:
     void write_aggregate_header(uint8_t* out, const AggregateHeader& h)
     AggregateFault parse_aggregate_frame(const Layout& l, const uint8_t* frame, size_t n,
                                          uint64_t max_raw_size, AggregateFrame* out)
+    const int64_t kNoMaxPacketSize
+    cpp_bool declared_aggregate(const Layout& l, const uint8_t* frame, size_t n, AggregateHeader* out)
     AggregateFault check_aggregate_body(const Layout& l, const uint8_t* body, size_t n, size_t count,
-                                        int64_t base_offset, IndexColumns* cols)
+                                        int64_t base_offset, IndexColumns* cols, int64_t max_packet_size)
     void gather_frames(const uint8_t* base, const int64_t* offsets, const uint32_t* sizes,
                        size_t count, uint8_t* out)
     cpp_bool frames_contiguous(const int64_t* offsets, const uint32_t* sizes, size_t begin, size_t end)
@@ -258,6 +266,8 @@ cdef extern from "fastpacket/limits.hpp" namespace "fastpacket" nogil:
         TokenBucket()
         TokenBucket(double packets_per_s, double bytes_per_s, double burst_s)
         cpp_bool enabled()
+        void refill(double now)
+        cpp_bool take(double packets, double bytes)
         size_t admit(double now, const uint32_t* sizes, size_t n)
 
 

@@ -3,6 +3,7 @@
 
 cdef class PacketBatch
 cdef class Aggregator
+cdef class _Unwrapper
 
 
 cdef class HeaderLayout:
@@ -59,8 +60,10 @@ cdef class FrameDecoder:
     cdef CppFrameDecoder* _dec
     cdef HeaderLayout _layout
     cdef Aggregator _aggregator         # unwraps aggregate frames, or None
+    cdef _Unwrapper _unwrapper          # with an aggregator: unwraps them (and holds what waits)
     cdef bint _aggregate_failed         # a bad aggregate frame: the stream is untrustworthy until reset()
 
+    cdef int _allow_aggregates(self, Py_ssize_t limit) except -1
     cdef int _check_usable(self) except -1
     cdef PacketBatch _decode_span(self, const uint8_t* p, size_t n, bytes immutable, bint keep_tail,
                                   size_t* taken, ErrorInfo* error)
@@ -75,3 +78,4 @@ cdef int _type_arg(HeaderLayout nl, object type, uint64_t* out) except -1
 cdef str _encode_error_text(EncodeError err, HeaderLayout layout, uint64_t type_, uint64_t seq,
                             uint64_t player_id, size_t payload_len)
 cdef PacketBatch _batch_over(HeaderLayout nl, bytes data, Py_ssize_t count)
+cdef Py_ssize_t _index_arg(object index, Py_ssize_t count, str name) except -1

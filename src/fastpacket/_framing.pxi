@@ -6,6 +6,8 @@ FIELD_KINDS = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
 MAX_HEADER_SIZE = kMaxHeaderBytes
 #: Default max_packet_size: the largest size GAME's u16 size field can hold.
 DEFAULT_MAX_PACKET_SIZE = kDefaultMaxPacketSize
+#: Largest max_packet_size, in bytes (2**32 - 1: a batch's sizes are u32).
+MAX_PACKET_SIZE = kMaxPacketSizeLimit
 
 _STRUCT_CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q"}
 _ROLES = ("type", "seq", "player_id")
@@ -69,7 +71,8 @@ cdef class HeaderLayout:
             raise ValueError(f"length_field {length_field!r} is not one of the fields {names}")
         if byteorder not in ("little", "big"):
             raise ValueError(f"byteorder must be 'little' or 'big', got {byteorder!r}")
-        if not isinstance(length_adjustment, int) or abs(length_adjustment) > _MAX_LENGTH_ADJUSTMENT:
+        length_adjustment = _as_index(length_adjustment, "length_adjustment")
+        if abs(length_adjustment) > _MAX_LENGTH_ADJUSTMENT:
             raise ValueError(f"length_adjustment must be an int within ±2**32, got {length_adjustment!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, not {type(name).__name__!r}")
@@ -80,6 +83,10 @@ cdef class HeaderLayout:
             chosen = given if given is not None else (role if role in names else None)
             if chosen == length_field:
                 raise ValueError(f"the length field {length_field!r} cannot also be the {role} field")
+            for other, taken in roles.items():
+                if chosen is not None and chosen == taken:
+                    raise ValueError(f"field {chosen!r} cannot be both the {other} field and the {role} field "
+                                     f"(encoding would write one over the other)")
             roles[role] = chosen
 
         cdef bint big = byteorder == "big"
@@ -207,11 +214,11 @@ cdef int _type_arg(HeaderLayout nl, object type, uint64_t* out) except -1:
         raise ValueError(f"layout {nl.name} has no type field: pass type=None (the payload is sent as "
                          f"one frame), got type={type!r}")
     else:
-        out[0] = type  # OverflowError/TypeError for what is not a u64, as a typed argument
+        out[0] = u64_arg(type, "type")
     return 0
 
 
-def encode(type, payload, *, uint64_t seq=0, uint64_t player_id=0, layout=None):
+def encode(type, payload, *, seq=0, player_id=0, layout=None):
     """encode(type, payload, *, seq=0, player_id=0, layout=GAME) -> bytes
 
     One packet on the wire: the layout's header (length, type, seq,
@@ -225,14 +232,14 @@ def encode(type, payload, *, uint64_t seq=0, uint64_t player_id=0, layout=None):
     cdef EncodeError err
     cdef HeaderValues values
     _type_arg(nl, type, &values.type)
-    values.seq = seq
-    values.player_id = player_id
+    values.seq = u64_arg(seq, "seq")
+    values.player_id = u64_arg(player_id, "player_id")
     get_contiguous_buffer(payload, &view, "encode")
     try:
         out = PyBytes_FromStringAndSize(NULL, nl.c.header_size + view.len)
         err = encode_header(nl.c, <uint8_t*>PyBytes_AS_STRING(out), values, view.len)
         if err != EncodeError.none:
-            raise ValueError(_encode_error_text(err, nl, values.type, seq, player_id, view.len))
+            raise ValueError(_encode_error_text(err, nl, values.type, values.seq, values.player_id, view.len))
         memcpy(PyBytes_AS_STRING(out) + nl.c.header_size, view.buf, view.len)
         return out
     finally:
@@ -486,11 +493,7 @@ cdef class PacketBatch:
             start, stop, step = index.indices(self._count)
             rows = np.arange(start, stop, step, dtype=np.uint32)
             return self._take(rows)
-        i = index
-        if i < 0:
-            i += self._count
-        if i < 0 or i >= self._count:
-            raise IndexError(f"packet index {index} out of range for a batch of {self._count}")
+        i = _index_arg(index, self._count, "index")
         return self._packet(i)
 
     def __iter__(self):
@@ -551,13 +554,9 @@ cdef class PacketBatch:
 
     # -- payloads ----------------------------------------------------------
 
-    def payload(self, Py_ssize_t i):
+    def payload(self, i):
         """payload(i) -> memoryview: packet i's payload, zero copy."""
-        if i < 0:
-            i += self._count
-        if i < 0 or i >= self._count:
-            raise IndexError(f"packet index {i} out of range for a batch of {self._count}")
-        return self._payload(i)
+        return self._payload(_index_arg(i, self._count, "i"))
 
     def payload_array(self, dtype, *, on_short="raise", bint copy=False, out=None):
         """payload_array(dtype, *, on_short="raise", copy=False, out=None) -> numpy.ndarray
@@ -680,8 +679,10 @@ cdef class PacketBatch:
             i += 1
         if i == self._count:
             return {first: self}
+        # const: the types column is read-only, and numpy hands it back
+        # uncopied when it already is contiguous uint64 (a u64 type field)
         keys = np.ascontiguousarray(self.types, dtype=np.uint64)
-        cdef cnp.uint64_t[::1] kv = keys
+        cdef const cnp.uint64_t[::1] kv = keys
         order = np.empty(self._count, dtype=np.uint32)
         starts = np.empty(self._count + 1, dtype=np.uint32)
         cdef cnp.uint32_t[::1] ov = order
@@ -824,6 +825,16 @@ cdef PacketBatch _batch_over(HeaderLayout nl, bytes data, Py_ssize_t count):
     return b
 
 
+cdef Py_ssize_t _index_arg(object index, Py_ssize_t count, str name) except -1:
+    """A packet index (negative from the end) as a row of a batch of
+    `count`: TypeError naming `name` for what is not an int, IndexError
+    outside the batch (as a list does, huge values included)."""
+    given = _as_index(index, name)
+    index = given + count if given < 0 else given
+    if not 0 <= index < count:
+        raise IndexError(f"packet index {given} out of range for a batch of {count}")
+    return index
+
 # The scratch index of _decode_span's one-pass plan (grown on demand, held
 # for the life of the process: at most the index of NOGIL_MIN_BYTES of
 # one-byte headers, about 213 KB). Used only with the GIL held.
@@ -848,38 +859,77 @@ cdef bytes _EMPTY_BYTES = b""
 
 
 cdef class FrameDecoder:
-    """FrameDecoder(layout=GAME, max_packet_size=65535, aggregator=None)
+    """FrameDecoder(layout=GAME, max_packet_size=65535, aggregator=None, *, max_inflate_bytes=None)
 
     Incremental stream framing: feed() takes any contiguous bytes-like chunk
     of a TCP stream and returns a PacketBatch of every packet it completes,
     keeping an incomplete tail (`pending` bytes) for the next feed.
 
     A header announcing a size below the header size or above
-    max_packet_size raises ProtocolError naming the value, the limit and the
-    stream offset; the packets of that feed before the bad one are delivered
-    on the exception as `exc.batch`. The decoder then refuses input until
-    reset(). Oversize headers fail as soon as the header arrives, before the
-    payload is buffered, so a decoder holds at most max_packet_size bytes.
+    max_packet_size (at most MAX_PACKET_SIZE, 2**32 - 1) raises
+    ProtocolError naming the value, the limit and the stream offset; the
+    packets of that feed before the bad one are delivered on the exception
+    as `exc.batch`. The decoder then refuses input until reset(). Oversize
+    headers fail as soon as the header arrives, before the payload is
+    buffered, so a decoder holds at most `frame_limit` bytes.
 
     With an `aggregator` (fastpacket.Aggregator), aggregate frames (type
     0xFFFF) are unwrapped in place: the batch holds the packets in stream
-    order, each aggregate replaced by its inner packets. A bad aggregate
+    order, each aggregate replaced by its inner packets. Every packet
+    delivered, alone or inside an aggregate, is at most max_packet_size
+    (an inner one over it fails the aggregate's "max_packet_size" check),
+    while the aggregate frames themselves may be as large as a peer packs
+    them (header + aggregate header + max_raw_size, within what the length
+    field announces: `frame_limit`); a plain packet over max_packet_size is
+    still refused at its header. A bad aggregate
     raises AggregateError with the packets before it as `exc.batch` and
-    fails the decoder until reset(). Without one, aggregates pass through
-    as ordinary packets.
+    fails the decoder until reset(). Without an aggregator, aggregates pass
+    through as ordinary packets.
+
+    `max_inflate_bytes` (with an aggregator; None: no budget but each
+    frame's max_raw_size) bounds what one feed inflates, checked against
+    the raw_size each aggregate declares before anything is decompressed:
+    an aggregate declaring more on its own is refused (AggregateError,
+    check "max_inflate_bytes"); the frames from the one that would take a
+    feed past the budget on wait in the decoder (`deferred` bytes) and the
+    next feed delivers them first, before its own; ``feed(b"")`` delivers
+    them without new input. A bad header in a feed that left frames
+    waiting drops them (the stream is broken anyway) and says so.
     """
 
-    def __cinit__(self, layout=None, Py_ssize_t max_packet_size=kDefaultMaxPacketSize, aggregator=None):
+    def __cinit__(self, layout=None, max_packet_size=kDefaultMaxPacketSize, aggregator=None, *,
+                  max_inflate_bytes=None):
         cdef HeaderLayout nl = _layout_arg(layout)
-        if max_packet_size < nl.c.header_size:
-            raise ValueError(f"max_packet_size must be at least the header size "
-                             f"({nl.c.header_size}), got {max_packet_size}")
+        # at most 2**32 - 1: batch sizes are u32 (and every announced size,
+        # saturated or not, then compares exactly: framing.hpp)
+        cdef Py_ssize_t max_size = ssize_arg(max_packet_size, "max_packet_size", nl.c.header_size,
+                                             kMaxPacketSizeLimit)
+        cdef uint64_t budget = 0
+        cdef Py_ssize_t frame_limit = 0
         self._layout = nl
         self._aggregator = _aggregator_arg(aggregator)
-        self._dec = new CppFrameDecoder(nl.c, max_packet_size)
+        if max_inflate_bytes is not None:
+            if self._aggregator is None:
+                raise ValueError("max_inflate_bytes bounds what an aggregator inflates: it needs aggregator=")
+            budget = u64_arg(max_inflate_bytes, "max_inflate_bytes")
+            if budget == 0:
+                raise ValueError("max_inflate_bytes must be >= 1 (None: no budget)")
+        if self._aggregator is not None:
+            self._unwrapper = _Unwrapper(self._aggregator, nl, max_size, budget)
+            frame_limit = self._aggregator._outer_frame_limit(nl, budget)
+        self._dec = new CppFrameDecoder(nl.c, max_size, frame_limit)
 
     def __dealloc__(self):
         del self._dec
+
+    cdef int _allow_aggregates(self, Py_ssize_t limit) except -1:
+        """Let aggregate frames up to `limit` bytes through the scan, for a
+        caller that unwraps them itself (the asyncio adapter, which charges
+        the rate limit in between). Only on a fresh decoder."""
+        cdef CppFrameDecoder* dec = new CppFrameDecoder(self._layout.c, self._dec.max_packet_size(), limit)
+        del self._dec
+        self._dec = dec
+        return 0
 
     @property
     def layout(self):
@@ -888,8 +938,22 @@ cdef class FrameDecoder:
 
     @property
     def max_packet_size(self):
-        """Largest accepted packet, header included, in bytes."""
+        """Largest packet delivered, header included, in bytes."""
         return self._dec.max_packet_size()
+
+    @property
+    def frame_limit(self):
+        """Largest frame the stream may carry, in bytes: max_packet_size, or
+        with an aggregator the larger of it and the largest aggregate frame
+        (what the decoder may hold while a frame arrives)."""
+        return self._dec.frame_limit()
+
+    @property
+    def deferred(self):
+        """Bytes of frames decoded but not yet delivered because the feed
+        that completed them reached max_inflate_bytes; the next feed
+        delivers them first."""
+        return self._unwrapper._held_bytes if self._unwrapper is not None else 0
 
     @property
     def pending(self):
@@ -915,6 +979,8 @@ cdef class FrameDecoder:
         """Forget any pending bytes and a previous error; start a new stream."""
         self._dec.reset()
         self._aggregate_failed = False
+        if self._unwrapper is not None:
+            self._unwrapper._drop_held()
 
     def feed(self, data):
         """feed(data) -> PacketBatch: every packet completed by `data`."""
@@ -1010,16 +1076,23 @@ cdef class FrameDecoder:
         return b
 
     cdef PacketBatch _finish(self, PacketBatch b, ErrorInfo error):
-        """Unwraps aggregates (with an aggregator), then raises the decode
-        error, if any, with the packets before it as exc.batch."""
-        cdef Py_ssize_t i
+        """Unwraps aggregates (with an aggregator: what waited from the
+        previous feed first), then raises the decode error, if any, with the
+        packets before it as exc.batch."""
+        cdef Py_ssize_t i, dropped = 0
         cdef size_t nbytes = 0
-        if self._aggregator is not None and b._count:
+        if self._unwrapper is not None:
             for i in range(b._count):
                 nbytes += b._cols.sizes[i]
             b = self._unwrap(b, nbytes)
+            if error.kind != FrameError.none and self._unwrapper._held:
+                dropped = self._unwrapper._drop_held()  # past the budget, before a broken stream: dropped
         if error.kind != FrameError.none:
-            raise self._protocol_error(error, b)
+            exc = self._protocol_error(error, b)
+            if dropped:
+                exc.args = (f"{exc.args[0]}; the {dropped} frames before it past max_inflate_bytes were "
+                            f"dropped, not unwrapped",)
+            raise exc
         return b
 
     cdef PacketBatch _feed(self, const uint8_t* p, size_t n, bytes immutable):
@@ -1031,9 +1104,8 @@ cdef class FrameDecoder:
     cdef PacketBatch _unwrap(self, PacketBatch b, size_t data_bytes):
         # the batch's bytes end where the decoder's stream offset now is
         try:
-            return _unwrap_aggregates(self._aggregator, b,
-                                      self._dec.stream_offset() - data_bytes)
-        except AggregateError:
+            return self._unwrapper.unwrap(b, self._dec.stream_offset() - data_bytes)
+        except ProtocolError:
             self._aggregate_failed = True
             raise
 
@@ -1044,10 +1116,14 @@ cdef class FrameDecoder:
             msg = (f"packet size {e.frame_size} at stream offset {e.stream_offset} is below the "
                    f"header size {c.header_size} (length field {field!r} = {e.length_value})")
             limit = c.header_size
+        elif e.frame_size <= self._dec.frame_limit():  # a plain packet over max_packet_size
+            msg = (f"packet size {e.frame_size} at stream offset {e.stream_offset} exceeds "
+                   f"max_packet_size {self._dec.max_packet_size()} (length field {field!r} = {e.length_value})")
+            limit = self._dec.max_packet_size()
         else:
             msg = (f"packet size {e.frame_size} at stream offset {e.stream_offset} exceeds "
-                   f"max_packet_size {self._dec.max_packet_size()} (length field {field!r} = "
-                   f"{e.length_value})")
-            limit = self._dec.max_packet_size()
+                   f"max_packet_size {self._dec.max_packet_size()} and the largest aggregate frame "
+                   f"{self._dec.frame_limit()} (length field {field!r} = {e.length_value})")
+            limit = self._dec.frame_limit()
         return ProtocolError(msg, offset=e.stream_offset, value=e.frame_size, limit=limit,
                              batch=delivered)

@@ -72,13 +72,14 @@ cdef class Group:
 
         ``await group.ready()``: wait until what other servers send to the
         group reaches its members here, that is until the bus confirmed
-        this server's subscription (at most `timeout` seconds). True at once
-        without a bus or for a group with no member here. A server that
-        acknowledges a join after it (the relay does) lets a client start
-        sending knowing the room is complete."""
+        this server's subscription (at most `timeout` seconds, a number >=
+        0). True at once without a bus or for a group with no member here. A
+        server that acknowledges a join after it (the relay does) lets a
+        client start sending knowing the room is complete."""
+        cdef double seconds = double_arg(timeout, "timeout", 0.0, INFINITY)
         bus = self._hub.bus
         if bus is not None and hasattr(bus, "wait_subscribed"):
-            return bus.wait_subscribed(self, timeout)
+            return bus.wait_subscribed(self, seconds)
         done = self._hub.loop.create_future()
         done.set_result(True)
         return done

@@ -142,7 +142,7 @@ cdef class Metric:
             v = _pylong_as_u64(value)
             if v == <uint64_t>0xFFFFFFFFFFFFFFFF and PyErr_Occurred() != NULL:
                 PyErr_Clear()
-                v = _value_arg(value, "record()")  # raises the ValueError
+                v = _value_arg(value, "record(value)")  # raises the ValueError
             self.c.record(v)
             return
         if PyFloat_CheckExact(value):
@@ -152,7 +152,7 @@ cdef class Metric:
                 if d < _TWO64:
                     self.c.record(<uint64_t>d)
                     return
-        self.c.record(_value_arg(value, "record()"))
+        self.c.record(_value_arg(value, "record(value)"))
 
     def record_many(self, values):
         """record_many(values): add every value of an array (or sequence) of
@@ -259,15 +259,14 @@ cdef class Metric:
         num = n * s2 - s1 * s1  # exact integers: no cancellation
         return sqrt(<double>float(max(num, 0))) / <double>n
 
-    def percentile(self, double p):
+    def percentile(self, p):
         """Value at percentile p (0..100) within 0.4% relative error, the
         numpy "inverted_cdf" definition (an observed value); None when empty."""
         if self.c == NULL:
             _unattached(self)
-        if not (0.0 <= p <= 100.0):
-            raise ValueError(f"percentile takes p in [0, 100], got {p!r}")
+        cdef double pv = double_arg(p, "p (the percentile)", 0.0, 100.0)
         cdef uint64_t out = 0
-        if self.c.percentiles(&p, 1, &out) == 0:
+        if self.c.percentiles(&pv, 1, &out) == 0:
             return None
         return out
 
@@ -356,11 +355,11 @@ cdef class Counter:
             v = _pylong_as_u64(n)
             if v == <uint64_t>0xFFFFFFFFFFFFFFFF and PyErr_Occurred() != NULL:
                 PyErr_Clear()
-                v = _value_arg(n, "inc()")
+                v = _value_arg(n, "inc(n)")
         else:
             if PyFloat_Check(n):
-                raise TypeError(f"inc() takes an int >= 0, not {_describe(n)}")
-            v = _value_arg(n, "inc()")
+                raise TypeError(f"inc(n) takes an int >= 0, not {_describe(n)}")
+            v = _value_arg(n, "inc(n)")
         self.c.add(v)
 
     @property
@@ -399,23 +398,23 @@ cdef class Gauge:
     def __repr__(self):
         return f"<Gauge {self.name!r} value={self.value}>"
 
-    def set(self, double value):
-        """set(value): the gauge now reads value."""
+    def set(self, value):
+        """set(value): the gauge now reads value (a real number, not NaN)."""
         if self.c == NULL:
             _unattached(self)
-        self.c.set(value)
+        self.c.set(double_arg(value, "value", -INFINITY, INFINITY))
 
-    def inc(self, double n=1.0):
+    def inc(self, n=1.0):
         """inc(n=1): add n."""
         if self.c == NULL:
             _unattached(self)
-        self.c.add(n)
+        self.c.add(double_arg(n, "n", -INFINITY, INFINITY))
 
-    def dec(self, double n=1.0):
+    def dec(self, n=1.0):
         """dec(n=1): subtract n."""
         if self.c == NULL:
             _unattached(self)
-        self.c.add(-n)
+        self.c.add(-double_arg(n, "n", -INFINITY, INFINITY))
 
     @property
     def value(self):
@@ -439,7 +438,8 @@ cdef class Timer:
     The time is recorded even when the block raises. One Timer object times
     one ``with`` block at a time; the decorator is safe from many threads."""
 
-    def __init__(self, Metric metric not None, uint64_t ns_per_unit):
+    def __init__(self, Metric metric not None, ns_per_unit):
+        ns_per_unit = u64_arg(ns_per_unit, "ns_per_unit")
         if ns_per_unit == 0:
             raise ValueError("ns_per_unit must be >= 1")
         if metric.c == NULL:
@@ -515,14 +515,15 @@ cdef class MetricsFile:
             self._has_view = False
 
     @staticmethod
-    def file_bytes(uint32_t slots):
+    def file_bytes(slots):
         """Size of a metrics file with `slots` slots."""
-        return file_bytes_for(slots)
+        return file_bytes_for(u64_arg(slots, "slots", 0xFFFFFFFF))  # a u32 in the file
 
     @staticmethod
-    def init_header(mapping, uint32_t slots):
+    def init_header(mapping, slots):
         """Write the header of a new zero-filled file (before it is linked
         into place, so nobody sees it half written)."""
+        slots = u64_arg(slots, "slots", 0xFFFFFFFF)  # a u32 in the file
         cdef Py_buffer view
         PyObject_GetBuffer(mapping, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
         try:

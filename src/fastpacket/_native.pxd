@@ -42,6 +42,7 @@ cdef enum:
     FUSED_SCAN_MIN_BYTES = 256
 
 include "_buffer.pxd"
+include "_args.pxd"
 include "_framing.pxd"
 include "_ring.pxd"
 include "_sendbuf.pxd"

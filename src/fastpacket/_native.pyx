@@ -24,6 +24,7 @@ from fastpacket.errors import AggregateError, BufferFull, FastpacketError, Proto
 cnp.import_array()
 
 include "_buffer.pxi"
+include "_args.pxi"
 include "_framing.pxi"
 include "_ring.pxi"
 include "_sendbuf.pxi"

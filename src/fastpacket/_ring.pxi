@@ -53,11 +53,8 @@ cdef class RingBuffer:
     the producer (the consumer may already be reading them).
     """
 
-    def __cinit__(self, Py_ssize_t capacity, double_map=None):
-        if capacity <= 0:
-            raise ValueError(f"capacity must be a positive number of bytes, got {capacity}")
-        if <uint64_t>capacity > kMaxRingCapacity:
-            raise ValueError(f"capacity must be at most {kMaxRingCapacity} bytes, got {capacity}")
+    def __cinit__(self, capacity, double_map=None):
+        capacity = ssize_arg(capacity, "capacity", 1, kMaxRingCapacity)
         cdef bint want_map = double_map is None or double_map
         self._c = new CppRingBuffer()
         if not self._c.init(capacity, want_map):
@@ -123,12 +120,10 @@ cdef class RingBuffer:
         cdef RingSpan s = self._c.write_span()
         return memoryview(self._view(s, self._c.head_index(), True))
 
-    def commit(self, Py_ssize_t n):
+    def commit(self, n):
         """commit(n): make `n` bytes written into writable() readable."""
         cdef size_t room = self._c.free_space()
-        if n < 0 or <size_t>n > room:
-            raise ValueError(f"commit({n}): expected 0 <= n <= {room} free bytes")
-        self._c.commit(n)
+        self._c.commit(ssize_arg(n, "n (bytes to commit)", 0, room))
 
     # -- consumer ----------------------------------------------------------
 
@@ -139,23 +134,21 @@ cdef class RingBuffer:
         cdef RingSpan s = self._c.read_span()
         return memoryview(self._view(s, self._c.tail_index(), False))
 
-    def consume(self, Py_ssize_t n):
+    def consume(self, n):
         """consume(n): drop `n` bytes from the tail (after reading them
         through readable())."""
         cdef size_t have = self._c.readable()
-        if n < 0 or <size_t>n > have:
-            raise ValueError(f"consume({n}): expected 0 <= n <= {have} readable bytes")
-        self._c.consume(n)
+        self._c.consume(ssize_arg(n, "n (bytes to consume)", 0, have))
 
-    def peek(self, Py_ssize_t n=-1):
+    def peek(self, n=-1):
         """peek(n=-1) -> bytes: a copy of up to `n` bytes (all if n < 0) from
         the tail, without consuming them."""
-        return self._copy_out(n, False)
+        return self._copy_out(ssize_arg(n, "n", PY_SSIZE_T_MIN, PY_SSIZE_T_MAX), False)
 
-    def read(self, Py_ssize_t n=-1):
+    def read(self, n=-1):
         """read(n=-1) -> bytes: up to `n` bytes (all if n < 0) from the tail,
         consumed."""
-        return self._copy_out(n, True)
+        return self._copy_out(ssize_arg(n, "n", PY_SSIZE_T_MIN, PY_SSIZE_T_MAX), True)
 
     cdef bytes _copy_out(self, Py_ssize_t n, bint consume):
         cdef size_t have = self._c.readable()

@@ -67,11 +67,10 @@ cdef class SendBuffer:
     is allocated instead). Not thread-safe: use it from one thread.
     """
 
-    def __cinit__(self, Py_ssize_t max_bytes=kDefaultSendBufferBytes, layout=None):
+    def __cinit__(self, max_bytes=kDefaultSendBufferBytes, layout=None):
         cdef HeaderLayout nl = _layout_arg(layout)
-        if max_bytes < nl.c.header_size or max_bytes > SENDBUF_MAX_BYTES:
-            raise ValueError(f"max_bytes must be between the header size ({nl.c.header_size}) and "
-                             f"{SENDBUF_MAX_BYTES}, got {max_bytes}")
+        # from the header size (one empty packet) to SENDBUF_MAX_BYTES
+        max_bytes = ssize_arg(max_bytes, "max_bytes", nl.c.header_size, SENDBUF_MAX_BYTES)
         self._layout = nl
         self._max = max_bytes
         self._active = _new_chunk(max_bytes)
@@ -107,10 +106,8 @@ cdef class SendBuffer:
         return self._c.next_seq()
 
     @next_seq.setter
-    def next_seq(self, uint64_t seq):
-        if seq > self._c.seq_max():
-            raise ValueError(f"next_seq must be at most {self._c.seq_max()} (the seq field's max), got {seq}")
-        self._c.set_next_seq(seq)
+    def next_seq(self, seq):
+        self._c.set_next_seq(u64_arg(seq, "next_seq", self._c.seq_max()))  # at most the seq field's max
 
     def __len__(self):
         """Packets queued."""
@@ -129,7 +126,7 @@ cdef class SendBuffer:
                              f"never fit one flush")
         raise ValueError(_encode_error_text(err, self._layout, type_, seq, player_id, payload_len))
 
-    def send(self, type, payload, *, uint64_t player_id=0, seq=None):
+    def send(self, type, payload, *, player_id=0, seq=None):
         """send(type, payload, *, player_id=0, seq=None) -> int
 
         Queue one packet; returns the seq written (the next automatic one
@@ -146,30 +143,47 @@ cdef class SendBuffer:
         cdef SendStatus st
         cdef bint explicit_seq = seq is not None
         _type_arg(self._layout, type, &type_)
+        cdef uint64_t pid = u64_arg(player_id, "player_id")
         if explicit_seq:
-            given = seq
+            given = u64_arg(seq, "seq")
         if PyBytes_CheckExact(payload):
             p = <const uint8_t*>PyBytes_AS_STRING(payload)
             n = PyBytes_GET_SIZE(payload)
-            st = self._c.send(type_, p, n, player_id, explicit_seq, given, &used, &err)
+            st = self._c.send(type_, p, n, pid, explicit_seq, given, &used, &err)
         else:
             get_contiguous_buffer(payload, &view, "SendBuffer.send")
             try:
                 n = view.len
-                st = self._c.send(type_, <const uint8_t*>view.buf, n, player_id, explicit_seq, given,
+                st = self._c.send(type_, <const uint8_t*>view.buf, n, pid, explicit_seq, given,
                                   &used, &err)
             finally:
                 PyBuffer_Release(&view)
         if st != SendStatus.ok:
             self._fail(st, err, self._layout.c.header_size + n, "a packet", type_,
-                       given if explicit_seq else self._c.next_seq(), player_id, n)
+                       given if explicit_seq else self._c.next_seq(), pid, n)
         return used
 
-    def send_batch(self, batch):
-        """send_batch(batch): queue every packet of a PacketBatch as it is on
-        the wire (headers, seq included, untouched), one copy per run of
-        packets that lie back to back. All or nothing: BufferFull when the
-        batch does not fit now, ValueError when it exceeds max_bytes."""
+    def send_batch(self, batch, start=0):
+        """send_batch(batch, start=0) -> int
+
+        Queue the packets ``batch[start:]`` as they are on the wire
+        (headers, seq included, untouched), in order and whole, as many as
+        fit now (one copy per run of packets that lie back to back); returns
+        how many it queued. Like ``socket.send``: a batch of any size fits
+        by parts, so when the count is less than ``len(batch) - start``,
+        flush() and call again with `start` advanced by it::
+
+            i = 0
+            while i < len(batch):
+                i += sb.send_batch(batch, i)   # BufferFull: nothing fitted
+                if i < len(batch):
+                    transport.write(sb.flush())
+
+        (``Session.send_batch`` runs this loop with its transport.)
+        Raises BufferFull, queueing nothing, when not even the first packet
+        fits now (flush and retry); ValueError, before queueing anything,
+        when one of the packets is larger than max_bytes (no flush makes
+        room for it) or the batch's layout is not this buffer's."""
         if not isinstance(batch, PacketBatch):
             raise TypeError(f"send_batch needs a fastpacket.PacketBatch, not {type(batch).__name__!r}")
         cdef PacketBatch b = <PacketBatch>batch
@@ -180,11 +194,20 @@ cdef class SendBuffer:
             raise ValueError(f"the batch's layout {b._layout.name} is not this SendBuffer's layout "
                              f"{self._layout.name}: relayed byte for byte, its packets would be framed "
                              f"differently")
-        if b._count == 0:
-            return
-        cdef SendStatus st = self._c.append_frames(b._base, b._cols.offsets, b._cols.sizes, b._count, False)
-        if st != SendStatus.ok:
-            self._fail(st, EncodeError.none, b.nbytes, f"a batch of {b._count} packets", 0, 0, 0, 0)
+        cdef Py_ssize_t first = ssize_arg(start, "start", 0, b._count), i
+        cdef size_t queued
+        for i in range(first, b._count):
+            if b._cols.sizes[i] > self._max:
+                raise ValueError(f"packet {i} of the batch needs {b._cols.sizes[i]} bytes, more than "
+                                 f"max_bytes={self._max}: it can never fit one flush")
+        if first == b._count:
+            return 0
+        queued = self._c.append_frames_fitting(b._base, b._cols.offsets + first, b._cols.sizes + first,
+                                               b._count - first)
+        if queued == 0:
+            raise BufferFull(f"packet {first} of the batch needs {b._cols.sizes[first]} bytes but only "
+                             f"{self._c.free_bytes()} of {self._max} are free; flush() and retry")
+        return queued
 
     def broadcast(self, type, payload, player_ids):
         """broadcast(type, payload, player_ids) -> int
@@ -246,7 +269,7 @@ cdef class SendBuffer:
                 PyBuffer_Release(&iv)
             PyBuffer_Release(&pv)
 
-    def send_array(self, uint64_t type, records, *, player_ids=None):
+    def send_array(self, type, records, *, player_ids=None):
         """send_array(type, records, *, player_ids=None) -> int
 
         Queue one packet per row of `records` (a numpy array: structured,
@@ -257,12 +280,14 @@ cdef class SendBuffer:
         ValueError when together they exceed max_bytes or a value does not
         fit its header field.
         """
+        cdef uint64_t type_
+        _type_arg(self._layout, type, &type_)
         arr = records_array(records, "SendBuffer.send_array")
         cdef RecordsView rv
         records_view(arr, &rv)
         cdef U64Values ids
         keep = u64_values(player_ids, rv.count, "player_ids", &ids)
-        return self._append_rows(type, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride)
+        return self._append_rows(type_, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride)
 
     cdef uint64_t _append_rows(self, uint64_t type_, const uint8_t* rows, size_t count, size_t row_bytes,
                                Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except? 0xFFFFFFFFFFFFFFFF:
@@ -288,12 +313,13 @@ cdef class SendBuffer:
         self._fail(st, err, (c.header_size + row_bytes) * count, f"{count} packets of {c.header_size + row_bytes} bytes",
                    type_, first, 0, row_bytes)
 
-    def should_flush(self, Py_ssize_t min_packets=kDefaultFlushMinPackets,
-                     double fill_ratio=kDefaultFlushFillRatio):
+    def should_flush(self, min_packets=kDefaultFlushMinPackets, fill_ratio=kDefaultFlushFillRatio):
         """should_flush(min_packets=10, fill_ratio=0.8) -> bool: True when at
         least `min_packets` packets or fill_ratio * max_bytes bytes are
-        queued; never when empty."""
-        return self._c.should_flush(min_packets if min_packets > 0 else 0, fill_ratio)
+        queued; never when empty. min_packets is an int >= 0, fill_ratio a
+        number in [0, 1]."""
+        return self._c.should_flush(ssize_arg(min_packets, "min_packets", 0, PY_SSIZE_T_MAX),
+                                    double_arg(fill_ratio, "fill_ratio", 0.0, 1.0))
 
     def flush(self):
         """flush() -> memoryview: the queued packets as one read-only view,
@@ -337,7 +363,7 @@ cdef int check_player_ids(HeaderLayout layout, U64Values* ids, Py_ssize_t n) exc
     return 0
 
 
-def scatter(buffers, uint64_t type, records, *, player_ids=None):
+def scatter(buffers, type, records, *, player_ids=None):
     """scatter(buffers, type, records, *, player_ids=None) -> int
 
     Row i of `records` (a numpy array, one row per buffer) as one packet
@@ -350,6 +376,7 @@ def scatter(buffers, uint64_t type, records, *, player_ids=None):
     packet or a value does not fit its header field. Returns the number of
     packets queued.
     """
+    cdef uint64_t type_ = 0 if type is None else u64_arg(type, "type")  # the layout's own check below
     arr = records_array(records, "scatter")
     cdef RecordsView rv
     records_view(arr, &rv)
@@ -377,10 +404,11 @@ def scatter(buffers, uint64_t type, records, *, player_ids=None):
     cdef uint64_t frame = nl.c.header_size + <uint64_t>rv.row_bytes
     cdef uint8_t scratch[kMaxHeaderBytes]
     cdef HeaderValues hv
-    hv.type = type
+    _type_arg(nl, type, &type_)
+    hv.type = type_
     cdef EncodeError err = encode_header(nl.c, scratch, hv, rv.row_bytes)
     if err != EncodeError.none:
-        raise ValueError(_encode_error_text(err, nl, type, 0, 0, rv.row_bytes))
+        raise ValueError(_encode_error_text(err, nl, type_, 0, 0, rv.row_bytes))
     check_player_ids(nl, &ids, n)
     # first pass: room in every buffer, a buffer listed twice counted twice
     cdef Py_ssize_t failed = -1

@@ -15,6 +15,10 @@ A server in a few lines::
 
     asyncio.run(main())
 
+Browsers: ``serve_ws(handler, host, port, *, path="/", ssl=None, ...)``
+and ``connect_ws(url)`` serve and reach the same sessions over WebSocket
+(fastpacket.ws, the ``fastpacket[ws]`` extra).
+
 Listening mirrors asyncio's ``start_server`` family: ``serve(handler,
 host, port, *, ssl=None, sock=None, ...)`` (TCP; ``ssl`` an
 ``ssl.SSLContext`` for TLS, ``sock`` an already bound socket, as systemd
@@ -76,13 +80,29 @@ option                        default                what happens
 ``max_packet_size``           65535                  a larger header: closed before its payload
                                                      arrives ("protocol error: ...")
 ``packets_per_s``,            0 (unlimited)          token bucket (``rate_burst`` seconds of
-``bytes_per_s``                                      capacity): ``rate_policy`` "drop" drops the
-                                                     excess packets, "close" closes
-                                                     ("rate limit exceeded"). The bucket must
+``bytes_per_s``                                      capacity), charged before anything is
+                                                     inflated (an aggregate frame: the count
+                                                     and raw_size it declares): ``rate_policy``
+                                                     "drop" drops the excess packets, "close"
+                                                     closes ("rate limit exceeded"). The bucket must
                                                      hold one packet: ``rate_burst *
                                                      packets_per_s >= 1`` and ``rate_burst *
                                                      bytes_per_s >= max_packet_size``
-``idle_timeout``              None                   no packet for that long: "idle timeout"
+``idle_timeout``              None                   no complete packet for that long: "idle timeout"
+                                                     (bytes that complete no packet, such as a
+                                                     drip into one, do not count)
+``packet_timeout``            None                   a packet begun (its first bytes received)
+                                                     but not complete for that long: "packet
+                                                     timeout" (a bound on partial packets
+                                                     independent of idle_timeout)
+``max_inflate_bytes``         4 * recv_buffer, at    with an aggregator: the raw_size the
+                              least one aggregate    aggregate frames of one read declare, at
+                              frame's capacity       most this (checked before anything is
+                                                     decompressed, per read and connection). A
+                                                     frame declaring more alone: "protocol
+                                                     error: ... (max_inflate_bytes) ..."; the
+                                                     frames past it wait for the next loop
+                                                     iteration, reading paused meanwhile
 ``max_connections``           None                   further connections: "too many connections"
 ``max_pending_bytes``         1 MiB                  output queued for a peer (send buffer +
                                                      transport) past this: "slow consumer"
@@ -95,7 +115,9 @@ option                        default                what happens
 
 With an ``aggregator``, ``max_packet_size`` must be at most
 ``aggregator.frame_capacity()`` (65515 for GAME): a larger packet, echoed or
-relayed, could not be sent. ``Options.check()`` refuses these impossible
+relayed, could not be sent. It bounds every packet delivered, alone or
+inside an aggregate frame (the frames themselves may be as large as the
+peer's aggregator packs them, within ``recv_buffer``). ``Options.check()`` refuses these impossible
 combinations with a ValueError naming the option.
 
 While a peer's output is paused the server also stops reading from it. A
@@ -107,6 +129,13 @@ output (say a packet an aggregate frame cannot carry) closes that session
 sessions' output. ``on_connect``/``on_close`` run only for accepted
 connections; an exception in on_connect closes the session ("on_connect
 error: ..."). Works on asyncio's default loop and on uvloop.
+
+``server.closes`` counts the sessions that ended by the class of their
+reason, the words before any ":" in snake case ("protocol error: packet
+size 70000 ..." counts under ``"protocol_error"``), as the
+``closes_total{reason}`` metric does; the full text is the session's
+``close_reason`` and goes to the ``fastpacket.aio`` logger (DEBUG). A peer
+cannot grow it: it holds at most 64 classes, ``"other"`` taking the rest.
 """
 
 from __future__ import annotations
@@ -120,15 +149,15 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, Iterable, Literal, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from fastpacket._native import Group, Hub, SessionBase, _broadcast, _broadcast_array, _scatter
-from fastpacket.aggregate import Aggregator
-from fastpacket.framing import DEFAULT_MAX_PACKET_SIZE, PacketBatch
+from fastpacket.aggregate import MAX_RAW_SIZE, Aggregator
+from fastpacket.framing import DEFAULT_MAX_PACKET_SIZE, MAX_PACKET_SIZE, PacketBatch
 from fastpacket.layout import GAME, HeaderLayout
 from fastpacket.metrics import CLOSE_REASONS, DROP_REASONS, MAX_TYPE_LABELS, Registry
 from fastpacket.sendbuf import DEFAULT_FILL_RATIO, DEFAULT_MAX_BYTES
 
 __all__ = ["serve", "serve_unix", "connect", "connect_unix", "Session", "PacketServer", "Options", "Handler",
            "SyncHandler", "AsyncHandler", "SessionHook", "is_async_handler", "scatter", "broadcast_array", "Group",
-           "Bus", "BusArg"]
+           "Bus", "BusArg", "serve_ws", "connect_ws"]
 
 #: A synchronous handler: ``handler(session, batch)``, called once per read
 #: burst (or per type group of one with ``handlers=``). The fast path.
@@ -156,6 +185,21 @@ ABORT_WAIT_S = 1.0
 #: Default host of serve(): the loopback interface, not every interface
 #: (asyncio's None): a server is exposed only when asked.
 DEFAULT_HOST = "127.0.0.1"
+#: Default max_inflate_bytes, in receive buffers: one read may inflate this
+#: many times what it can carry (a compression ratio of 4 averaged over a
+#: full ring); more waits for the next loop iteration.
+INFLATE_BUDGET_READS = 4
+#: Largest max_inflate_bytes, in bytes (what max_raw_size allows one frame).
+MAX_INFLATE_BYTES = MAX_RAW_SIZE
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    """TypeError unless `value` is an int (not a bool), ValueError naming
+    `name` unless low <= value <= high."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
 
 
 @dataclass
@@ -177,11 +221,13 @@ class Options:
     bytes_per_s: float = 0.0          # 0: unlimited
     rate_burst: float = 1.0           # seconds of rate the token bucket holds
     rate_policy: str = "drop"         # or "close"
-    idle_timeout: Optional[float] = None
+    idle_timeout: Optional[float] = None  # seconds without a complete packet
+    packet_timeout: Optional[float] = None  # seconds a begun packet may take to complete
     max_connections: Optional[int] = None
     handler_queue_packets: int = 1024  # received while an async handler is pending, before reading pauses
     handler_queue_bytes: int = 1 << 20  # ... in bytes
     aggregator: Optional[Aggregator] = None  # pack outgoing, unwrap incoming
+    max_inflate_bytes: Optional[int] = None  # with an aggregator: raw bytes one read inflates (None: the default)
     registry: Optional[Registry] = None
 
     @classmethod
@@ -199,6 +245,7 @@ class Options:
         naming the bad one); returns self."""
         if not isinstance(self.layout, HeaderLayout):
             raise TypeError(f"layout must be a HeaderLayout, not {type(self.layout).__name__}")
+        _check_int("max_packet_size", self.max_packet_size, self.layout.size, MAX_PACKET_SIZE)
         if self.recv_buffer < self.max_packet_size:
             raise ValueError(f"recv_buffer ({self.recv_buffer}) must hold a max-size packet ({self.max_packet_size})")
         if self.send_buffer < self.max_packet_size:
@@ -213,8 +260,10 @@ class Options:
             raise ValueError(f"rate_policy must be 'drop' or 'close', got {self.rate_policy!r}")
         if self.max_pending_bytes < self.send_buffer:
             raise ValueError("max_pending_bytes must be at least send_buffer")
-        if self.idle_timeout is not None and self.idle_timeout <= 0:
-            raise ValueError(f"idle_timeout must be > 0 or None, got {self.idle_timeout}")
+        for name in ("idle_timeout", "packet_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # NaN too
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1 or None, got {self.max_connections}")
         for name in ("handler_queue_packets", "handler_queue_bytes"):
@@ -234,7 +283,23 @@ class Options:
                     f"this aggregator ({capacity} bytes: the frame-size limit less the packet and aggregate "
                     f"headers, or max_raw_size); a packet echoed or relayed at that size could never be sent. "
                     f"Set max_packet_size to at most {capacity}")
+            if self.max_inflate_bytes is not None:
+                _check_int("max_inflate_bytes", self.max_inflate_bytes, capacity, MAX_INFLATE_BYTES)
+        elif self.max_inflate_bytes is not None:
+            raise ValueError("max_inflate_bytes bounds what an aggregator inflates: it needs aggregator=")
         return self
+
+    @property
+    def inflate_budget(self) -> Optional[int]:
+        """The max_inflate_bytes in force: the one given, or by default
+        INFLATE_BUDGET_READS * recv_buffer, at least what one aggregate
+        frame of the aggregator carries (a peer packing with it is never
+        refused); None without an aggregator."""
+        if self.aggregator is None:
+            return None
+        if self.max_inflate_bytes is not None:
+            return self.max_inflate_bytes
+        return max(INFLATE_BUDGET_READS * self.recv_buffer, self.aggregator.frame_capacity(self.layout))
 
     def _check_rate(self) -> None:
         # A token bucket that cannot hold one packet drops every packet, forever.
@@ -641,9 +706,11 @@ async def serve(
     packets_per_s: float = _DEFAULTS.packets_per_s, bytes_per_s: float = _DEFAULTS.bytes_per_s,
     rate_burst: float = _DEFAULTS.rate_burst, rate_policy: Literal["drop", "close"] = "drop",
     idle_timeout: Optional[float] = _DEFAULTS.idle_timeout, max_connections: Optional[int] = _DEFAULTS.max_connections,
+    packet_timeout: Optional[float] = _DEFAULTS.packet_timeout,
     handler_queue_packets: int = _DEFAULTS.handler_queue_packets,
     handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
-    aggregator: Optional[Aggregator] = None, registry: Optional[Registry] = None,
+    aggregator: Optional[Aggregator] = None, max_inflate_bytes: Optional[int] = _DEFAULTS.max_inflate_bytes,
+    registry: Optional[Registry] = None,
     bus: BusArg = None,
 ) -> PacketServer:
     """Start a packet server on TCP (host, port) and return it (serving,
@@ -729,9 +796,11 @@ async def serve_unix(
     packets_per_s: float = _DEFAULTS.packets_per_s, bytes_per_s: float = _DEFAULTS.bytes_per_s,
     rate_burst: float = _DEFAULTS.rate_burst, rate_policy: Literal["drop", "close"] = "drop",
     idle_timeout: Optional[float] = _DEFAULTS.idle_timeout, max_connections: Optional[int] = _DEFAULTS.max_connections,
+    packet_timeout: Optional[float] = _DEFAULTS.packet_timeout,
     handler_queue_packets: int = _DEFAULTS.handler_queue_packets,
     handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
-    aggregator: Optional[Aggregator] = None, registry: Optional[Registry] = None,
+    aggregator: Optional[Aggregator] = None, max_inflate_bytes: Optional[int] = _DEFAULTS.max_inflate_bytes,
+    registry: Optional[Registry] = None,
     bus: BusArg = None,
 ) -> PacketServer:
     """Start a packet server on the Unix socket `path` (or `sock`, a bound
@@ -769,9 +838,11 @@ async def connect(
     packets_per_s: float = _DEFAULTS.packets_per_s, bytes_per_s: float = _DEFAULTS.bytes_per_s,
     rate_burst: float = _DEFAULTS.rate_burst, rate_policy: Literal["drop", "close"] = "drop",
     idle_timeout: Optional[float] = _DEFAULTS.idle_timeout, max_connections: Optional[int] = _DEFAULTS.max_connections,
+    packet_timeout: Optional[float] = _DEFAULTS.packet_timeout,
     handler_queue_packets: int = _DEFAULTS.handler_queue_packets,
     handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
-    aggregator: Optional[Aggregator] = None, registry: Optional[Registry] = None,
+    aggregator: Optional[Aggregator] = None, max_inflate_bytes: Optional[int] = _DEFAULTS.max_inflate_bytes,
+    registry: Optional[Registry] = None,
 ) -> Session:
     """Open a client connection to TCP (host, port) and return its Session.
     Without a handler, received batches queue up for ``await
@@ -802,9 +873,11 @@ async def connect_unix(
     packets_per_s: float = _DEFAULTS.packets_per_s, bytes_per_s: float = _DEFAULTS.bytes_per_s,
     rate_burst: float = _DEFAULTS.rate_burst, rate_policy: Literal["drop", "close"] = "drop",
     idle_timeout: Optional[float] = _DEFAULTS.idle_timeout, max_connections: Optional[int] = _DEFAULTS.max_connections,
+    packet_timeout: Optional[float] = _DEFAULTS.packet_timeout,
     handler_queue_packets: int = _DEFAULTS.handler_queue_packets,
     handler_queue_bytes: int = _DEFAULTS.handler_queue_bytes,
-    aggregator: Optional[Aggregator] = None, registry: Optional[Registry] = None,
+    aggregator: Optional[Aggregator] = None, max_inflate_bytes: Optional[int] = _DEFAULTS.max_inflate_bytes,
+    registry: Optional[Registry] = None,
 ) -> Session:
     """Open a client connection to the Unix socket `path` (or over `sock`)
     and return its Session; ``ssl`` (TLS over the Unix socket needs a
@@ -814,3 +887,20 @@ async def connect_unix(
     await loop.create_unix_connection(lambda: session, path, ssl=ssl, server_hostname=server_hostname, sock=sock,
                                       ssl_handshake_timeout=ssl_handshake_timeout)
     return session
+
+
+async def serve_ws(handler: Optional[Handler] = None, host: Optional[str] = None, port: Optional[int] = None,
+                   **kwargs: Any) -> PacketServer:
+    """``fastpacket.ws.serve_ws``: the same server on WebSocket (needs the
+    ``fastpacket[ws]`` extra); see that module for its keywords."""
+    from fastpacket.ws import serve_ws as _serve_ws
+
+    return await _serve_ws(handler, host, port, **kwargs)
+
+
+async def connect_ws(url: str, handler: Optional[Handler] = None, **kwargs: Any) -> Session:
+    """``fastpacket.ws.connect_ws``: a client Session over WebSocket (needs
+    the ``fastpacket[ws]`` extra)."""
+    from fastpacket.ws import connect_ws as _connect_ws
+
+    return await _connect_ws(url, handler, **kwargs)

@@ -21,8 +21,11 @@ refuses input until ``reset()``.
 from fastpacket import _native
 from fastpacket._native import FrameDecoder, Packet, PacketBatch
 
-__all__ = ["FrameDecoder", "Packet", "PacketBatch", "DEFAULT_MAX_PACKET_SIZE"]
+__all__ = ["FrameDecoder", "Packet", "PacketBatch", "DEFAULT_MAX_PACKET_SIZE", "MAX_PACKET_SIZE"]
 
 #: Default max_packet_size: the largest size GAME's u16 size field can hold
 #: (65535; from the C++ core, like every constant it defines).
 DEFAULT_MAX_PACKET_SIZE: int = _native.DEFAULT_MAX_PACKET_SIZE
+#: Largest max_packet_size a FrameDecoder takes, in bytes (2**32 - 1: a
+#: batch's sizes are u32); a larger one is a ValueError.
+MAX_PACKET_SIZE: int = _native.MAX_PACKET_SIZE

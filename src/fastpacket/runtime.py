@@ -229,6 +229,8 @@ class ServerConfig:
     ssl_ca_certs: Optional[str] = None
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT_S
     bus: Any = None                   # a bus URL (workers: a URL only), or a fastpacket.aio.Bus
+    ws_port: Optional[int] = None     # also serve the app over WebSocket on this port (fastpacket.ws)
+    ws_path: str = "/"                # ... at this path
 
     def check(self) -> "ServerConfig":
         """Validates the settings (ValueError/TypeError naming the bad one),
@@ -246,6 +248,10 @@ class ServerConfig:
             raise ValueError(f"graceful_timeout must be >= 0 seconds, got {self.graceful_timeout!r}")
         if self.fd is not None and (not isinstance(self.fd, int) or self.fd < 0):
             raise ValueError(f"fd must be a file descriptor (int >= 0), got {self.fd!r}")
+        if self.ws_port is not None and (not isinstance(self.ws_port, int) or not 0 <= self.ws_port <= 65535):
+            raise ValueError(f"ws_port must be in [0, 65535] or None, got {self.ws_port!r}")
+        if self.ws_port is not None and self.uds is not None:
+            raise ValueError("ws_port serves beside a TCP port, not beside a Unix socket (uds)")
         if self.ssl_certfile is None and (self.ssl_keyfile or self.ssl_ca_certs):
             raise ValueError("ssl_keyfile and ssl_ca_certs need ssl_certfile")
         from fastpacket.aio import Options
@@ -402,12 +408,18 @@ async def _serve_until_stopped(config: ServerConfig, registry: Any, reuse_port: 
     server = await start_server(config, registry, reuse_port=reuse_port, port=port, app=app, sock=sock,
                                 start_serving=False)
     loop = asyncio.get_running_loop()
+    ws_listener = None
     try:
+        if config.ws_port is not None:
+            ws_listener = await start_ws_listener(config, server, app, reuse_port)
         if startup is not None:
             await startup(server)
         await server.start_serving()
         info: Dict[str, Any] = {"pid": os.getpid(), "tls": config.ssl_certfile is not None}
         info.update(_describe(server.sockets[0]))
+        if ws_listener is not None:
+            await ws_listener.start_serving()
+            info["ws_port"] = ws_listener.port
         if metrics_server is not None:
             info["metrics_port"] = metrics_server.port
         if registry is not None and registry.path is not None:
@@ -415,8 +427,30 @@ async def _serve_until_stopped(config: ServerConfig, registry: Any, reuse_port: 
         on_ready(info)
         await stop
     finally:
+        if ws_listener is not None:
+            ws_listener.close()
         await _stop_gracefully(server, shutdown, config.graceful_timeout, loop)
     return server.closes
+
+
+async def start_ws_listener(config: ServerConfig, server: "PacketServer", app: Any,
+                            reuse_port: bool) -> "PacketServer":
+    """The WebSocket listener beside `server` (config.ws_port), its
+    sessions in `server`'s groups; the app's ``pages`` (``{path:
+    (content_type, body)}``, if it has them) are served to plain HTTP GETs
+    there. Not yet accepting: call start_serving()."""
+    from fastpacket.ws import serve_ws
+
+    pages = getattr(app, "pages", None)
+    try:
+        return await serve_ws(host=config.host, port=config.ws_port, path=config.ws_path, server=server,
+                              ssl=config.ssl_context(), reuse_port=reuse_port, start_serving=False, pages=pages)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            address = format_address(config.host, config.ws_port or 0)
+            raise AddressInUse(f"WebSocket address {address} (the ws port) is already in use: another "
+                               f"process listens there", address) from None
+        raise
 
 
 async def _stop_gracefully(server: "PacketServer", shutdown: Optional[LifecycleHook], timeout: float,
@@ -783,6 +817,9 @@ def run_config(config: ServerConfig, workers: int = 1, metrics: Optional[Tuple[s
     if workers > 1 and config.bus is not None and not isinstance(config.bus, str):
         raise ValueError("with workers > 1 the bus must be a URL (each worker connects its own), not "
                          f"{config.bus!r}")
+    if workers > 1 and config.ws_port == 0:
+        raise ValueError("with workers > 1 the ws_port must be a fixed port (the workers share it with "
+                         "SO_REUSEPORT), not 0")
     if workers > 1 and config.uds is None and config.fd is None and not reuse_port_available():
         log.warning("SO_REUSEPORT is not available on this platform: serving with 1 worker instead of %d", workers)
         workers = 1
@@ -802,6 +839,7 @@ def run(
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT_S,
     compress: bool = False, compress_threshold: int = 256,
     on_ready: Optional[Callable[[Dict[str, Any]], None]] = None,
+    ws_port: Optional[int] = None, ws_path: str = "/",
     layout: HeaderLayout = GAME, max_packet_size: Optional[int] = None,
     recv_buffer: Optional[int] = None, send_buffer: Optional[int] = None,
     fill_ratio: Optional[float] = None, max_delay: Optional[float] = None,
@@ -809,7 +847,9 @@ def run(
     packets_per_s: Optional[float] = None, bytes_per_s: Optional[float] = None,
     rate_burst: Optional[float] = None, rate_policy: Optional[Literal["drop", "close"]] = None,
     idle_timeout: Optional[float] = None, max_connections: Optional[int] = None,
+    packet_timeout: Optional[float] = None,
     handler_queue_packets: Optional[int] = None, handler_queue_bytes: Optional[int] = None,
+    max_inflate_bytes: Optional[int] = None,
     bus: "BusArg" = None,
 ) -> None:
     """Serve `app` until SIGINT or SIGTERM, then stop gracefully; the
@@ -842,7 +882,12 @@ def run(
         graceful_timeout: seconds a stop may take before what is left is aborted.
         compress, compress_threshold: lz4 aggregation of outgoing bursts.
         on_ready: called once serving with a dict: host and port (or
-            path), pid, workers, metrics_port, metrics_file.
+            path), pid, workers, metrics_port, metrics_file, ws_port.
+        ws_port, ws_path: also serve the app over WebSocket
+            (``ws://host:ws_port/ws_path``, wss with TLS; fastpacket.ws,
+            the ``fastpacket[ws]`` extra), its sessions in the same groups
+            as the TCP ones; the app's ``pages`` are served there to plain
+            HTTP GETs. Port 0 picks one (one process only).
         layout, max_packet_size, ...: per-connection options
             (fastpacket.aio.Options; None keeps the default).
         bus: a Redis URL (``redis://host:port/db``, ``redis+cluster://host:port``)
@@ -861,13 +906,14 @@ def run(
               "max_pending_bytes": max_pending_bytes, "write_timeout": write_timeout,
               "packets_per_s": packets_per_s, "bytes_per_s": bytes_per_s, "rate_burst": rate_burst,
               "rate_policy": rate_policy, "idle_timeout": idle_timeout, "max_connections": max_connections,
-              "handler_queue_packets": handler_queue_packets, "handler_queue_bytes": handler_queue_bytes}
+              "packet_timeout": packet_timeout, "handler_queue_packets": handler_queue_packets,
+              "handler_queue_bytes": handler_queue_bytes, "max_inflate_bytes": max_inflate_bytes}
     options = {k: v for k, v in limits.items() if v is not None and not (k == "layout" and v is GAME)}
     config = ServerConfig(host=host, port=port, app=app, factory=factory, app_args=dict(app_args or {}),
                           loop=loop, compress=compress, compress_threshold=compress_threshold, options=options,
                           uds=uds, fd=fd, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                           ssl_keyfile_password=ssl_keyfile_password, ssl_ca_certs=ssl_ca_certs,
-                          graceful_timeout=graceful_timeout, bus=bus)
+                          graceful_timeout=graceful_timeout, bus=bus, ws_port=ws_port, ws_path=ws_path)
     metrics = (metrics_host, metrics_port) if metrics_port is not None else None
     code = run_config(config, workers, metrics, on_ready or (lambda info: None), metrics_file=metrics_file)
     if code != 0:

@@ -43,7 +43,7 @@ def test_demo_short_run_prints_the_table(tmp_path):
     for row in ("packets/s in", "packets/s out", "MB/s in / out", "RTT p50 / p95 / p99 / max",
                 "server CPU per packet", "server RSS", "compression savings", "closes by reason"):
         assert row in out, f"{row!r} missing from:\n{out}"
-    assert "peer closed: 10" in out
+    assert "peer_closed: 10" in out
     assert "fan-out 10.0" in out  # 10 players in one room, every MOVE goes to all 10
     assert "\r" not in out  # no progress line when stdout is not a TTY
 
@@ -99,6 +99,22 @@ def test_load_rate_mode_table_against_echo(served, tmp_path):
     assert code == 0, err
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_load_with_a_deep_window_of_large_payloads_against_echo(served, tmp_path, compress):
+    """Issue 14, finding 1: ``load --window 128 --payload 1000`` exited 1
+    (a read burst larger than the echo's 64 KiB send buffer closed the
+    session with "handler error"), with --compress on both ends too."""
+    flags = ["--compress"] if compress else []
+    s = served("--app", "echo", *flags)
+    r = run_cli(["load", "--port", str(s.port), "--seconds", "1", "--connections", "2", "--window", "128",
+                 "--payload", "1000", "--json", *flags], tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] and d["sent"] == d["echoed"] > 0
+    code, _, err = s.stop()
+    assert code == 0, err
+
+
 def test_demo_tick_json(tmp_path):
     r = run_cli(["demo", "--app", "tick", "--seconds", "1.5", "--connections", "40", "--hz", "50", "--json"],
                 tmp_path, timeout=120)
@@ -109,7 +125,7 @@ def test_demo_tick_json(tmp_path):
     t = d["tick_ms"]
     assert 0 < t["step_p50"] <= t["p50"] <= t["p99"] <= t["max"] * 1.01 and t["period"] == 20.0
     assert d["load"]["acked"] > 0 and d["load"]["latency_us"]["count"] > 0
-    assert d["closes"] == {"peer closed": 40}
+    assert d["closes"] == {"peer_closed": 40}  # by class (#14)
 
 
 def test_demo_tick_table_with_a_radius(tmp_path):

@@ -26,7 +26,24 @@ JOIN       2     room: u32; a player that sends MOVE before any JOIN is put in
                  without a bus): from then on, the player's moves reach the
                  whole room and it hears every move of the room
 LEAVE      3     empty: leaves the room (closing the connection does too)
+WATCH      4     anything (the live view sends its clock): the session becomes
+                 a watcher; the relay sends the WATCH back as it came (the
+                 watcher's round trip) followed by a STATS
+STATS      5     to watchers: connections, rooms, watchers (u32), packets/s
+                 in and out (f64) (``STATS_FORMAT``)
+ROOM       6     to watchers, before the MOVEs of a room: room (u32). A
+                 watcher gets every MOVE this server relays, each run of them
+                 after the ROOM they belong to
 =========  ====  ===============================================================
+
+The live view (``fastpacket serve relay --ws-port N``, then
+``http://host:N/`` in a browser; ``fastpacket demo --browser``) is a
+watcher: ``pages`` holds its page (``static/live.html``) and the JS client
+(``static/fastpacket.js``), which the WebSocket port serves to plain GETs.
+It draws each room's players from the MOVEs, and shows the STATS and its
+own round trips. Watchers see the moves this server relays (with a bus,
+not those of players on other servers), and cost the relay one more group
+send per burst only while one is connected.
 
 Per read burst the adapter groups the packets by type (``handlers=``), so
 ``on_move`` runs once per burst with every MOVE of that burst and hands the
@@ -41,12 +58,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import Any, Dict, Set
+import time
+from importlib import resources
+from typing import Any, Dict, Optional, Set, Tuple
 
 from fastpacket.aio import Group
 from fastpacket.framing import PacketBatch
 
-__all__ = ["MOVE", "JOIN", "LEAVE", "MOVE_FORMAT", "MOVE_SIZE", "Relay", "JOIN_ACK_TIMEOUT_S"]
+__all__ = ["MOVE", "JOIN", "LEAVE", "WATCH", "STATS", "ROOM", "MOVE_FORMAT", "MOVE_SIZE", "STATS_FORMAT", "Relay",
+           "JOIN_ACK_TIMEOUT_S", "STATS_MIN_INTERVAL_S", "live_view_pages"]
 
 log = logging.getLogger("fastpacket.apps.relay")
 
@@ -56,6 +76,18 @@ MOVE = 1
 JOIN = 2
 #: Packet type of a leave: no payload.
 LEAVE = 3
+#: Packet type of a watch request (the live view): echoed, then a STATS.
+WATCH = 4
+#: Packet type of the server's figures, sent to watchers.
+STATS = 5
+#: Packet type that tells watchers which room the following MOVEs are from.
+ROOM = 6
+#: STATS payload: connections, rooms, watchers (u32), packets/s in, out (f64).
+STATS_FORMAT = struct.Struct("<IIIdd")
+#: Packets/s in STATS are measured over at least this many seconds.
+STATS_MIN_INTERVAL_S = 0.5
+#: The watchers' group name (rooms are ints: no clash).
+WATCHERS = "watchers"
 #: MOVE payload: x, y, z, sent_ns (little-endian), then optional padding.
 MOVE_FORMAT = struct.Struct("<iiiQ")
 #: Bytes of a MOVE payload before any padding (20).
@@ -82,8 +114,17 @@ class Relay:
             raise ValueError(f"rooms must be an int >= 1, got {rooms!r}")
         self.rooms = rooms
         self.members: Dict[int, Group] = {}
-        self.handlers = {MOVE: self.on_move, JOIN: self.on_join, LEAVE: self.on_leave}
+        self.handlers = {MOVE: self.on_move, JOIN: self.on_join, LEAVE: self.on_leave, WATCH: self.on_watch}
         self._acks: Set["asyncio.Task[None]"] = set()
+        self.watchers: Optional[Group] = None
+        self.server: Any = None
+        self._rate: Tuple[float, float, float, float, float] = (time.monotonic(), 0.0, 0.0, 0.0, 0.0)
+        #: What the WebSocket port serves to plain GETs (fastpacket.ws): the live view.
+        self.pages = live_view_pages()
+
+    async def startup(self, server: Any) -> None:
+        """Runtime hook: remember the server, for the figures STATS reports."""
+        self.server = server
 
     # -- membership ------------------------------------------------------------------
 
@@ -121,6 +162,40 @@ class Relay:
         if room_group is None:
             room_group = self.join(session, (group[0].player_id or 0) % self.rooms)
         room_group.send_batch(group)
+        watchers = self.watchers
+        if watchers is not None and len(watchers) and "room" in session.__dict__:
+            watchers.send(ROOM, _ROOM.pack(session.room))
+            watchers.send_batch(group)
+
+    def on_watch(self, session: Any, group: PacketBatch) -> None:
+        """WATCH packets: the session becomes a watcher (the live view); each
+        WATCH goes back as it came, then one STATS."""
+        if self.watchers is None:
+            self.watchers = session.group(WATCHERS)
+        self.watchers.add(session)
+        session.send_batch(group)
+        session.send(STATS, self.stats_payload(session))
+
+    def stats_payload(self, session: Any) -> bytes:
+        """The STATS payload: connections, rooms, watchers, packets/s in and
+        out (over the last STATS_MIN_INTERVAL_S at least; counted by the
+        server's registry, else summed over the open sessions)."""
+        server = self.server
+        sessions = server.sessions if server is not None else ()
+        registry = server.options.registry if server is not None else None
+        if registry is not None:
+            pin = registry.counter("packets_in_total").value
+            pout = registry.counter("packets_out_total").value
+        else:
+            pin = sum(s.packets_in for s in sessions)
+            pout = sum(s.packets_out for s in sessions)
+        t0, in0, out0, rate_in, rate_out = self._rate
+        now = time.monotonic()
+        if now - t0 >= STATS_MIN_INTERVAL_S:
+            rate_in, rate_out = max(0.0, (pin - in0) / (now - t0)), max(0.0, (pout - out0) / (now - t0))
+            self._rate = (now, pin, pout, rate_in, rate_out)
+        watchers = len(self.watchers) if self.watchers is not None else 0
+        return STATS_FORMAT.pack(len(sessions), len(self.members), watchers, rate_in, rate_out)
 
     def on_join(self, session: Any, group: PacketBatch) -> None:
         """JOIN packets (payload: u32 room): the session moves to that room,
@@ -154,3 +229,11 @@ class Relay:
     def on_close(self, session: Any) -> None:
         """A session closed (it has left its groups already): forget its room."""
         self.leave(session)
+
+
+def live_view_pages() -> Dict[str, Tuple[str, bytes]]:
+    """The live view's files, by path: ``/`` (static/live.html) and
+    ``/fastpacket.js`` (the JS client), as ``serve_ws(pages=)`` takes them."""
+    static = resources.files("fastpacket") / "static"
+    return {"/": ("text/html; charset=utf-8", (static / "live.html").read_bytes()),
+            "/fastpacket.js": ("text/javascript; charset=utf-8", (static / "fastpacket.js").read_bytes())}

@@ -49,24 +49,37 @@ def _counters(reg: Any, agg: Any = None) -> Dict[str, float]:
 #: server to see the connections it closed.
 PEER_CLOSE_SETTLE_S = 2.0
 #: server close reasons that are not failures in the demo
-NORMAL_CLOSES = ("peer closed", "server shutdown")
+NORMAL_CLOSES = ("peer_closed", "server_shutdown")  # server.closes counts by class (slug)
 
 
 async def _demo(args: argparse.Namespace, progress: Progress) -> Tuple[int, str]:
     import fastpacket as fp
-    from fastpacket.runtime import ServerConfig, start_server
+    from fastpacket.apps.relay import Relay
+    from fastpacket.runtime import ServerConfig, start_server, start_ws_listener
 
     reg = fp.Registry()
     rooms = args.rooms or max(1, -(-args.connections // 10))
     config = ServerConfig(host="127.0.0.1", port=0, app="fastpacket.apps.relay:Relay", factory=True,
                           app_args={"rooms": rooms}, loop=_loop_kind(args), compress=args.compress,
-                          compress_threshold=args.compress_threshold)
-    server = await start_server(config, reg)
+                          compress_threshold=args.compress_threshold, ws_port=args.ws_port)
+    relay = Relay(rooms=rooms)
+    server = await start_server(config, reg, app=relay)
+    await relay.startup(server)
+    view = None
+    if args.browser:
+        view = await start_ws_listener(config, server, relay, False)
+        await view.start_serving()
+        print(f"fastpacket demo: live view on 127.0.0.1:{view.port}, open http://127.0.0.1:{view.port}/ in a "
+              f"browser (the load starts now and runs {args.seconds:g} s)", flush=True)
     agg = server.options.aggregator
     port = server.port
     kwargs = load_kwargs(args)
     kwargs["rooms"] = rooms
-    marks, result, failure, rss = await _drive_load(args, server, reg, agg, kwargs, "move", progress)
+    try:
+        marks, result, failure, rss = await _drive_load(args, server, reg, agg, kwargs, "move", progress)
+    finally:
+        if view is not None:
+            view.close()
     if failure is not None:
         return FAILED, failure
     assert result is not None

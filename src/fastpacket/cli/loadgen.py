@@ -303,6 +303,12 @@ def move_dtype(payload_size: int) -> np.dtype:
     return np.dtype(fields)
 
 
+#: A MOVE's x runs over [0, X_RANGE) with the sender's seq (y is the
+#: player's index); player i starts i * X_PHASE along it, so that the
+#: players of a room (the live view draws them) are spread out.
+X_RANGE = 1000
+X_PHASE = 137
+
 #: MOVE seqs are u32: a sender's count wraps at 2**32.
 SEQ_MODULUS = 1 << 32
 #: Gaps a receiver remembers per sender (to tell a late MOVE from a
@@ -358,7 +364,7 @@ class _Player:
             blk = self.block[:n]
             seqs = (np.arange(self.sent, self.sent + n, dtype=np.uint64) & 0xFFFFFFFF).astype(np.uint32)
             blk["seq"] = seqs
-            blk["x"] = seqs % 1000
+            blk["x"] = (seqs + self.index * X_PHASE) % X_RANGE  # players spread along x, each moving
             blk["y"] = self.index
             blk["sent_ns"] = time.monotonic_ns()
             s.send_batch(self.decoder.feed(blk.tobytes()))

@@ -242,8 +242,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     options: Dict[str, Any] = {}
     for name in ("max_packet_size", "packets_per_s", "bytes_per_s", "rate_burst", "rate_policy", "idle_timeout",
-                 "max_connections", "max_pending_bytes", "write_timeout", "handler_queue_packets",
-                 "handler_queue_bytes"):
+                 "packet_timeout", "max_connections", "max_pending_bytes", "write_timeout", "handler_queue_packets",
+                 "handler_queue_bytes", "max_inflate_bytes"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -271,6 +271,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             from fastpacket.cluster import mask_url
 
             line += f", bus {mask_url(args.bus)}"
+        if "ws_port" in info:
+            scheme = "wss" if info.get("tls") else "ws"
+            line += f", WebSocket at {scheme}://{format_address(info['host'], info['ws_port'])}{args.ws_path}"
         if "metrics_port" in info:
             line += f", metrics at http://{format_address(args.metrics_host, info['metrics_port'])}/metrics"
         if "metrics_file" in info:
@@ -283,7 +286,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             ssl_keyfile_password=args.ssl_keyfile_password, ssl_ca_certs=args.ssl_ca_certs, loop=loop_kind(args),
             metrics_port=args.metrics_port, metrics_host=args.metrics_host, metrics_file=args.metrics_file,
             graceful_timeout=args.graceful_timeout, compress=args.compress,
-            compress_threshold=args.compress_threshold, on_ready=on_ready, bus=args.bus, **options)
+            compress_threshold=args.compress_threshold, on_ready=on_ready, bus=args.bus, ws_port=args.ws_port,
+            ws_path=args.ws_path, **options)
     except (ValueError, TypeError) as exc:
         print(f"fastpacket serve: {exc}", file=sys.stderr)
         return USAGE
@@ -340,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--app", choices=["relay", "tick"], default="relay",
                       help="relay (default): MOVEs relayed to rooms; tick: the authoritative tick server")
     _add_tick_args(demo)
+    demo.add_argument("--browser", action="store_true",
+                      help="also serve the relay's live view (a page over WebSocket, needs 'fastpacket[ws]') and "
+                           "print its URL: open it to watch the players move")
+    demo.add_argument("--ws-port", type=int, default=0, metavar="N",
+                      help="the live view's port with --browser (default 0: any free one)")
     from fastpacket.cli.demo import cmd_demo
 
     demo.set_defaults(func=cmd_demo)
@@ -362,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)")
     serve.add_argument("--port", type=int, default=7777, help="TCP port (default 7777; 0: any free one)")
     serve.add_argument("--uds", default=None, metavar="PATH", help="serve on this Unix socket instead of TCP")
+    serve.add_argument("--ws-port", type=int, default=None, metavar="N",
+                       help="also serve the app over WebSocket on this port, in the same rooms (browsers; "
+                            "needs pip install 'fastpacket[ws]'; 0: any free one)")
+    serve.add_argument("--ws-path", default="/", metavar="PATH", help="the WebSocket path (default /)")
     serve.add_argument("--fd", type=int, default=None, metavar="N",
                        help="serve on this inherited, bound socket (as systemd socket activation passes it)")
     serve.add_argument("--workers", type=int, default=1,
@@ -394,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--bytes-per-s", type=float, default=None, help="token-bucket rate, 0: unlimited (default 0)")
     limits.add_argument("--rate-burst", type=float, default=None, help=f"seconds of rate in the bucket (default {d.rate_burst:g})")
     limits.add_argument("--rate-policy", choices=["drop", "close"], default=None, help="over the rate (default drop)")
-    limits.add_argument("--idle-timeout", type=float, default=None, help="seconds without a packet (default: none)")
+    limits.add_argument("--idle-timeout", type=float, default=None,
+                        help="seconds without a complete packet (default: none)")
+    limits.add_argument("--packet-timeout", type=float, default=None,
+                        help="seconds a begun packet may take to complete (default: none)")
+    limits.add_argument("--max-inflate-bytes", type=int, default=None,
+                        help="with --compress: raw bytes one read may inflate (default: 4 receive buffers)")
     limits.add_argument("--max-connections", type=int, default=None, help="per worker (default: none)")
     limits.add_argument("--max-pending-bytes", type=int, default=None,
                         help=f"output queued for a slow peer before it is cut off (default {d.max_pending_bytes})")

@@ -26,6 +26,7 @@ SECTIONS: Dict[str, str] = {
     "echo": "fastpacket.cli.bench.echo",
     "tick": "fastpacket.cli.bench.tick",
     "cluster": "fastpacket.cli.bench.cluster",
+    "ws": "fastpacket.cli.bench.ws",
 }
 
 
