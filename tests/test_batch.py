@@ -365,3 +365,17 @@ def test_payload_array_into_a_callers_array():
     arr, mask = fp.PacketBatch.build(1, [b"\x01\x00\x00\x00" * 2, b"\x02"]).payload_array(
         dt, out=np.zeros(2, dt), on_short="mask")
     assert mask.tolist() == [True, False] and arr["seq"].tolist() == [1, 0]
+
+
+def test_by_type_of_one_type_is_the_whole_batch_in_order():
+    """One type (a burst of MOVEs): by_type() hands the batch back whole
+    (no grouping pass), keyed by that type, the same packets in order."""
+    batch = fp.PacketBatch.build([7] * 5, [bytes([i]) * 3 for i in range(5)], seqs=range(5))
+    groups = batch.by_type()
+    assert list(groups) == [7]
+    assert [p.payload.tobytes() for p in groups[7]] == [bytes([i]) * 3 for i in range(5)]
+    assert list(groups[7].seqs) == list(range(5))
+    mixed = fp.PacketBatch.build([7, 7, 8, 7], [b"a", b"b", b"c", b"d"])
+    assert {k: [p.payload.tobytes() for p in v] for k, v in mixed.by_type().items()} == {
+        7: [b"a", b"b", b"d"], 8: [b"c"]}
+    assert fp.PacketBatch.build([], []).by_type() == {}

@@ -118,6 +118,9 @@ cdef class SessionBase:
     cdef bint _lost                     # the connection is gone; closing is finished once _task ends
     cdef object _drain_reason           # close with this reason once _task ends (graceful shutdown)
     cdef list _groups                   # the groups it is a member of, or None
+    # the native write path (asyncio's selector loop): flushes go straight to the socket
+    cdef int _fd                        # the socket's fd while writes may bypass the transport, else -1
+    cdef bint _transport_buffered       # the transport may hold bytes: write through it until it is empty
 
     cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1
     cdef PacketBatch _admit(self, PacketBatch frames, uint64_t now)
@@ -136,7 +139,9 @@ cdef class SessionBase:
                                Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except -1
     cdef bint _make_room(self) except -1
     cdef int _after_send(self) except -1
+    cdef SendBuffer _out(self)
     cdef int _flush(self) except -1
+    cdef Py_ssize_t _write_through(self, size_t nbytes, size_t count) except -2
     cdef int _write_out(self) except -1
     cdef int _send_failed(self, BaseException exc, size_t n) except -1
     cdef int _close(self, object reason) except -1

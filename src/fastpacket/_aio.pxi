@@ -15,6 +15,17 @@ import weakref as _weakref
 
 from cpython.sequence cimport PySequence_Fast_ITEMS
 
+
+cdef extern from "<sys/socket.h>" nogil:
+    Py_ssize_t c_send "send"(int fd, const void* buf, size_t n, int flags)  # ssize_t
+    enum: MSG_NOSIGNAL
+    enum: MSG_DONTWAIT
+
+try:  # asyncio's own socket transport (selector loop): its write() is Python; ours is one send(2)
+    from asyncio.selector_events import _SelectorSocketTransport as _SELECTOR_SOCKET_TRANSPORT
+except ImportError:  # pragma: no cover - every CPython since 3.4 has it
+    _SELECTOR_SOCKET_TRANSPORT = None
+
 _aio_log = _logging.getLogger("fastpacket.aio")
 
 # Receive rings a hub keeps for lending (idle connections hold none): at
@@ -557,6 +568,7 @@ cdef class SessionBase:
         self._bucket = TokenBucket(hub._packets_per_s, hub._bytes_per_s, hub._rate_burst)
         self._rate_close = hub._rate_close
         self._last_packet_ns = monotonic_ns()
+        self._fd = -1
         self._closed = hub.loop.create_future()
         # a client connected without a handler reads with recv()
         self._inbox = _asyncio.Queue() if self._handler is None and self._handlers is None else None
@@ -576,6 +588,12 @@ cdef class SessionBase:
                 pass
         transport.set_write_buffer_limits(
             high=max(hub._send_buffer, min(hub._max_pending_bytes // 2, WRITE_HIGH_WATER_MAX_BYTES)))
+        if (sock is not None and type(transport) is _SELECTOR_SOCKET_TRANSPORT and hub._aggregator is None
+                and sock.family in (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX)):
+            # the native write path: a flush is one send(2) from here while the
+            # transport holds nothing (what the kernel does not take goes to
+            # transport.write, which buffers it and handles errors and backpressure)
+            self._fd = sock.fileno()
         if not hub._open(self):
             self._close_reason = "too many connections"
             self._closing = True
@@ -599,6 +617,7 @@ cdef class SessionBase:
         if self._close_reason is None:
             self._close_reason = f"connection lost: {exc}" if exc else "peer closed"
         self._closing = True
+        self._fd = -1  # asyncio closes the socket after this callback: its fd may be reused
         self._leave_groups()
         if self._write_timer is not None:
             self._write_timer.cancel()
@@ -1012,7 +1031,7 @@ cdef class SessionBase:
             self.dropped_out += 1
             return None
         try:
-            s = self._sendbuf.send(type, payload, player_id=player_id, seq=seq)
+            s = self._out().send(type, payload, player_id=player_id, seq=seq)
         except BufferFull:
             if not self._make_room():
                 self.dropped_out += 1
@@ -1074,7 +1093,7 @@ cdef class SessionBase:
                                Py_ssize_t row_stride, const uint64_t* ids, size_t id_stride) except -1:
         """Queues rows as packets, flushing between runs that fill the
         buffer; the number queued (the rest dropped and counted)."""
-        cdef SendBuffer sb = self._sendbuf
+        cdef SendBuffer sb = self._out()
         cdef size_t frame = sb._layout.c.header_size + <size_t>row_bytes
         cdef Py_ssize_t done = 0, k
         if frame > sb._max:
@@ -1158,9 +1177,16 @@ cdef class SessionBase:
         if self.transport is None or n == 0:
             return 0
         cdef size_t nbytes = self._sendbuf._c.size()
+        cdef Py_ssize_t sent = 0
+        if self._fd >= 0:
+            sent = self._write_through(nbytes, n)
+            if sent < 0:
+                return 0  # all of it went out
         view = self._sendbuf._flush_view()
+        if sent > 0:
+            view = view[sent:]  # the kernel took the start: the transport writes the rest after it
         try:
-            wire = self._hub._write(self, view, nbytes, n)
+            wire = self._hub._write(self, view, nbytes - sent, n) + sent
         except Exception as exc:
             self._send_failed(exc, n)
             return 0
@@ -1168,6 +1194,44 @@ cdef class SessionBase:
         self.flushes += 1
         self.bytes_out += wire
         return 0
+
+    cdef SendBuffer _out(self):
+        """This session's send buffer (made on first use if it has none)."""
+        if self._sendbuf is None:
+            self._sendbuf = SendBuffer(self._hub._send_buffer, self._hub._layout)
+        return self._sendbuf
+
+    cdef Py_ssize_t _write_through(self, size_t nbytes, size_t count) except -2:
+        """The native write path: one send(2) of the queued bytes while the
+        transport holds nothing (asyncio's _SelectorSocketTransport.write
+        does the same first, in Python). Returns -1 when all of it went out
+        (the buffer is cleared and counted), else how many bytes the kernel
+        took (0 on EAGAIN or an error): the caller hands the rest to the
+        transport, which buffers it (and pauses us past its high-water mark)
+        or meets the error again and closes the connection as it would have."""
+        cdef Hub hub = self._hub
+        cdef SendBuffer sb = self._sendbuf
+        cdef Py_ssize_t w
+        cdef int fd = self._fd
+        cdef const uint8_t* data = sb._active._mem  # the chunk sb._c fills
+        if self._transport_buffered:
+            if self.transport.get_write_buffer_size():
+                return 0  # bytes wait in the transport: ours go behind them
+            self._transport_buffered = False
+        with nogil:
+            w = c_send(fd, data, nbytes, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if w == <Py_ssize_t>nbytes:
+            sb._c.attach(sb._active._mem)  # nothing holds these bytes now: refill the same chunk
+            self.packets_out += count
+            self.flushes += 1
+            self.bytes_out += nbytes
+            if hub._metrics is not None:
+                hub._metrics["flush"].record(nbytes)
+                hub._metrics["packets_out"].inc(count)
+                hub._metrics["bytes_out"].inc(nbytes)
+            return -1
+        self._transport_buffered = True
+        return w if w > 0 else 0
 
     cdef int _send_failed(self, BaseException exc, size_t n) except -1:
         _aio_log.error("send error on %r, closing it: %s", self, _error_text(exc), exc_info=exc)
@@ -1263,9 +1327,19 @@ cdef class SessionBase:
         return self.transport.get_extra_info("peername") if self.transport is not None else None
 
     @property
+    def write_path(self):
+        """How flushes reach the socket: "native" (one send(2) from native
+        code, asyncio's selector loop over TCP or a Unix socket, no TLS),
+        "transport" (transport.write: uvloop, TLS, other transports), or
+        None once the connection is gone."""
+        if self.transport is None:
+            return None
+        return "native" if self._fd >= 0 else "transport"
+
+    @property
     def queued_bytes(self):
         """Bytes queued in this session's send buffer, not yet written."""
-        return self._sendbuf._c.size()
+        return self._sendbuf._c.size() if self._sendbuf is not None else 0
 
     @property
     def unhandled_packets(self):

@@ -664,6 +664,21 @@ cdef class PacketBatch:
         """
         if self._layout.c.type_index < 0:
             raise AttributeError(f"layout {self._layout.name} has no type field")
+        # One type only (a burst of MOVEs, say: the common case of a
+        # per-type dispatch): the batch itself, without the numpy grouping.
+        cdef const Layout* lc = &self._layout.c
+        cdef const uint8_t* hdr = self._cols.headers
+        cdef size_t hs = lc.header_size
+        cdef Py_ssize_t i
+        cdef uint64_t first
+        if self._count == 0:
+            return {}
+        first = lc.read(hdr, lc.type_index)
+        i = 1
+        while i < self._count and lc.read(hdr + i * hs, lc.type_index) == first:
+            i += 1
+        if i == self._count:
+            return {first: self}
         # const: the types column is read-only, and numpy hands it back
         # uncopied when it already is contiguous uint64 (a u64 type field)
         keys = np.ascontiguousarray(self.types, dtype=np.uint64)

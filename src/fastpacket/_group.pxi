@@ -257,7 +257,7 @@ cdef class Group:
             if s._closing:
                 s.dropped_out += count
                 continue
-            self._targets[k] = s._sendbuf._c
+            self._targets[k] = s._out()._c
             self._picked[k] = i
             k += 1
         if nbytes * <uint64_t>k >= FANOUT_NOGIL_MIN_BYTES:

@@ -69,6 +69,9 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
     """Runs one echo server until told to stop; answers 'cpu' with its own
     process CPU time so the parent can measure the load phase alone."""
     raise_nofile(16384)
+    from fastpacket.cli.bench import parity
+
+    parity._pin(0, parity.SERVER_CORE)  # the load runs on another core
     loop = new_event_loop(loop_kind)
     asyncio.set_event_loop(loop)
 
@@ -108,7 +111,10 @@ def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
 
 
 def _load_process(port: int, connections: int, seconds: float, conn: Any) -> None:
+    from fastpacket.cli.bench import parity
     from fastpacket.cli.loadgen import run_echo_load
+
+    parity._pin(0, parity.LOAD_CORE)
 
     def ready() -> None:
         conn.send("ready")
@@ -135,24 +141,65 @@ def _echo_server(impl: str, loop_kind: str) -> Iterator[Tuple[int, Any]]:
             server.kill()
 
 
+def _cpp_load(port: int, connections: int, seconds: float, read_cpu: Any) -> Tuple[Dict[str, Any], Any, Any]:
+    """The pipelined echo load of the C++ load generator (bench.parity):
+    (result, server CPU before, after)."""
+    import json
+    import subprocess
+
+    from fastpacket.cli.bench import parity
+
+    d = parity.find_examples()
+    assert d is not None
+    load = subprocess.Popen([str(d / parity.LOADGEN_EXE), "echo", "127.0.0.1", str(port), str(connections),
+                             str(seconds), str(parity.ECHO_BLOCK_PACKETS), str(parity.ECHO_WINDOW_BLOCKS)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        parity._pin(load.pid, parity.LOAD_CORE)
+        if parity._readline(load, parity.START_TIMEOUT_S) != "ready":
+            raise RuntimeError("the C++ load generator did not connect")
+        cpu0 = read_cpu()
+        assert load.stdin is not None
+        load.stdin.write("go\n")
+        load.stdin.flush()
+        result = json.loads(parity._readline(load, seconds + parity.REPORT_MARGIN_S))
+        cpu1 = read_cpu()
+        load.wait(10)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait(10)
+    return result, cpu0, cpu1
+
+
 def measure_echo(impl: str, loop_kind: str, connections: int, seconds: float, rtt_rounds: int) -> Dict[str, Any]:
-    """One server, one load run, one ping-pong run: a dict of figures."""
+    """One server, one load run, one ping-pong run: a dict of figures. The
+    load is the C++ load generator's when it is built (bench.parity), else
+    fastpacket.cli.loadgen's (which caps the rate at what one Python client
+    core sends)."""
+    from fastpacket.cli.bench import parity
+
     ctx = _CTX
     with _echo_server(impl, loop_kind) as (port, parent):
-        lparent, lchild = ctx.Pipe()
-        load = ctx.Process(target=_load_process, args=(port, connections, seconds, lchild), daemon=True)
-        load.start()
-        if not lparent.poll(60) or lparent.recv() != "ready":
-            raise RuntimeError("load client did not connect")
-        parent.send("cpu")
-        cpu0 = parent.recv()
-        lparent.send("go")  # the CPU window covers exactly the load phase
-        if not lparent.poll(seconds + 60):
-            raise RuntimeError("load client did not finish")
-        result = lparent.recv()
-        parent.send("cpu")
-        cpu1 = parent.recv()
-        load.join(10)
+        def read_cpu() -> Any:
+            parent.send("cpu")
+            return parent.recv()
+
+        if parity.find_examples() is not None:
+            result, cpu0, cpu1 = _cpp_load(port, connections, seconds, read_cpu)
+        else:
+            lparent, lchild = ctx.Pipe()
+            load = ctx.Process(target=_load_process, args=(port, connections, seconds, lchild), daemon=True)
+            load.start()
+            if not lparent.poll(60) or lparent.recv() != "ready":
+                raise RuntimeError("load client did not connect")
+            cpu0 = read_cpu()
+            lparent.send("go")  # the CPU window covers exactly the load phase
+            if not lparent.poll(seconds + 60):
+                raise RuntimeError("load client did not finish")
+            result = lparent.recv()
+            cpu1 = read_cpu()
+            load.join(10)
         if not result["ok"]:
             raise RuntimeError(f"{impl} echo on {loop_kind} lost or corrupted data: {result['errors'][:3]}")
         from fastpacket.cli.loadgen import ping_pong
@@ -236,7 +283,9 @@ def _loops() -> List[str]:
 
 
 def run(quick: bool = False) -> List[Row]:
-    rows: List[Row] = []
+    from fastpacket.cli.bench import parity
+
+    rows: List[Row] = parity.run(quick)  # the C++ reference rows, when built
     connections = 32
     seconds = 1.0 if quick else 3.0
     rtt_rounds = 500 if quick else 3000
