@@ -19,7 +19,6 @@ from fastpacket import aio
 from tests.loops import recv_packets, run  # noqa: F401  (the fixture)
 from tests.redis_server import RedisCluster, RedisServer, free_port, require_redis
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
 @pytest.fixture
