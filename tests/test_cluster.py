@@ -8,9 +8,13 @@ Every test runs on asyncio's default loop and on uvloop."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import socket
 import struct
+import subprocess
 import time
+import warnings
 
 import pytest
 
@@ -19,7 +23,6 @@ from fastpacket import aio
 from tests.loops import recv_packets, run  # noqa: F401  (the fixture)
 from tests.redis_server import RedisCluster, RedisServer, free_port, require_redis
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
 @pytest.fixture
@@ -433,3 +436,92 @@ def test_redis_stops_answering(run, redis_server, monkeypatch):
         await _close_all([a, b], servers)
 
     run(main())
+
+
+def _redis_clients(port):
+    """The client connections redis-server on `port` holds, not counting
+    the redis-cli that asks."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "client", "list"], capture_output=True, timeout=5,
+                         check=True)
+    return [line for line in out.stdout.decode().splitlines() if "cmd=client" not in line]
+
+
+def _collected_resource_warnings():
+    """ResourceWarnings raised by collecting what is unreferenced now."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_start_failure_closes_its_connections(run, monkeypatch):
+    """A Redis that accepts connections but never answers: start fails
+    with BusUnavailable within CONNECT_TIMEOUT_S, and every connection the
+    bus opened is closed (the listener reads EOF on each), none left for
+    the garbage collector."""
+    require_redis()
+    from fastpacket import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 0.3)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+        async def main():
+            with pytest.raises(fp.BusUnavailable, match="no answer"):
+                await aio.serve(lambda s, b: None, bus=url)
+
+        run(main())
+        listener.settimeout(0)
+        accepted = []
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except BlockingIOError:
+                break
+        assert accepted, "the bus never connected"
+        for conn in accepted:
+            with conn:
+                conn.settimeout(5)
+                while conn.recv(4096):  # what the bus sent (PING), then EOF: closed by the bus
+                    pass
+    assert _collected_resource_warnings() == []
+
+
+def test_close_during_outage_closes_its_connections(run, redis_server, monkeypatch):
+    """Redis stalls (SIGSTOP) and the bus, having counted the outage, is
+    reconnecting (its attempts wait for a PING reply) when the server shuts
+    down: every connection it opened is closed, so once Redis runs again it
+    holds no client of the bus, and nothing is left for the garbage
+    collector."""
+    import signal
+
+    from fastpacket import cluster
+
+    monkeypatch.setattr(cluster, "REPLY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(cluster, "WATCH_INTERVAL_S", 0.05)
+
+    async def main():
+        servers = await _servers(redis_server.url)
+        a, b = await _players(servers, 1)
+        assert _redis_clients(redis_server.port)  # the buses' connections
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            a.send(1, b"stalled", player_id=1)
+            for _ in range(500):
+                if servers[0].bus.stats["outages"] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert servers[0].bus.stats["outages"] == 1
+            await asyncio.sleep(cluster.RECONNECT_MIN_S * 4)  # a reconnect under way
+            await _close_all([a, b], servers)
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+
+    run(main())
+    deadline = time.monotonic() + 10
+    while _redis_clients(redis_server.port):
+        assert time.monotonic() < deadline, f"connections left open: {_redis_clients(redis_server.port)}"
+        time.sleep(0.05)
+    assert _collected_resource_warnings() == []

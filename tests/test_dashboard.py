@@ -22,7 +22,6 @@ from tests.redis_server import RedisServer, require_redis
 from tests.scrape import fetch, samples, total
 from tests.served import Served
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = os.path.join(ROOT, "contrib", "grafana", "fastpacket.json")

@@ -13,7 +13,6 @@ import fastpacket as fp
 from fastpacket import aio
 from tests.loops import recv_packets, run  # noqa: F401  (the fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
 async def _server_and_clients(n, handler=None, **kw):

@@ -191,8 +191,7 @@ class _Link:
         self.bus = bus
         self.name = name                      # host:port, for messages
         self.kwargs = kwargs                  # redis.asyncio.Redis(**kwargs) connects to the node
-        self.client: Any = None               # redis.asyncio.Redis: URL, TLS and auth handling, PING
-        self.pub: Any = None                  # its Connection that publishes ...
+        self.pub: Any = None                  # the redis-py Connection that publishes ...
         self.sub: Any = None                  # ... and the one that is subscribed
         self.pub_transport: Any = None        # their transports, read by _ReplyProtocol
         self.sub_transport: Any = None
@@ -212,31 +211,36 @@ class _Link:
         self.dropped_in_outage = 0
         self.runner: Optional["asyncio.Task[None]"] = None
         self.tasks: List["asyncio.Future[None]"] = []
+        self.closed = False                   # close() began: a reconnect under way keeps nothing
 
     # -- connection ----------------------------------------------------------------
 
     async def connect(self) -> None:
         """Open both connections, PING, subscribe to every wanted channel."""
         aioredis = self.bus._redis
-        client = aioredis.Redis(**self.kwargs)
-        pub = sub = None
+        # the client is only redis-py's reading of the keywords (connection
+        # class, TLS, unix socket): it never connects itself, so each
+        # connection the bus opens is one of the two below, closed by
+        # _disconnect() or on the error path here, never left to the pool
+        pool = aioredis.Redis(**self.kwargs).connection_pool
+        pub = pool.make_connection()
+        sub = pool.make_connection()
         try:
-            await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
-            pool = client.connection_pool
-            pub = pool.make_connection()
-            sub = pool.make_connection()
             await asyncio.wait_for(pub.connect(), CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(_ping(pub), CONNECT_TIMEOUT_S)
             await asyncio.wait_for(sub.connect(), CONNECT_TIMEOUT_S)
             lost: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
             pub_transport = await _take_transport(pub, _ReplyProtocol(self, lost, self._on_publish_reply))
             sub_transport = await _take_transport(sub, _ReplyProtocol(self, lost, self._on_pubsub))
+            if self.closed:  # close() ran while this (a reconnect) was under way: keep nothing
+                raise ConnectionError(f"the bus closed while connecting to Redis at {self.name}")
         except BaseException:
+            # also on a cancellation (close() stopping a reconnect): closing
+            # does not wait, so a second cancellation cannot leave one open
             for conn in (sub, pub):
-                if conn is not None:
-                    await _disconnect_quietly(conn)
-            await _close_quietly(client)
+                await _disconnect_quietly(conn)
             raise
-        self.client, self.pub, self.sub = client, pub, sub
+        self.pub, self.sub = pub, sub
         self.pub_transport, self.sub_transport = pub_transport, sub_transport
         self.lost = lost
         self.confirmed.clear()
@@ -293,13 +297,12 @@ class _Link:
     async def _drop_connections(self, exc: Optional[BaseException]) -> None:
         """The connection is lost: close both connections, drop what waits
         to be published or awaits its reply (counted), log once."""
-        await _stop_tasks(self.tasks)
-        self.tasks = []
+        # the outage is recorded before the first await: whoever sees the
+        # bus disconnected sees it counted too
         was_connected = self.connected
         self.connected = False
         self.confirmed.clear()
         self.bus._update_connected()
-        await self._disconnect()
         if was_connected:
             self.lost_at = time.monotonic()
             self.dropped_in_outage = 0
@@ -308,6 +311,9 @@ class _Link:
                         "until it is back (dropped, counted in bus_dropped_packets_total); reconnecting",
                         self.name, exc if exc is not None else "connection closed")
         self.drop_queue("disconnected")
+        await _stop_tasks(self.tasks)
+        self.tasks = []
+        await self._disconnect()
 
     def _back(self) -> None:
         down = time.monotonic() - self.lost_at if self.lost_at is not None else 0.0
@@ -435,15 +441,14 @@ class _Link:
         # while down: connect() subscribes to the wanted set as it is then
 
     async def _disconnect(self) -> None:
-        sub, pub, client = self.sub, self.pub, self.client
-        self.sub = self.pub = self.client = self.sub_transport = self.pub_transport = None
+        sub, pub = self.sub, self.pub
+        self.sub = self.pub = self.sub_transport = self.pub_transport = None
         for conn in (sub, pub):
             if conn is not None:
                 await _disconnect_quietly(conn)
-        if client is not None:
-            await _close_quietly(client)
 
     async def close(self) -> None:
+        self.closed = True
         if self.runner is not None:
             self.runner.cancel()
         deadline = time.monotonic() + CLOSE_DRAIN_S
@@ -546,12 +551,25 @@ async def _stop_tasks(tasks: List["asyncio.Future[None]"]) -> None:
             t.exception()  # retrieved: a connection error of a link going down is expected
 
 
+async def _ping(conn: Any) -> None:
+    """PING on redis-py Connection `conn`: Redis answers (not just accepts TCP)."""
+    await conn.send_command("PING")
+    reply = await conn.read_response()
+    if reply not in (b"PONG", "PONG", True):
+        raise ConnectionError(f"unexpected reply to PING: {reply!r}")
+
+
 async def _disconnect_quietly(conn: Any) -> None:
+    """Close redis-py Connection `conn` at once. Awaited directly, not
+    through wait_for (a task of its own): with nowait the disconnect never
+    suspends, so it closes the transport even when the caller is being
+    cancelled; a task that a cancellation stops before its first step would
+    leave the socket open ("unclosed transport" when collected)."""
     try:
         # nowait: the transport is read by a _ReplyProtocol now, and the
         # StreamWriter's wait for its old protocol's close would not end
-        await asyncio.wait_for(conn.disconnect(nowait=True), CLOSE_DRAIN_S)
-    except BaseException:  # a connection to a Redis that is gone: nothing left to close cleanly
+        await conn.disconnect(nowait=True)
+    except Exception:  # a connection to a Redis that is gone: nothing left to close cleanly
         pass
 
 

@@ -23,7 +23,6 @@ from tests.redis_server import RedisServer, free_port, require_redis
 from tests.scrape import fetch, total
 from tests.served import CMD
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
 @pytest.fixture
