@@ -10,13 +10,15 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
 import fastpacket as fp
 from fastpacket import aio
-from fastpacket.system import new_event_loop
+from fastpacket.system import new_event_loop, read_line
 from tests.scrape import fetch, samples, total
 from tests.served import Served
 
@@ -145,3 +147,25 @@ def test_account_lost_worker_in_process(tmp_path):
     assert snap['closes_total{reason="worker_lost",worker="0"}']["value"] == 9
     assert account_lost_worker(reg, 0) == 0  # nothing more to count
     assert reg.snapshot()['closes_total{reason="worker_lost",worker="0"}']["value"] == 9
+
+
+def test_read_line_reads_a_ready_line_and_is_bounded():
+    # the first line of a child's output, in pieces or whole; a silent child
+    # gives what came (nothing) once the timeout passes; EOF ends it too
+    code = "import sys, time; sys.stdout.write('ready on'); sys.stdout.flush(); time.sleep(0.2); print(' 7791'); " \
+           "sys.stdout.flush(); time.sleep(30)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert read_line(p.stdout.fileno(), 20.0) == "ready on 7791\n"
+        assert read_line(p.stdout.fileno(), 0.2) == ""  # nothing more: bounded by the timeout
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    r, w = os.pipe()
+    os.write(w, b"partial")
+    os.close(w)
+    try:
+        assert read_line(r, 20.0) == "partial"  # end of file before a newline
+    finally:
+        os.close(r)

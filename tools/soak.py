@@ -32,7 +32,6 @@ import os
 import random
 import re
 import resource
-import select
 import signal
 import socket
 import struct
@@ -42,7 +41,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 import fastpacket as fp
-from fastpacket.system import raise_nofile
+from fastpacket.system import raise_nofile, read_line
 
 #: Seconds to wait for the server's ready line.
 READY_TIMEOUT_S = 30.0
@@ -86,18 +85,7 @@ class Server:
         self.port, self.pid = int(m.group(1)), int(m.group(2))
 
     def _readline(self, timeout: float) -> str:
-        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            buf += chunk
-        return buf.decode(errors="replace")
+        return read_line(self.proc.stdout.fileno(), timeout)  # type: ignore[union-attr]
 
     def rss_kib(self) -> Tuple[int, int]:
         """(VmRSS, VmHWM) of the server, KiB."""

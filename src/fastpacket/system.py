@@ -6,7 +6,8 @@ everywhere.
 - ``cpu_seconds()``: user + system CPU time of this process;
 - ``memory_percent()``: system memory in use;
 - ``new_event_loop(kind)``: asyncio's default loop or uvloop's;
-- ``raise_nofile(need)``: lift the open-files soft limit for many connections.
+- ``raise_nofile(need)``: lift the open-files soft limit for many connections;
+- ``read_line(fd, timeout)``: the first line a child process prints, bounded in time.
 
 Clock: everything in fastpacket measures time on the monotonic clock
 (``time.monotonic()``/``time.monotonic_ns()``, the clock asyncio's
@@ -19,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import sys
+import time
 from typing import Optional, Tuple
 
-__all__ = ["LOOPS", "cpu_seconds", "memory_percent", "new_event_loop", "peak_rss_bytes", "raise_nofile", "rss_bytes"]
+__all__ = ["LOOPS", "cpu_seconds", "memory_percent", "new_event_loop", "peak_rss_bytes", "raise_nofile", "read_line",
+           "rss_bytes"]
 
 #: Event loop kinds ``new_event_loop`` makes.
 LOOPS: Tuple[str, ...] = ("asyncio", "uvloop")
@@ -109,3 +113,20 @@ def raise_nofile(need: Optional[int] = None) -> int:
     except (ValueError, OSError):
         return int(soft)
     return int(want)
+
+
+def read_line(fd: int, timeout: float) -> str:
+    """Bytes read from the pipe `fd` until a newline, end of file or
+    `timeout` seconds (what a child process prints when it is ready), decoded;
+    whatever came, possibly "" or a partial line."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace")

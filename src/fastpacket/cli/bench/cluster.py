@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -31,6 +30,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from fastpacket.cli.bench._harness import Row
+from fastpacket.system import read_line
 
 #: Seconds a process may take to print its ready line (or answer PING).
 START_TIMEOUT_S = 30.0
@@ -79,18 +79,7 @@ class _Proc:
 
     def _readline(self, timeout: float) -> str:
         assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            buf += chunk
-        return buf.decode(errors="replace")
+        return read_line(self.proc.stdout.fileno(), timeout)
 
     @property
     def pid(self) -> int:
