@@ -379,3 +379,80 @@ def test_by_type_of_one_type_is_the_whole_batch_in_order():
     assert {k: [p.payload.tobytes() for p in v] for k, v in mixed.by_type().items()} == {
         7: [b"a", b"b", b"d"], 8: [b"c"]}
     assert fp.PacketBatch.build([], []).by_type() == {}
+
+
+# -- PacketBatch.over: a batch over an outside buffer (issue 16: Python inside a C++ server) -----
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 2**32 - 1), st.binary(max_size=40)), max_size=12))
+def test_over_agrees_with_the_decoder(name, packets):
+    """Whole frames in any layout: the same packets FrameDecoder.feed makes,
+    over the caller's bytes (no copy: the batch exports exactly them)."""
+    rl, layout = LAYOUTS[name]
+    stream = ref.encode_all(rl, [(t % (1 << 8), seq % (1 << 8), 0, p) for t, seq, p in packets])
+    owner = bytearray(stream)
+    batch = fp.PacketBatch.over(owner, layout=layout)
+    want = fp.FrameDecoder(layout).feed(stream)
+    assert batch.layout == layout
+    assert len(batch) == len(want) == len(packets)
+    assert [p.to_bytes() for p in batch] == [p.to_bytes() for p in want]
+    assert bytes(batch) == stream
+    assert np.frombuffer(batch, np.uint8).ctypes.data == np.frombuffer(owner, np.uint8).ctypes.data  # no copy
+
+
+def test_over_holds_the_owner_until_the_last_view_is_gone():
+    stream = fp.PacketBatch.build([1, 2, 1], [b"a", b"bb", b"ccc"]).to_bytes()
+    owner = bytearray(stream)
+    batch = fp.PacketBatch.over(owner)
+    views = batch.by_type()[1]  # a batch over the same bytes
+    payload = batch[2].payload
+    del batch
+    with pytest.raises(BufferError):
+        owner.append(0)  # exported: cannot move under the views
+    assert [p.payload.tobytes() for p in views] == [b"a", b"ccc"]
+    del views
+    gc.collect()
+    with pytest.raises(BufferError):
+        owner.append(0)
+    assert payload.tobytes() == b"ccc"
+    del payload
+    gc.collect()
+    owner.append(0)  # released: the owner is free again
+    arr = np.frombuffer(stream, np.uint8).copy()
+    kept = fp.PacketBatch.over(arr)
+    del arr
+    gc.collect()
+    assert [p.payload.tobytes() for p in kept] == [b"a", b"bb", b"ccc"]  # the batch keeps the array alive
+
+
+def test_over_refuses_what_is_not_whole_frames():
+    stream = fp.PacketBatch.build([1, 2], [b"a", b"bb"]).to_bytes()
+    assert len(fp.PacketBatch.over(b"")) == 0
+    with pytest.raises(ValueError, match="offset 13.*cut off"):
+        fp.PacketBatch.over(stream[:-1])
+    with pytest.raises(ValueError, match="offset 27.*whole header"):
+        fp.PacketBatch.over(stream + b"\x01")
+    with pytest.raises(ValueError, match="offset 0 declares 3 bytes"):
+        fp.PacketBatch.over(b"\x03\x00" + bytes(10))
+    with pytest.raises(ValueError, match="offset 13 declares 14 bytes.*max_packet_size=13"):
+        fp.PacketBatch.over(stream, max_packet_size=13)
+    with pytest.raises(TypeError, match="PacketBatch.over.*bytes-like"):
+        fp.PacketBatch.over("text")
+    with pytest.raises(BufferError, match="C-contiguous"):
+        fp.PacketBatch.over(memoryview(stream * 2)[::2])
+
+
+def test_over_works_with_every_consumer():
+    """A batch over an outside buffer goes wherever a decoded one goes: the
+    send buffer, the aggregator, regrouping, bytes."""
+    stream = fp.PacketBatch.build([1, 2, 1], [b"a", b"bb", b"ccc"], seqs=[5, 6, 7]).to_bytes()
+    batch = fp.PacketBatch.over(memoryview(stream))
+    sb = fp.SendBuffer()
+    assert sb.send_batch(batch) == 3
+    assert bytes(sb.flush()) == stream
+    agg = fp.Aggregator()
+    assert [p.to_bytes() for p in agg.unpack(agg.pack(batch))] == [p.to_bytes() for p in batch]
+    assert batch.to_bytes() == stream and type(batch.to_bytes()) is bytes
+    assert [p.payload.tobytes() for p in batch.by_type()[1]] == [b"a", b"ccc"]
+    assert batch.seqs.tolist() == [5, 6, 7]

@@ -139,6 +139,7 @@ CALLS: Dict[str, Callable[..., Any]] = {
     "PacketBatch.build": lambda **kw: fp.PacketBatch.build(**{"types": [1], "payloads": [b"x"], **kw}),
     "PacketBatch.__getitem__": lambda index: _batch()[index],
     "PacketBatch.payload": lambda i: _batch().payload(i),
+    "PacketBatch.over": lambda **kw: fp.PacketBatch.over(_batch().to_bytes(), **kw),
     "FrameDecoder.__init__": lambda **kw: fp.FrameDecoder(**{"aggregator": fp.Aggregator(), **kw}),
     "Aggregator.__init__": lambda **kw: fp.Aggregator(**kw),
     "Aggregator.pack": lambda **kw: fp.Aggregator().pack(_batch(), **kw),
@@ -272,7 +273,7 @@ def test_numpy_integers_are_taken_as_ints(where, name, annotation):
     key = (where, name)
     value = {("RingBuffer.__init__", "capacity"): 4096, ("SendBuffer.__init__", "max_bytes"): 4096,
              ("FrameDecoder.__init__", "max_packet_size"): 4096, ("Timer.__init__", "ns_per_unit"): 1000,
-             ("Aggregator.unpack", "max_packet_size"): 4096,
+             ("Aggregator.unpack", "max_packet_size"): 4096, ("PacketBatch.over", "max_packet_size"): 4096,
              ("MetricsFile.init_header", "slots"): 4, ("Aggregator.__init__", "max_frame_size"): 4096,
              ("Aggregator.__init__", "acceleration"): 1, ("SessionBase.buffer_updated", "nbytes"): 0}.get(key, 1)
     if key == ("RingBuffer.commit", "n") or key == ("RingBuffer.consume", "n"):

@@ -93,7 +93,7 @@ cdef class SessionBase:
     cdef FrameDecoder _decoder          # no aggregator: _unwrapper unwraps, after the rate limit
     cdef _Unwrapper _unwrapper          # with an aggregator, else None
     cdef RingBuffer _ring               # lent while data is pending, else None
-    cdef SendBuffer _sendbuf
+    cdef SendBuffer _sendbuf            # made on the first send (idle connections hold none): _out() makes it
     cdef object _close_reason
     cdef bint _opened                   # accepted by the hub (not refused)
     cdef bint _closing

@@ -426,7 +426,7 @@ cdef class Hub:
         transport = session.transport
         if self._aggregator is not None:
             # the flushed bytes are `count` whole packets back to back
-            frames = self._aggregator._pack_many(_batch_over(session._sendbuf._layout, bytes(view), count), 0, 0)
+            frames = self._aggregator._pack_many(_batch_over(self._layout, bytes(view), count), 0, 0)
             wire = 0
             for frame in frames:
                 transport.write(frame)
@@ -564,7 +564,7 @@ cdef class SessionBase:
         if hub._aggregator is not None:
             self._decoder._allow_aggregates(hub._frame_limit)
             self._unwrapper = _Unwrapper(hub._aggregator, hub._layout, hub._max_packet_size, hub._inflate_budget)
-        self._sendbuf = SendBuffer(hub._send_buffer, hub._layout)
+        # no send buffer yet: _out() makes it on the first send (idle connections hold none)
         self._bucket = TokenBucket(hub._packets_per_s, hub._bytes_per_s, hub._rate_burst)
         self._rate_close = hub._rate_close
         self._last_packet_ns = monotonic_ns()
@@ -1053,7 +1053,7 @@ cdef class SessionBase:
         if not isinstance(batch, PacketBatch):
             raise TypeError(f"send_batch needs a fastpacket.PacketBatch, not {type(batch).__name__!r}")
         cdef Py_ssize_t n = (<PacketBatch>batch)._count, done = 0
-        cdef SendBuffer sb = self._sendbuf
+        cdef SendBuffer sb = self._out()
         while done < n and not self._closing:
             try:
                 done += sb.send_batch(batch, done)
@@ -1080,13 +1080,13 @@ cdef class SessionBase:
         send()). Bad arguments raise before anything is queued.
         """
         cdef uint64_t type_
-        _type_arg(self._sendbuf._layout, type, &type_)
+        _type_arg(self._hub._layout, type, &type_)
         arr = records_array(records, "Session.send_array")
         cdef RecordsView rv
         records_view(arr, &rv)
         cdef U64Values ids
         keep = u64_values(player_ids, rv.count, "player_ids", &ids)
-        check_player_ids(self._sendbuf._layout, &ids, rv.count)
+        check_player_ids(self._hub._layout, &ids, rv.count)
         return self._send_rows(type_, rv.data, rv.count, rv.row_bytes, rv.row_stride, ids.values, ids.stride)
 
     cdef Py_ssize_t _send_rows(self, uint64_t type_, const uint8_t* rows, Py_ssize_t count, Py_ssize_t row_bytes,
@@ -1136,6 +1136,7 @@ cdef class SessionBase:
         max_pending_bytes (the bound; the paused state only signals that
         the transport passed its high-water mark); past it, the
         slow-consumer policy. True when there is room now."""
+        self._out()  # callers have queued (or are about to queue) into it
         if self.transport is not None and (
                 not self._writing_paused or
                 self.transport.get_write_buffer_size() + <Py_ssize_t>self._sendbuf._c.size()
@@ -1146,6 +1147,8 @@ cdef class SessionBase:
         return False
 
     cdef int _after_send(self) except -1:
+        if self._sendbuf is None:
+            return 0  # nothing was queued: a send path never made the buffer
         if self._sendbuf._c.should_flush(<size_t>-1, self._hub._fill_ratio):
             self._flush()  # past the fill threshold: write now, whatever the burst
         elif self._in_burst:
@@ -1173,6 +1176,8 @@ cdef class SessionBase:
 
     cdef int _write_out(self) except -1:
         """_flush() even while the peer's output is paused."""
+        if self._sendbuf is None:
+            return 0  # nothing was ever sent
         cdef size_t n = self._sendbuf._c.count()
         if self.transport is None or n == 0:
             return 0
@@ -1196,7 +1201,9 @@ cdef class SessionBase:
         return 0
 
     cdef SendBuffer _out(self):
-        """This session's send buffer (made on first use if it has none)."""
+        """This session's send buffer, made on first use: an idle connection
+        holds none (its chunk, send_buffer bytes, is most of an idle
+        session's memory). Every path that writes into it calls this first."""
         if self._sendbuf is None:
             self._sendbuf = SendBuffer(self._hub._send_buffer, self._hub._layout)
         return self._sendbuf
@@ -1342,6 +1349,16 @@ cdef class SessionBase:
         return self._sendbuf._c.size() if self._sendbuf is not None else 0
 
     @property
+    def send_buffer_bytes(self):
+        """Memory held by this session's send buffer (send_buffer bytes per
+        chunk: the one being filled, and the one last flushed while it is
+        kept for reuse); 0 until the first send: an idle connection holds
+        none."""
+        if self._sendbuf is None:
+            return 0
+        return <Py_ssize_t>self._sendbuf._max * (2 if self._sendbuf._flushed is not None else 1)
+
+    @property
     def unhandled_packets(self):
         """Packets received and waiting for this session's async handler
         (bounded by handler_queue_packets, past which reading pauses)."""
@@ -1478,8 +1495,8 @@ def _scatter(sessions, type, records, player_ids, index, starts, bint flush):
             if not isinstance(<object>items[i], SessionBase):
                 raise TypeError(f"scatter targets are sessions (or None), not {(<object>items[i]).__class__.__name__!r} "
                                 f"(index {i})")
-            _type_arg((<SessionBase>items[i])._sendbuf._layout, type, &type_)
-            check_player_ids((<SessionBase>items[i])._sendbuf._layout, &ids, rv.count)
+            _type_arg((<SessionBase>items[i])._hub._layout, type, &type_)
+            check_player_ids((<SessionBase>items[i])._hub._layout, &ids, rv.count)
     if index is None:
         if n != rv.count:
             raise ValueError(f"scatter needs one row per session: {n} sessions, {rv.count} rows")
@@ -1545,8 +1562,8 @@ def _broadcast_array(sessions, type, records, player_ids, SessionBase skip, bint
         if s is not None and s is not skip:
             if not isinstance(s, SessionBase):
                 raise TypeError(f"broadcast targets are sessions, not {s.__class__.__name__!r}")
-            _type_arg((<SessionBase>s)._sendbuf._layout, type, &type_)
-            check_player_ids((<SessionBase>s)._sendbuf._layout, &ids, rv.count)
+            _type_arg((<SessionBase>s)._hub._layout, type, &type_)
+            check_player_ids((<SessionBase>s)._hub._layout, &ids, rv.count)
     cdef Py_ssize_t queued = 0
     for s in targets:
         if s is None or s is skip:

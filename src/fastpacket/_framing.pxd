@@ -37,8 +37,11 @@ cdef class _PacketIterator:
 @cython.final
 cdef class PacketBatch:
     cdef HeaderLayout _layout
-    cdef bytes _data                    # owns the packet bytes
-    cdef const uint8_t* _base           # PyBytes_AS_STRING(_data)
+    # Owns the packet bytes: a bytes object (PyBytes_AS_STRING(_data) is
+    # _base), or a _HeldBuffer over an outside buffer (PacketBatch.over).
+    cdef object _data
+    cdef const uint8_t* _base           # the first byte of _data's buffer
+    cdef Py_ssize_t _nbytes             # bytes of _data's buffer
     cdef Py_ssize_t _count
     # The range __getbuffer__ exports: one payload while _payload() builds a
     # memoryview (synchronously, under the GIL), else all the batch's bytes.
@@ -50,10 +53,20 @@ cdef class PacketBatch:
 
     cdef int _alloc_index(self, Py_ssize_t count) except -1
     cdef void _set_data(self, bytes data)
+    cdef void _share_data(self, PacketBatch other)
     cdef Packet _packet(self, Py_ssize_t i)
     cdef object _field_column(self, int field, str role)
     cdef object _payload(self, Py_ssize_t i)
     cdef PacketBatch _take(self, cnp.uint32_t[::1] rows)
+
+
+@cython.final
+cdef class _HeldBuffer:
+    # An outside object's buffer, held (exported) for as long as a batch
+    # over it lives: the owner stays alive and, for exporters that lock
+    # (bytearray, numpy), cannot be resized under the batch.
+    cdef Py_buffer _view
+    cdef bint _held                     # _view was acquired (released at dealloc)
 
 
 cdef class FrameDecoder:

@@ -428,7 +428,7 @@ cdef class PacketBatch:
         if self._export_ptr != NULL:
             PyBuffer_FillInfo(view, self, <void*>self._export_ptr, self._export_len, 1, flags)
         else:
-            PyBuffer_FillInfo(view, self, <void*>self._base, len(self._data), 1, flags)
+            PyBuffer_FillInfo(view, self, <void*>self._base, self._nbytes, 1, flags)
 
     def __releasebuffer__(self, Py_buffer* view):
         pass
@@ -451,6 +451,68 @@ cdef class PacketBatch:
     cdef void _set_data(self, bytes data):
         self._data = data
         self._base = <const uint8_t*>PyBytes_AS_STRING(data)
+        self._nbytes = len(data)
+
+    cdef void _share_data(self, PacketBatch other):
+        """Over the same bytes as `other` (bytes or an outside buffer)."""
+        self._data = other._data
+        self._base = other._base
+        self._nbytes = other._nbytes
+
+    @staticmethod
+    def over(owner, *, layout=None, max_packet_size=DEFAULT_MAX_PACKET_SIZE):
+        """over(owner, *, layout=GAME, max_packet_size=65535) -> PacketBatch
+
+        A batch over the whole frames that fill `owner`'s buffer (any
+        C-contiguous buffer: bytes, bytearray, memoryview, numpy, a C++
+        object's buffer), without a copy: the batch holds the buffer
+        exported, and so the owner alive, for as long as it (or a batch or
+        payload view made from it) lives. For servers that own the sockets
+        and hand a read burst to Python (examples/cpp/embed.cpp). The owner
+        must not change those bytes while the batch lives.
+
+        Every frame is checked as FrameDecoder checks a stream (size within
+        [header, max_packet_size], inside the buffer); an empty buffer is an
+        empty batch.
+
+        Raises:
+            TypeError: `owner` has no contiguous buffer.
+            ValueError: the bytes are not whole frames (a frame too small,
+                too large, or cut off at the end: its offset is named), or
+                max_packet_size is out of range.
+        """
+        cdef HeaderLayout nl = _layout_arg(layout)
+        cdef int64_t max_size = ssize_arg(max_packet_size, "max_packet_size", nl.c.header_size,
+                                          kMaxPacketSizeLimit)
+        cdef _HeldBuffer held = _HeldBuffer.__new__(_HeldBuffer)
+        get_contiguous_buffer(owner, &held._view, "PacketBatch.over()")
+        held._held = True
+        cdef const uint8_t* base = <const uint8_t*>held._view.buf
+        cdef Py_ssize_t n = held._view.len, pos = 0, count = 0
+        cdef int64_t frame
+        cdef size_t hs = nl.c.header_size
+        while pos < n:
+            if <size_t>(n - pos) < hs:
+                raise ValueError(f"PacketBatch.over(): {n - pos} bytes at offset {pos} are not a whole header "
+                                 f"({hs} bytes)")
+            frame = nl.c.frame_size(base + pos)
+            if not frame_size_ok(frame, hs, max_size):
+                raise ValueError(f"PacketBatch.over(): the frame at offset {pos} declares {frame} bytes, outside "
+                                 f"[{hs}, max_packet_size={max_size}]")
+            if frame > n - pos:
+                raise ValueError(f"PacketBatch.over(): the frame at offset {pos} declares {frame} bytes, "
+                                 f"{n - pos} are left: cut off")
+            pos += frame
+            count += 1
+        cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
+        b._layout = nl
+        b._data = held
+        b._base = base
+        b._nbytes = n
+        b._alloc_index(count)
+        if count:
+            index_frames(nl.c, base, count, 0, b._cols)
+        return b
 
     @staticmethod
     def build(types, payloads, *, seqs=None, player_ids=None, layout=None):
@@ -647,7 +709,7 @@ cdef class PacketBatch:
         cdef size_t hs = self._layout.c.header_size
         cdef PacketBatch out = PacketBatch.__new__(PacketBatch)
         out._layout = self._layout
-        out._set_data(self._data)
+        out._share_data(self)
         out._alloc_index(n)
         for k in range(n):
             r = rows[k]
@@ -708,7 +770,7 @@ cdef class PacketBatch:
         if self._count == 0:
             return b""
         if contiguous:
-            if self._cols.offsets[0] == 0 and total == len(self._data):
+            if self._cols.offsets[0] == 0 and total == self._nbytes and type(self._data) is bytes:
                 return self._data
             return PyBytes_FromStringAndSize(<const char*>self._base + self._cols.offsets[0], total)
         out = PyBytes_FromStringAndSize(NULL, total)
@@ -812,6 +874,15 @@ cdef PacketBatch _build_from_records(HeaderLayout nl, object types, object recor
             f.value if f.error == EncodeError.seq_range else 0,
             f.value if f.error == EncodeError.player_id_range else 0, rv.row_bytes))
     return _batch_over(nl, data, rv.count)
+
+
+@cython.final
+cdef class _HeldBuffer:
+    """An outside buffer a PacketBatch lies over (PacketBatch.over)."""
+
+    def __dealloc__(self):
+        if self._held:
+            PyBuffer_Release(&self._view)
 
 
 cdef PacketBatch _batch_over(HeaderLayout nl, bytes data, Py_ssize_t count):

@@ -185,7 +185,7 @@ cdef PacketBatch _concat_batches(HeaderLayout nl, PacketBatch a, PacketBatch b):
         return a
     if a._count == 0:
         return b
-    cdef Py_ssize_t na = len(a._data), nb = len(b._data)
+    cdef Py_ssize_t na = a._nbytes, nb = b._nbytes
     data = PyBytes_FromStringAndSize(NULL, na + nb)
     memcpy(PyBytes_AS_STRING(data), a._base, na)
     memcpy(PyBytes_AS_STRING(data) + na, b._base, nb)

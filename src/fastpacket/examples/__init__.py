@@ -4,5 +4,8 @@
     python -m fastpacket.examples.relay [port] [metrics_port] # the demo's relay, with /metrics
     python -m fastpacket.examples.client [port] [player_id] [room]
 
+and embed_echo, the Python handler that examples/cpp/embed.cpp (a C++
+server with the Python interpreter inside) calls per read burst.
+
 Each is a script to read and copy; the library never imports them.
 """

@@ -68,7 +68,7 @@ async def _count_sessions(server: Any) -> int:
 def _server_process(impl: str, loop_kind: str, conn: Any) -> None:
     """Runs one echo server until told to stop; answers 'cpu' with its own
     process CPU time so the parent can measure the load phase alone."""
-    raise_nofile(16384)
+    raise_nofile()  # as many connections as the hard limit allows (measure_idle_rss)
     from fastpacket.cli.bench import parity
 
     parity._pin(0, parity.SERVER_CORE)  # the load runs on another core

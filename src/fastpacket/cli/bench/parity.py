@@ -1,7 +1,10 @@
 """fastpacket against the C++ reference (examples/cpp): the echo and relay
 apps served by fastpacket on asyncio's loop and on uvloop, and by
 ``fastpacket_server`` (fastpacket::core + epoll, one thread), all driven by
-``fastpacket_loadgen`` (C++, so the client does not cap the server).
+``fastpacket_loadgen`` (C++, so the client does not cap the server). With
+``fastpacket_embed`` built too (``-DFASTPACKET_BUILD_EMBED_EXAMPLE=ON``), the
+echo section adds the C++ server calling a Python handler per read burst
+(pybind11 embedding, fastpacket.examples.embed_echo).
 
 Each server runs in its own process pinned to one core, the load generator
 pinned to another (on a machine with two cores or more); the server's user
@@ -39,6 +42,9 @@ __all__ = ["find_examples", "measure", "run"]
 #: The C++ reference's programs (examples/cpp/CMakeLists.txt).
 SERVER_EXE = "fastpacket_server"
 LOADGEN_EXE = "fastpacket_loadgen"
+EMBED_EXE = "fastpacket_embed"
+#: The Python handler fastpacket_embed calls per read burst in the echo rows.
+EMBED_HANDLER = "fastpacket.examples.embed_echo:on_burst"
 #: Where a CMake build of the examples puts them, under the source tree.
 EXAMPLES_SUBDIR = Path("build") / "examples" / "examples" / "cpp"
 #: Seconds a server or the load generator gets to start, and the load to report after its run.
@@ -57,6 +63,7 @@ RELAY_ROOMS = 10
 RELAY_WINDOW = 8
 
 CPP = "C++ (fastpacket::core + epoll)"
+EMBED = "C++ server + Python handler (pybind11 embed)"
 
 
 def find_examples() -> Optional[Path]:
@@ -89,13 +96,21 @@ def _cpu_ticks(pid: int) -> Tuple[int, int]:
 def _start_server(impl: str, app: str) -> Tuple[subprocess.Popen, int]:
     """Starts one server (impl: "cpp", "asyncio" or "uvloop") pinned to
     SERVER_CORE; returns (process, port)."""
+    env = None
+    d = find_examples()
     if impl == "cpp":
-        d = find_examples()
         assert d is not None
         cmd = [str(d / SERVER_EXE), app, "0"]
+    elif impl == "embed":
+        assert d is not None and app == "echo"
+        import site
+
+        cmd = [str(d / EMBED_EXE), "0", EMBED_HANDLER]
+        # the embedded interpreter finds this environment's fastpacket (a virtual environment's site-packages)
+        env = {**os.environ, "FASTPACKET_EMBED_PATH": os.pathsep.join(site.getsitepackages())}
     else:
         cmd = [sys.executable, "-m", "fastpacket.cli.bench.parity", "serve", app, impl]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
     _pin(proc.pid, SERVER_CORE)
     line = _readline(proc, START_TIMEOUT_S)
     if not line.startswith("port "):
@@ -206,9 +221,11 @@ def run(quick: bool = False, apps: Sequence[str] = ("echo", "relay")) -> List[Ro
         return []
     seconds = 1.0 if quick else 3.0
     repeat = 1 if quick else 5
-    impls = ["cpp", *_loops()]
     rows: List[Row] = []
+    examples = find_examples()
+    embed = examples is not None and (examples / EMBED_EXE).is_file()
     for app in apps:
+        impls = ["cpp", *_loops(), *(["embed"] if embed and app == "echo" else [])]
         rounds: List[Dict[str, Dict[str, Any]]] = []
         for _ in range(repeat):  # interleaved: machine noise hits every server alike
             rounds.append({impl: measure(impl, app, seconds) for impl in impls})
@@ -217,7 +234,7 @@ def run(quick: bool = False, apps: Sequence[str] = ("echo", "relay")) -> List[Ro
                 else f"{RELAY_PLAYERS} players, fan-out {RELAY_PLAYERS // RELAY_ROOMS}")
         for impl in impls:
             med = {k: statistics.median(r[impl][k] for r in rounds) for k in ("user", "sys", "total", "rate")}
-            name = CPP if impl == "cpp" else f"fastpacket, {impl}"
+            name = {"cpp": CPP, "embed": EMBED}.get(impl, f"fastpacket, {impl}")
             detail = (f"{med['total']:.3f} us/{unit} (user {med['user']:.3f}, sys {med['sys']:.3f}), "
                       f"{med['rate'] / 1e6:.2f}M/s")
             ratio = None
@@ -227,7 +244,8 @@ def run(quick: bool = False, apps: Sequence[str] = ("echo", "relay")) -> List[Ro
                 ratio = 1.0 / t[0]
                 detail += (f"; vs C++: total {t[0]:.2f}x ({t[1]:.2f}-{t[2]:.2f}), user {u[0]:.2f}x "
                            f"({u[1]:.2f}-{u[2]:.2f}), sys {s[0]:.2f}x ({s[1]:.2f}-{s[2]:.2f})")
-                target = ", ".join(f"{k} <= {v}x C++" for k, v in GOALS[app].items())
+                if impl != "embed":  # the goals are the Python servers'
+                    target = ", ".join(f"{k} <= {v}x C++" for k, v in GOALS[app].items())
             rows.append(Row("echo", f"{app} vs C++: server CPU per {unit}, C++ load, {load}", name,
                             1e6 / med["total"], f"{unit}s/CPU-s", ratio, detail, target))
     return rows
