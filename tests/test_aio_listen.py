@@ -17,7 +17,6 @@ from fastpacket import aio
 from tests.certs import certs  # noqa: F401  (the session's certificates)
 from tests.loops import recv_packets, run  # noqa: F401  (run: the event-loop fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 WAIT_S = 10.0
 
@@ -117,8 +116,8 @@ def test_serve_on_an_already_bound_socket(run):
         await round_trip(client)
         client.close()
         await server.shutdown(WAIT_S)
-        with pytest.raises(ValueError, match="host/port and sock"):
-            await aio.serve(echo, "127.0.0.1", 0, sock=socket.socket())
+        with socket.socket() as other, pytest.raises(ValueError, match="host/port and sock"):
+            await aio.serve(echo, "127.0.0.1", 0, sock=other)
         with pytest.raises(ValueError, match="a path or a sock"):
             await aio.serve_unix(echo)
 
