@@ -43,6 +43,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "epoll_listener.hpp"
 #include "fastpacket/framing.hpp"
 
 namespace py = pybind11;
@@ -57,7 +58,6 @@ constexpr std::size_t kSendBytes = kRecvBytes;
 // Unwritten bytes a slow peer may hold before it is cut off (the Python default max_pending_bytes).
 constexpr std::size_t kMaxPendingBytes = 4 * 1024 * 1024;
 constexpr int kMaxEvents = 256;
-constexpr int kListenBacklog = 4096;
 // References to a Burst while no batch holds it: this server's own.
 constexpr Py_ssize_t kOwnRefs = 1;
 
@@ -101,26 +101,7 @@ public:
         : handler_(std::move(handler)), over_(std::move(batch_over)), send_buffer_(std::move(send_buffer)),
           layout_(game_layout()) {}
 
-    int listen_on(std::uint16_t port) {
-        lfd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (lfd_ < 0) return -1;
-        int one = 1;
-        ::setsockopt(lfd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_port = htons(port);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (::bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0 || ::listen(lfd_, kListenBacklog) < 0)
-            return -1;
-        socklen_t len = sizeof a;
-        ::getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len);
-        ep_ = ::epoll_create1(EPOLL_CLOEXEC);
-        epoll_event ev{};
-        ev.events = EPOLLIN;
-        ev.data.ptr = nullptr;  // nullptr: the listening socket
-        ::epoll_ctl(ep_, EPOLL_CTL_ADD, lfd_, &ev);
-        return ntohs(a.sin_port);
-    }
+    int listen_on(std::uint16_t port) { return fastpacket_examples::listen_loopback(port, &lfd_, &ep_); }
 
     void run() {
         epoll_event events[kMaxEvents];

@@ -36,6 +36,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "epoll_listener.hpp"
 #include "fastpacket/framing.hpp"
 #include "fastpacket/sendbuf.hpp"
 
@@ -51,7 +52,6 @@ constexpr std::size_t kSendBytes = 64 * 1024;
 constexpr std::size_t kMaxPendingBytes = 4 * 1024 * 1024;
 // Events taken from one epoll_wait.
 constexpr int kMaxEvents = 256;
-constexpr int kListenBacklog = 4096;
 constexpr std::uint16_t kMove = 1, kJoin = 2, kLeave = 3;
 constexpr std::uint32_t kDefaultRooms = 16;
 
@@ -79,26 +79,7 @@ class Server {
 public:
     Server(bool relay, std::uint32_t rooms) : relay_(relay), rooms_(rooms), layout_(game_layout()) {}
 
-    int listen_on(std::uint16_t port) {
-        lfd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (lfd_ < 0) return -1;
-        int one = 1;
-        ::setsockopt(lfd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_port = htons(port);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (::bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0 || ::listen(lfd_, kListenBacklog) < 0)
-            return -1;
-        socklen_t len = sizeof a;
-        ::getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len);
-        ep_ = ::epoll_create1(EPOLL_CLOEXEC);
-        epoll_event ev{};
-        ev.events = EPOLLIN;
-        ev.data.ptr = nullptr;  // nullptr: the listening socket
-        ::epoll_ctl(ep_, EPOLL_CTL_ADD, lfd_, &ev);
-        return ntohs(a.sin_port);
-    }
+    int listen_on(std::uint16_t port) { return fastpacket_examples::listen_loopback(port, &lfd_, &ep_); }
 
     void run() {
         epoll_event events[kMaxEvents];
