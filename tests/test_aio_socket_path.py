@@ -1,15 +1,25 @@
-"""The native write path (issue 16): on asyncio's selector loop a flush is
-one send(2) from native code while the transport holds nothing; what the
-kernel does not take (a partial write, EAGAIN) goes to transport.write,
-which buffers it and pauses us; an error (a peer reset) reaches asyncio's
-transport, which closes the connection as it always did. Every test runs on
-both loops (uvloop keeps its own transport.write)."""
+"""The native socket path (issue 16) on asyncio's selector loop.
+
+Writes: a flush is one send(2) from native code while the transport holds
+nothing; what the kernel does not take (a partial write, EAGAIN) goes to
+transport.write, which buffers it and pauses us; an error (a peer reset)
+reaches asyncio's transport, which closes the connection as it always did.
+
+Reads: the selector calls the session's native _read_ready, one recv(2)
+into the receive ring per readiness (no get_buffer()/buffer_updated()
+calls); a packet split over many reads, a readiness with nothing to read
+(EAGAIN), end of file, a reset and pause/resume of reading are tested.
+
+Every test runs on both loops (uvloop keeps its own transport, through
+get_buffer()/buffer_updated() and transport.write)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import struct
+
+import pytest
 
 import fastpacket as fp
 from fastpacket import aio
@@ -58,13 +68,15 @@ def test_write_path_is_native_on_the_selector_loop_only(run):
             await asyncio.sleep(0.01)
         assert sessions[0].write_path == expected_path(loop)
         assert client.write_path == expected_path(loop)
+        assert sessions[0].read_path == expected_path(loop)
+        assert client.read_path == expected_path(loop)
         client.send(1, b"x" * 20)
         got = await client.recv(5)
         assert [p.payload.tobytes() for p in got] == [b"x" * 20]
         client.close()
         await asyncio.wait_for(client.wait_closed(), 5)
         await asyncio.wait_for(sessions[0].wait_closed(), 5)
-        assert sessions[0].write_path is None
+        assert sessions[0].write_path is None and sessions[0].read_path is None
         server.close()
         await server.wait_closed()
 
@@ -193,3 +205,204 @@ def test_unix_socket_uses_the_native_path_too(run, tmp_path):
         await server.wait_closed()
 
     run(main())
+
+
+async def _one_session(server, sessions, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not sessions and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    (session,) = sessions
+    return session
+
+
+def test_the_selector_calls_the_native_reader_directly(run):
+    """On the selector loop the reader registered for the socket is the
+    session's _read_ready (not the transport's Python method), from the
+    start and again after reading was paused and resumed."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sessions = []
+        server = await aio.serve(echo, "127.0.0.1", 0, on_connect=sessions.append)
+        client = await aio.connect("127.0.0.1", server.port)
+        session = await _one_session(server, sessions)
+        client.send(1, b"first")
+        assert [p.payload.tobytes() for p in await client.recv(5)] == [b"first"]
+        if expected_path(loop) == "native":
+            fd = session.transport.get_extra_info("socket").fileno()
+            reader = lambda: loop._selector.get_key(fd).data[0]._callback  # noqa: E731
+            assert reader() == session._read_ready
+            session.transport.pause_reading()
+            session.transport.resume_reading()
+            assert reader() == session._read_ready
+        else:
+            session.transport.pause_reading()
+            session.transport.resume_reading()
+        client.send(1, b"after resume")
+        assert [p.payload.tobytes() for p in await client.recv(5)] == [b"after resume"]
+        client.close()
+        await asyncio.wait_for(session.wait_closed(), 5)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_packet_split_over_many_reads_and_many_packets_in_one(run):
+    """Bytes arrive in pieces of 1 to 7 bytes (each its own read), then a
+    burst of 2,000 packets in one write: every packet is delivered once, in
+    order, whole; reads that end inside a header or a payload keep the
+    partial packet for the next."""
+    async def main():
+        got = []
+        sessions = []
+        server = await aio.serve(lambda s, b: got.extend(p.payload.tobytes() for p in b), "127.0.0.1", 0,
+                                 on_connect=sessions.append)
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        session = await _one_session(server, sessions)
+        assert session.read_path == expected_path(loop)
+        trickled = [bytes([k]) * (k * 37 % 300) for k in range(40)]
+        data = b"".join(fp.encode(3, p) for p in trickled)
+        k = 0
+        while k < len(data):
+            n = 1 + k % 7
+            await loop.sock_sendall(sock, data[k:k + n])
+            k += n
+            await asyncio.sleep(0.0005)  # each piece read on its own (mostly)
+        burst = [struct.pack("<I", k) * (k % 50) for k in range(2000)]
+        await loop.sock_sendall(sock, b"".join(fp.encode(4, p) for p in burst))
+        deadline = loop.time() + 10
+        while len(got) < len(trickled) + len(burst) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert got == trickled + burst
+        assert session.packets_in == len(got) and session.batches_in > len(trickled)
+        sock.close()
+        await asyncio.wait_for(session.wait_closed(), 5)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_readiness_with_nothing_to_read_changes_nothing(run):
+    """EAGAIN: the native reader called while no byte is queued (a spurious
+    wakeup) leaves the session open, holding no receive ring, and the next
+    bytes are read as usual."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        sessions = []
+        server = await aio.serve(echo, "127.0.0.1", 0, on_connect=sessions.append)
+        client = await aio.connect("127.0.0.1", server.port)
+        session = await _one_session(server, sessions)
+        session._read_ready()  # nothing queued: recv(2) says EAGAIN (on uvloop: not the reader, a no-op)
+        pooled = server._hub.pooled_rings  # the ring lent for the read went back to the pool
+        for _ in range(3):
+            session._read_ready()
+        assert not session.closed and session.bytes_in == 0
+        assert server._hub.pooled_rings == pooled  # each lent and given back: the session holds none
+        client.send(1, b"still reads")
+        assert [p.payload.tobytes() for p in await client.recv(5)] == [b"still reads"]
+        assert expected_path(loop) == session.read_path
+        client.close()
+        await asyncio.wait_for(session.wait_closed(), 5)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_end_of_file_after_packets_delivers_them_then_closes(run):
+    """The peer sends packets and shuts down its side: every packet is
+    handled, then the session closes with "peer closed"."""
+    async def main():
+        got = []
+        sessions = []
+        server = await aio.serve(lambda s, b: got.extend(p.payload.tobytes() for p in b), "127.0.0.1", 0,
+                                 on_connect=sessions.append)
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        session = await _one_session(server, sessions)
+        sent = [bytes([k]) * 100 for k in range(50)]
+        sock.sendall(b"".join(fp.encode(2, p) for p in sent) + fp.encode(2, b"partial")[:9])
+        sock.shutdown(socket.SHUT_WR)
+        reason = await asyncio.wait_for(session.wait_closed(), 5)
+        assert reason == "peer closed"
+        assert got == sent  # the partial packet at the end is not one
+        sock.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_reset_while_reading_closes_with_the_error_and_nothing_in_the_loop(run):
+    """The peer resets the connection with unread bytes queued on its side:
+    the server's recv(2) fails (ECONNRESET) or sees the end; the session
+    closes with that reason and no exception reaches the loop."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        errors = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        got = []
+        sessions = []
+        server = await aio.serve(lambda s, b: got.extend(b), "127.0.0.1", 0, on_connect=sessions.append)
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        session = await _one_session(server, sessions)
+        sock.sendall(fp.encode(1, b"x" * 50))
+        deadline = loop.time() + 5
+        while not got and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        assert len(got) == 1
+        sock.sendall(fp.encode(1, b"y" * 50)[:20])  # part of a packet, then the reset
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+        reason = await asyncio.wait_for(session.wait_closed(), 5)
+        assert reason.startswith(("connection lost", "peer closed")), reason
+        assert errors == []
+        assert len(got) == 1
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_get_buffer_lends_one_reused_buffer_of_the_free_space():
+    """What uvloop (and asyncio's TLS) read into: get_buffer() returns the
+    same object every time, exporting the ring's free space at that moment
+    (no view object made per read); an export pins its bytes like a
+    writable() view, exports at two positions at once are refused, and
+    buffer_updated() commits what was written through it."""
+    from fastpacket import _native
+
+    got = []
+    loop = asyncio.new_event_loop()
+    try:
+        hub = _native.Hub(loop, aio.Options().check(), lambda s, b: got.extend(p.payload.tobytes() for p in b), None)
+        session = aio.Session(hub)
+        head = session.get_buffer(-1)
+        assert session.get_buffer(-1) is head and len(head) > 1000
+        packet = fp.encode(5, b"through the head")
+        with memoryview(head) as view:
+            assert not view.readonly and len(view) == len(head)
+            view[:len(packet)] = packet
+        session.buffer_updated(len(packet))
+        assert got == [b"through the head"]
+        head = session.get_buffer(-1)
+        part = head[3:]  # asyncio's TLS protocol reads into slices
+        assert len(part) == len(head) - 3 and not part.readonly
+        del part
+        with memoryview(head) as view:
+            view[:5] = packet[:5]
+        session.buffer_updated(5)  # part of a packet: the ring stays lent, its head moves
+        pinned = memoryview(session.get_buffer(-1))  # an export at the new position
+        pinned[:len(packet) - 5] = packet[5:]
+        session.buffer_updated(len(packet) - 5)
+        with pytest.raises(BufferError, match="another position"):
+            memoryview(head)  # the head moved while that export lives
+        pinned.release()
+        assert len(memoryview(head)) == len(head)
+        assert got == [b"through the head"] * 2
+    finally:
+        loop.close()

@@ -93,6 +93,7 @@ cdef class SessionBase:
     cdef FrameDecoder _decoder          # no aggregator: _unwrapper unwraps, after the rate limit
     cdef _Unwrapper _unwrapper          # with an aggregator, else None
     cdef RingBuffer _ring               # lent while data is pending, else None
+    cdef _RingHead _head                # what get_buffer() lends: _ring's free space (made on first read)
     cdef SendBuffer _sendbuf            # made on the first send (idle connections hold none): _out() makes it
     cdef object _close_reason
     cdef bint _opened                   # accepted by the hub (not refused)
@@ -121,6 +122,8 @@ cdef class SessionBase:
     # the native write path (asyncio's selector loop): flushes go straight to the socket
     cdef int _fd                        # the socket's fd while writes may bypass the transport, else -1
     cdef bint _transport_buffered       # the transport may hold bytes: write through it until it is empty
+    # the native read path (asyncio's selector loop): the transport's read callback is _read_ready
+    cdef int _rfd                       # the socket's fd while reads bypass get_buffer(), else -1
 
     cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1
     cdef PacketBatch _admit(self, PacketBatch frames, uint64_t now)

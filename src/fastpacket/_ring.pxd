@@ -20,6 +20,14 @@ cdef class _RingView:
     cdef bint _writable
 
 
+@cython.final
+cdef class _RingHead:
+    cdef RingBuffer _ring               # the ring the next export is of (set by its user)
+    cdef RingBuffer _pinned             # the ring of the live export(s), else None
+    cdef uint64_t _index                # the head index they pin
+    cdef Py_ssize_t _exports            # live exports (all of one head index)
+
+
 cdef class RingBuffer:
     cdef CppRingBuffer* _c
 

@@ -28,6 +28,49 @@ cdef class _RingView:
             self._ring._c.unpin_read(self._index)
 
 
+@cython.final
+cdef class _RingHead:
+    """The free space at the head of a RingBuffer as a buffer exporter, made
+    once and reused: each export is the writable span at that moment. What
+    an asyncio.BufferedProtocol's get_buffer() lends (uvloop acquires it
+    with PyObject_GetBuffer, asyncio's selector loop with recv_into), so a
+    read makes no view object. Each export pins its first byte like a
+    writable() view; the exports alive at once must share one head index
+    (the readers of an asyncio protocol release theirs before committing)."""
+
+    def __len__(self):
+        if self._ring is None:
+            return 0
+        return self._ring._c.write_span().size
+
+    def __getitem__(self, key):
+        """A memoryview of part of the free space (asyncio's TLS protocol
+        reads into ``buf[offset:]``)."""
+        return memoryview(self)[key]
+
+    def __getbuffer__(self, Py_buffer* buf, int flags):
+        cdef RingBuffer ring = self._ring
+        if ring is None:
+            raise BufferError("this ring head is not lent")
+        cdef CppRingBuffer* c = ring._c
+        cdef uint64_t index = c.head_index()
+        if self._exports and (ring is not self._pinned or index != self._index):
+            raise BufferError("an export of this ring head at another position is still alive")
+        cdef RingSpan s = c.write_span()
+        if not c.pin_write(index):
+            raise BufferError(f"more than {kMaxRingPins} views of one side of this RingBuffer are alive")
+        self._pinned = ring
+        self._index = index
+        self._exports += 1
+        PyBuffer_FillInfo(buf, self, s.data, s.size, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer* buf):
+        self._pinned._c.unpin_write(self._index)
+        self._exports -= 1
+        if self._exports == 0:
+            self._pinned = None
+
+
 cdef class RingBuffer:
     """RingBuffer(capacity, double_map=None)
 
