@@ -1,17 +1,18 @@
-"""The native socket path (issue 16) on asyncio's selector loop.
+"""The native socket path (issue 16).
 
-Writes: a flush is one send(2) from native code while the transport holds
-nothing; what the kernel does not take (a partial write, EAGAIN) goes to
+Writes (asyncio's selector loop and uvloop): a flush is one send(2) from
+native code while the transport holds nothing; what the kernel does not take (a partial write, EAGAIN) goes to
 transport.write, which buffers it and pauses us; an error (a peer reset)
 reaches asyncio's transport, which closes the connection as it always did.
 
-Reads: the selector calls the session's native _read_ready, one recv(2)
+Reads (asyncio's selector loop): the selector calls the session's native _read_ready, one recv(2)
 into the receive ring per readiness (no get_buffer()/buffer_updated()
 calls); a packet split over many reads, a readiness with nothing to read
 (EAGAIN), end of file, a reset and pause/resume of reading are tested.
 
-Every test runs on both loops (uvloop keeps its own transport, through
-get_buffer()/buffer_updated() and transport.write)."""
+Every test runs on both loops: writes are native on both (uvloop's TCP and
+Unix transports too), reads on the selector loop only (uvloop reads
+through get_buffer()/buffer_updated())."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def echo(session, batch):
     session.send_batch(batch)
 
 
-def expected_path(loop):
+def expected_read_path(loop):
+    """Reads are native on asyncio's selector loop (uvloop reads in C already)."""
     return "native" if isinstance(loop, asyncio.SelectorEventLoop) else "transport"
 
 
@@ -66,10 +68,10 @@ def test_write_path_is_native_on_the_selector_loop_only(run):
             if sessions:
                 break
             await asyncio.sleep(0.01)
-        assert sessions[0].write_path == expected_path(loop)
-        assert client.write_path == expected_path(loop)
-        assert sessions[0].read_path == expected_path(loop)
-        assert client.read_path == expected_path(loop)
+        assert sessions[0].write_path == "native"
+        assert client.write_path == "native"
+        assert sessions[0].read_path == expected_read_path(loop)
+        assert client.read_path == expected_read_path(loop)
         client.send(1, b"x" * 20)
         got = await client.recv(5)
         assert [p.payload.tobytes() for p in got] == [b"x" * 20]
@@ -107,7 +109,7 @@ def test_partial_writes_and_eagain_pause_and_resume_with_every_byte_in_order(run
                 break
             await asyncio.sleep(0.01)
         (session,) = sessions
-        assert session.write_path == expected_path(loop)
+        assert session.write_path == "native"
         sent = []
         paused = False
         deadline = loop.time() + 10
@@ -198,7 +200,7 @@ def test_unix_socket_uses_the_native_path_too(run, tmp_path):
             assert batch is not None
             got.extend(batch)
         assert [p.payload.tobytes() for p in got] == [bytes([i]) * 30 for i in range(100)]
-        assert sessions[0].write_path == expected_path(asyncio.get_running_loop())
+        assert sessions[0].write_path == "native"
         client.close()
         await asyncio.wait_for(client.wait_closed(), 5)
         server.close()
@@ -228,7 +230,7 @@ def test_the_selector_calls_the_native_reader_directly(run):
         session = await _one_session(server, sessions)
         client.send(1, b"first")
         assert [p.payload.tobytes() for p in await client.recv(5)] == [b"first"]
-        if expected_path(loop) == "native":
+        if expected_read_path(loop) == "native":
             fd = session.transport.get_extra_info("socket").fileno()
             reader = lambda: loop._selector.get_key(fd).data[0]._callback  # noqa: E731
             assert reader() == session._read_ready
@@ -263,7 +265,7 @@ def test_a_packet_split_over_many_reads_and_many_packets_in_one(run):
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         session = await _one_session(server, sessions)
-        assert session.read_path == expected_path(loop)
+        assert session.read_path == expected_read_path(loop)
         trickled = [bytes([k]) * (k * 37 % 300) for k in range(40)]
         data = b"".join(fp.encode(3, p) for p in trickled)
         k = 0
@@ -305,7 +307,7 @@ def test_a_readiness_with_nothing_to_read_changes_nothing(run):
         assert server._hub.pooled_rings == pooled  # each lent and given back: the session holds none
         client.send(1, b"still reads")
         assert [p.payload.tobytes() for p in await client.recv(5)] == [b"still reads"]
-        assert expected_path(loop) == session.read_path
+        assert expected_read_path(loop) == session.read_path
         client.close()
         await asyncio.wait_for(session.wait_closed(), 5)
         server.close()

@@ -12,6 +12,7 @@ import logging as _logging
 import os as _os
 import re as _re
 import socket as _socket
+import sys as _sys
 import weakref as _weakref
 
 from cpython.sequence cimport PySequence_Fast_ITEMS
@@ -54,6 +55,28 @@ _NATIVE_READ = (_SELECTOR_SOCKET_TRANSPORT is not None
                 and hasattr(_SELECTOR_SOCKET_TRANSPORT, "_read_ready__get_buffer"))
 
 _aio_log = _logging.getLogger("fastpacket.aio")
+
+# uvloop's plain TCP and Unix transports, once uvloop is imported (never
+# imported from here: a uvloop transport exists only where the program did).
+cdef tuple _uvloop_transports = None
+
+
+cdef bint _writes_natively(object transport):
+    """A transport whose socket the native write path may write to while
+    the transport holds nothing (get_write_buffer_size() == 0, so nothing of
+    ours is queued in it): asyncio's selector socket transport, and
+    uvloop's TCP and Unix transports, whose write() also ends in a write to
+    the socket and whose get_write_buffer_size() counts libuv's queue."""
+    global _uvloop_transports
+    cdef object kind = type(transport)
+    if kind is _SELECTOR_SOCKET_TRANSPORT:
+        return True
+    if _uvloop_transports is None:
+        module = _sys.modules.get("uvloop.loop")
+        if module is None:
+            return False
+        _uvloop_transports = (getattr(module, "TCPTransport", None), getattr(module, "UnixTransport", None))
+    return kind is _uvloop_transports[0] or kind is _uvloop_transports[1]
 
 # Receive rings a hub keeps for lending (idle connections hold none): at
 # most RING_POOL_SIZE; past RING_POOL_FLOOR, the rings no connection needed
@@ -616,7 +639,7 @@ cdef class SessionBase:
                 pass
         transport.set_write_buffer_limits(
             high=max(hub._send_buffer, min(hub._max_pending_bytes // 2, WRITE_HIGH_WATER_MAX_BYTES)))
-        if (sock is not None and type(transport) is _SELECTOR_SOCKET_TRANSPORT and hub._aggregator is None
+        if (sock is not None and hub._aggregator is None and _writes_natively(transport)
                 and sock.family in (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX)):
             # the native write path: a flush is one send(2) from here while the
             # transport holds nothing (what the kernel does not take goes to
@@ -1433,9 +1456,10 @@ cdef class SessionBase:
     @property
     def write_path(self):
         """How flushes reach the socket: "native" (one send(2) from native
-        code, asyncio's selector loop over TCP or a Unix socket, no TLS),
-        "transport" (transport.write: uvloop, TLS, other transports), or
-        None once the connection is gone."""
+        code while the transport holds nothing: asyncio's selector loop or
+        uvloop, over TCP or a Unix socket, no TLS, no aggregation),
+        "transport" (transport.write: TLS, aggregation, other transports),
+        or None once the connection is gone."""
         if self.transport is None:
             return None
         return "native" if self._fd >= 0 else "transport"
