@@ -278,6 +278,17 @@ public:
         return SendStatus::ok;
     }
 
+    /// Appends `count` whole frames lying back to back at `src`, `total`
+    /// bytes in all, as they are: one memcpy. All or nothing.
+    SendStatus append_contiguous(const std::uint8_t* src, std::uint64_t total, std::size_t count) noexcept {
+        const SendStatus room = room_for(total);
+        if (room != SendStatus::ok) return room;
+        std::memcpy(buf_ + used_, src, static_cast<std::size_t>(total));
+        used_ += static_cast<std::size_t>(total);
+        count_ += count;
+        return SendStatus::ok;
+    }
+
     /// Appends whole frames from the front of frames [0, count), in order
     /// and as they are, as many as fit the free space now; returns how
     /// many (0 when not even the first fits). A batch larger than the
@@ -318,6 +329,17 @@ private:
 inline void fanout_frames(SendBuffer* const* targets, std::size_t n, const std::uint8_t* base,
                           const std::int64_t* offsets, const std::uint32_t* sizes, std::size_t count,
                           bool renumber, SendStatus* status) noexcept {
+    if (!renumber && count != 0) {
+        // Frames back to back (a decoded burst, say): their extent is found
+        // once, and each target gets one memcpy of it.
+        std::uint64_t total = sizes[0];
+        std::size_t i = 1;
+        while (i < count && offsets[i] == offsets[0] + static_cast<std::int64_t>(total)) total += sizes[i++];
+        if (i == count) {
+            for (std::size_t t = 0; t < n; ++t) status[t] = targets[t]->append_contiguous(base + offsets[0], total, count);
+            return;
+        }
+    }
     for (std::size_t t = 0; t < n; ++t) status[t] = targets[t]->append_frames(base, offsets, sizes, count, renumber);
 }
 

@@ -590,6 +590,24 @@ void renumbered_fanout() {
         CHECK_EQ(again[5].seq, 901u);
     }
     CHECK_EQ(b.next_seq(), 14u);
+    // frames not back to back (here in reverse) are copied in the order given
+    const std::int64_t rev_offsets[] = {offsets[1], offsets[0]};
+    const std::uint32_t rev_sizes[] = {sizes[1], sizes[0]};
+    SendBuffer* only_b[] = {&b};
+    fanout_frames(only_b, 1, src.data(), rev_offsets, rev_sizes, 2, false, status);
+    CHECK(status[0] == SendStatus::ok);
+    const auto reversed = decode(b);
+    CHECK_EQ(reversed.size(), 8u);
+    if (reversed.size() == 8) {
+        CHECK(reversed[6].payload == all[1].payload);
+        CHECK(reversed[7].payload == all[0].payload);
+    }
+    // back-to-back frames that cannot fit leave that target as it was
+    SendBuffer* only_c[] = {&c};
+    fanout_frames(only_c, 1, src.data(), offsets.data(), sizes.data(), 4, false, status);
+    CHECK(status[0] == SendStatus::never_fits);
+    CHECK_EQ(c.count(), 0u);
+    CHECK_EQ(c.size(), 0u);
     // a big-endian layout's narrower seq field wraps at its own width
     const Layout be = big_endian_layout();
     std::vector<std::uint8_t> bsrc(256), bmem(256);

@@ -1001,6 +1001,7 @@ cdef class SessionBase:
         return 0
 
     cdef int _dispatch(self, PacketBatch batch) except -1:
+        cdef uint64_t one
         if self._hub._any_async:
             return self._dispatch_ordered(batch)
         self._in_burst = True
@@ -1010,6 +1011,14 @@ cdef class SessionBase:
                     self._hub._call_handler(self._handler, self, batch)
                 elif self._inbox is not None:
                     self._inbox.put_nowait(batch)
+            elif batch._one_type(&one):  # a burst of one type (the usual case): no grouping
+                ptype = one
+                self._hub._count_type(ptype, batch._count)
+                fn = self._handlers.get(ptype, self._handler)
+                if fn is None:
+                    self._hub._count_drop("unhandled type", batch._count)
+                else:
+                    self._hub._call_handler(fn, self, batch)
             else:
                 for ptype, group in batch.by_type().items():
                     self._hub._count_type(ptype, len(group))

@@ -58,6 +58,7 @@ cdef class PacketBatch:
     cdef object _field_column(self, int field, str role)
     cdef object _payload(self, Py_ssize_t i)
     cdef PacketBatch _take(self, cnp.uint32_t[::1] rows)
+    cdef bint _one_type(self, uint64_t* type_) noexcept  # every packet of one type (at least one packet)
 
 
 @cython.final

@@ -718,6 +718,21 @@ cdef class PacketBatch:
             memcpy(out._cols.headers + k * hs, self._cols.headers + r * hs, hs)
         return out
 
+    cdef bint _one_type(self, uint64_t* type_) noexcept:
+        """True when the batch has packets and all of one type (set in
+        *type_); the layout must have a type field."""
+        cdef const Layout* lc = &self._layout.c
+        cdef const uint8_t* hdr = self._cols.headers
+        cdef size_t hs = lc.header_size
+        cdef Py_ssize_t i = 1
+        if self._count == 0 or lc.type_index < 0:
+            return False
+        cdef uint64_t first = lc.read(hdr, lc.type_index)
+        while i < self._count and lc.read(hdr + i * hs, lc.type_index) == first:
+            i += 1
+        type_[0] = first
+        return i == self._count
+
     def by_type(self):
         """by_type() -> dict[int, PacketBatch]
 
@@ -728,18 +743,10 @@ cdef class PacketBatch:
             raise AttributeError(f"layout {self._layout.name} has no type field")
         # One type only (a burst of MOVEs, say: the common case of a
         # per-type dispatch): the batch itself, without the numpy grouping.
-        cdef const Layout* lc = &self._layout.c
-        cdef const uint8_t* hdr = self._cols.headers
-        cdef size_t hs = lc.header_size
-        cdef Py_ssize_t i
         cdef uint64_t first
         if self._count == 0:
             return {}
-        first = lc.read(hdr, lc.type_index)
-        i = 1
-        while i < self._count and lc.read(hdr + i * hs, lc.type_index) == first:
-            i += 1
-        if i == self._count:
+        if self._one_type(&first):
             return {first: self}
         # const: the types column is read-only, and numpy hands it back
         # uncopied when it already is contiguous uint64 (a u64 type field)
