@@ -17,8 +17,6 @@ import fastpacket as fp
 from fastpacket import aio
 from tests.loops import run  # noqa: F401  (the fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 
 def echo(session, batch):
     session.send_batch(batch)

@@ -16,8 +16,6 @@ import fastpacket as fp
 from fastpacket import aio
 from tests.loops import recv_packets, run  # noqa: F401  (run: the event-loop fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 #: Seconds any single wait in these tests may take.
 WAIT_S = 10.0
 

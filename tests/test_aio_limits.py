@@ -19,8 +19,6 @@ from fastpacket import aio
 from tests.loops import recv_packets, run  # noqa: F401  (the fixture)
 from tests.reference_aggregate import ref_pack, ref_packet
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 #: Seconds any single wait of these tests may take.
 WAIT_S = 10.0
 

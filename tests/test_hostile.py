@@ -30,8 +30,6 @@ from fastpacket.system import new_event_loop
 from tests.hostile_server import OPTIONS, aggregator
 from tests.reference_aggregate import ref_pack, ref_packet, ref_raw_frame
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 LOOPS = ["asyncio", "uvloop"]
 #: Seconds any single wait may take.
 WAIT_S = 15.0

@@ -19,8 +19,6 @@ import pytest
 
 from tests.served import CMD, Served
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 #: Players of the demo's load, and the MOVEs/s each sends.
 PLAYERS = 24
 RATE = 30

@@ -34,8 +34,7 @@ from tests.scrape import fetch, require_tool
 from tests.served import CMD, Served
 from tests.test_dashboard import expressions, load_dashboard
 
-pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
-              pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")]
+pytestmark = [pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")]
 
 SCRAPE_INTERVAL_S = 1
 START_WAIT_S = 60.0

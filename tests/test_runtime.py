@@ -22,8 +22,7 @@ from fastpacket.system import new_event_loop, read_line
 from tests.scrape import fetch, samples, total
 from tests.served import Served
 
-pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
-              pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")]
+pytestmark = [pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")]
 
 #: Most connections opened while looking for some on each worker (SO_REUSEPORT
 #: spreads by hash: 64 all on one of 2 workers has probability 2^-63).

@@ -26,8 +26,7 @@ from tests.certs import certs  # noqa: F401  (the session's certificates)
 from tests.loops import recv_packets
 from tests.served import CMD, Served
 
-pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
-              pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")]
+pytestmark = [pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")]
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 WAIT_S = 20.0
@@ -92,7 +91,9 @@ async def talk_to_game(connect):
         # handlers by type: a burst is grouped by type, each type in order
         assert [bytes(p.payload) for p in got if p.type == MOVE] == [b"m%d" % k for k in range(20)]
         assert [bytes(p.payload) for p in got if p.type == WHOIS] == [names[7 + (k + i) % 3] for k in range(20)]
+    for c in clients:  # and closed before the loop is (a TLS close takes a few loop iterations)
         c.close()
+    await asyncio.wait_for(asyncio.gather(*(c.wait_closed() for c in clients)), WAIT_S)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -309,9 +310,13 @@ def test_fastpacket_run_in_a_script_and_ctrl_c(tmp_path):
 
         async def echo_once():
             c = await aio.connect("127.0.0.1", port)
-            c.send(5, b"through fp.run")
-            (p,) = await recv_packets(c, 1, WAIT_S)
-            assert (p.type, bytes(p.payload)) == (5, b"through fp.run")
+            try:
+                c.send(5, b"through fp.run")
+                (p,) = await recv_packets(c, 1, WAIT_S)
+                assert (p.type, bytes(p.payload)) == (5, b"through fp.run")
+            finally:
+                c.close()
+                await asyncio.wait_for(c.wait_closed(), WAIT_S)
 
         run_loop(echo_once(), "asyncio")
         code, out, err = s.stop(signal.SIGINT)

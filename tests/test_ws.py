@@ -19,8 +19,6 @@ from fastpacket.ws import close_code, serve_ws
 from tests.certs import certs  # noqa: F401  (the session's certificates)
 from tests.loops import recv_packets, run  # noqa: F401  (run: the event-loop fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 WAIT_S = 10.0
 
 

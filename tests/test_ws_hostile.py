@@ -22,8 +22,6 @@ import fastpacket as fp
 from fastpacket.ws import MAX_FRAGMENTS, serve_ws
 from tests.loops import run  # noqa: F401  (run: the event-loop fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 WAIT_S = 10.0
 #: The well-behaved client sends a packet this often, in seconds.
 GOOD_PERIOD_S = 0.01

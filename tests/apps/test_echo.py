@@ -13,8 +13,6 @@ from fastpacket.apps.echo import echo
 from fastpacket.apps.relay import MOVE, MOVE_FORMAT, Relay
 from tests.loops import recv_packets, run  # noqa: F401  (the fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 #: Bytes one burst of the test sends: 1 MiB, 16 times the send buffer.
 BURST_BYTES = 1 << 20
 #: Payload bytes of each packet (2,000 packets of 512 bytes, about 1 MiB).

@@ -11,8 +11,6 @@ import pytest
 from fastpacket import aio
 from fastpacket.apps.relay import JOIN, LEAVE, MOVE, MOVE_FORMAT, Relay
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 
 def move(x, t=0, pad=0):
     return MOVE_FORMAT.pack(x, 0, 0, t) + b"\0" * pad

@@ -17,8 +17,6 @@ from fastpacket.apps.tick import (INPUT, INPUT_DTYPE, MAX_INPUTS_PER_TICK, MAX_S
                                   WELCOME_FORMAT, Tick, World, neighbours, spawn_position)
 from tests.apps.tick_model import TickModel, replay
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 LOOPS = ["asyncio", "uvloop"]
 SMALL_WORLD = 5000  # walls within reach of a few ticks: clipping is exercised
 

@@ -25,8 +25,6 @@ from fastpacket.apps.relay import MOVE, MOVE_FORMAT, Relay
 from tests.scrape import fetch, samples, total
 from tests.served import CMD, Served
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 
 def run_cli(args, tmp_path, timeout=60):
     return subprocess.run(CMD + args, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)

@@ -19,8 +19,6 @@ from fastpacket import aio
 from fastpacket.cli.top import CLEAR, Reading, parse_exposition, quantile, render
 from tests.served import CMD, Served
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 CLIENTS = 6
 
 
