@@ -408,3 +408,57 @@ def test_get_buffer_lends_one_reused_buffer_of_the_free_space():
         assert got == [b"through the head"] * 2
     finally:
         loop.close()
+
+
+def test_batches_lie_over_the_receive_ring_and_kept_ones_stay_intact(run):
+    """A sync handler's batch of a burst of 2 KiB or more lies over the
+    receive ring's bytes (no copy; a smaller one is copied). A handler that
+    keeps batches, and payload views of them, past its return keeps their
+    bytes intact while the connection reads on (the session gives that ring
+    up and goes on in a fresh one, the undecoded part of a packet moved
+    along); one that keeps nothing reads every burst through the same
+    pooled ring."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        kept, views = [], []
+
+        def keeper(session, batch):
+            kept.append(batch)
+            views.append(batch[0].payload)
+            session.send(9, b"ack")
+
+        def forgetful(session, batch):
+            session.send(9, b"ack")
+
+        for handler, repeat, pooled in ((keeper, 1100, 0), (keeper, 20, 1), (forgetful, 1100, 1)):
+            kept.clear()
+            views.clear()
+            server = await aio.serve(handler, "127.0.0.1", 0)
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            sent = []
+            for k in range(30):
+                payloads = [bytes([k, j]) * (repeat + j) for j in range(k % 4 + 1)]
+                sent.append(payloads)
+                data = b"".join(fp.encode(1, p) for p in payloads)
+                nxt = fp.encode(1, bytes([k, 99]) * repeat)
+                if k % 3 == 0:
+                    data += nxt[:7]  # a partial packet at the end of this read ...
+                await loop.sock_sendall(sock, data)
+                await asyncio.wait_for(loop.sock_recv(sock, 100), 5)  # the ack: this burst was handled
+                if k % 3 == 0:
+                    sent.append([bytes([k, 99]) * repeat])
+                    await loop.sock_sendall(sock, nxt[7:])  # ... its rest in the next
+                    await asyncio.wait_for(loop.sock_recv(sock, 100), 5)
+            sock.close()
+            if handler is keeper:
+                assert [[p.payload.tobytes() for p in b] for b in kept] == sent
+                assert [v.tobytes() for v in views] == [ps[0] for ps in sent]
+            # lent and kept: each ring was given up, none pooled; copied, or
+            # nothing kept: one ring, lent and returned every burst
+            assert server._hub.pooled_rings == pooled, (handler.__name__, repeat)
+            server.close()
+            await server.wait_closed()
+
+    run(main())

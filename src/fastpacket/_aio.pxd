@@ -94,6 +94,7 @@ cdef class SessionBase:
     cdef _Unwrapper _unwrapper          # with an aggregator, else None
     cdef RingBuffer _ring               # lent while data is pending, else None
     cdef _RingHead _head                # what get_buffer() lends: _ring's free space (made on first read)
+    cdef bint _lend_batches             # batches lie over the ring's bytes (sync handlers, no aggregator)
     cdef SendBuffer _sendbuf            # made on the first send (idle connections hold none): _out() makes it
     cdef object _close_reason
     cdef bint _opened                   # accepted by the hub (not refused)
@@ -127,6 +128,7 @@ cdef class SessionBase:
 
     cdef int _received(self, RingBuffer ring, Py_ssize_t nbytes) except -1
     cdef PacketBatch _admit(self, PacketBatch frames, uint64_t now)
+    cdef RingBuffer _keep_pinned_ring(self, RingBuffer ring)
     cdef int _deliver(self, PacketBatch frames, uint64_t base, object error) except -1
     cdef int _drop_held(self) except -1
     cdef int _dispatch(self, PacketBatch batch) except -1

@@ -623,6 +623,9 @@ cdef class SessionBase:
         self._closed = hub.loop.create_future()
         # a client connected without a handler reads with recv()
         self._inbox = _asyncio.Queue() if self._handler is None and self._handlers is None else None
+        # A sync handler's batch lies over the receive ring's bytes (no copy);
+        # batches that are queued (async handlers, recv()) or inflated own theirs.
+        self._lend_batches = hub._aggregator is None and not hub._any_async and self._inbox is None
 
     # -- asyncio callbacks ----------------------------------------------------
 
@@ -871,7 +874,8 @@ cdef class SessionBase:
         if hub._metrics is not None:
             hub._metrics["bytes_in"].inc(nbytes)
         try:
-            frames = _feed_from_ring(self._decoder, ring)
+            frames = _feed_from_ring_lent(self._decoder, ring) if self._lend_batches else \
+                _feed_from_ring(self._decoder, ring)
         except ProtocolError as exc:
             error = exc
             frames = exc.batch
@@ -893,11 +897,38 @@ cdef class SessionBase:
         else:
             self._partial_since_ns = 0
         self._deliver(frames, base, error)
-        if (error is None and not self._closing and self._ring is not None and ring._c.readable() == 0
+        frames = None
+        if self._lend_batches and ring._c.read_pins() and self._ring is ring:
+            ring = self._keep_pinned_ring(ring)
+        if (error is None and not self._closing and ring is not None and ring._c.readable() == 0
                 and not self._inflate_paused):
             hub._return_ring(ring)  # idle connections hold no receive buffer
             self._ring = None
         return 0
+
+    cdef RingBuffer _keep_pinned_ring(self, RingBuffer ring):
+        """A batch of the last burst (or a payload view of one) outlives its
+        handler: its bytes stay pinned in `ring`, which this session gives
+        up (it is freed with the last of them, never pooled); the bytes not
+        yet decoded move to a fresh ring, returned (or None)."""
+        cdef RingSpan a, b
+        cdef RingBuffer fresh
+        self._ring = None
+        if ring._c.readable() == 0:
+            return None
+        fresh = self._hub._lend_ring()
+        cdef uint64_t head = fresh._c.head_index()
+        ring._c.read_segments(&a, &b)
+        if ring._c.double_mapped():  # the second mapping continues the first
+            fresh._c.store(head, a.data, a.size + b.size)
+        else:
+            fresh._c.store(head, a.data, a.size)
+            if b.size:
+                fresh._c.store(head + a.size, b.data, b.size)
+        fresh._c.commit(ring._c.readable())
+        ring._c.consume(ring._c.readable())
+        self._ring = fresh
+        return fresh
 
     cdef PacketBatch _admit(self, PacketBatch frames, uint64_t now):
         """The frames the rate limit admits (the longest prefix it can pay

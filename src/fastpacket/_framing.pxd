@@ -80,7 +80,7 @@ cdef class FrameDecoder:
     cdef int _allow_aggregates(self, Py_ssize_t limit) except -1
     cdef int _check_usable(self) except -1
     cdef PacketBatch _decode_span(self, const uint8_t* p, size_t n, bytes immutable, bint keep_tail,
-                                  size_t* taken, ErrorInfo* error)
+                                  size_t* taken, ErrorInfo* error, object lender=*)
     cdef PacketBatch _finish(self, PacketBatch b, ErrorInfo error)
     cdef PacketBatch _feed(self, const uint8_t* p, size_t n, bytes immutable)
     cdef PacketBatch _unwrap(self, PacketBatch b, size_t data_bytes)

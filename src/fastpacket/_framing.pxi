@@ -1091,14 +1091,16 @@ cdef class FrameDecoder:
         return 0
 
     cdef PacketBatch _decode_span(self, const uint8_t* p, size_t n, bytes immutable, bint keep_tail,
-                                  size_t* taken, ErrorInfo* error):
+                                  size_t* taken, ErrorInfo* error, object lender=None):
         """One plan/emit over p[0, n): the batch of its complete frames
         (aggregates not yet unwrapped). With keep_tail the incomplete tail
         moves into the decoder's pending buffer (feed()); without it the tail
         stays where it is (feed_from(): it stays in the ring). *taken is the
         number of input bytes the decoder took; *error the bad header, if any.
         An immutable `bytes` input holding exactly whole frames is kept as the
-        batch's data instead of being copied."""
+        batch's data instead of being copied; so are the frames at the tail
+        of a `lender` RingBuffer whose readable bytes p[0, n) are (a pinned
+        view of them: _lend_frames)."""
         cdef CppFrameDecoder.FeedPlan plan
         cdef uint8_t* out = NULL
         cdef size_t emit_n
@@ -1140,6 +1142,8 @@ cdef class FrameDecoder:
             b._set_data(_EMPTY_BYTES)
         elif immutable is not None and CppFrameDecoder.zero_copy(plan):
             b._set_data(immutable)  # frames are input[0, scan_end): keep the input itself
+        elif lender is not None and plan.data_bytes >= LEND_MIN_BYTES and CppFrameDecoder.zero_copy(plan):
+            _lend_frames(b, <RingBuffer>lender, p, plan.scan_end)  # the frames where they lie, in the ring
         else:
             b._set_data(PyBytes_FromStringAndSize(NULL, plan.data_bytes))
             out = <uint8_t*>b._base

@@ -36,3 +36,5 @@ cdef class RingBuffer:
 
 
 cdef PacketBatch _feed_from_ring(FrameDecoder dec, object ring_obj)
+cdef PacketBatch _feed_from_ring_lent(FrameDecoder dec, RingBuffer ring)
+cdef int _lend_frames(PacketBatch b, RingBuffer ring, const uint8_t* p, size_t nbytes) except -1

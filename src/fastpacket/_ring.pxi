@@ -264,3 +264,43 @@ cdef PacketBatch _feed_from_ring(FrameDecoder dec, object ring_obj):
             batch = _concat_batches(dec._layout, batch, rest)
     ring._c.consume(taken)
     return dec._finish(batch, err)
+
+
+cdef int _lend_frames(PacketBatch b, RingBuffer ring, const uint8_t* p, size_t nbytes) except -1:
+    """`b`'s data: the ring's `nbytes` readable bytes at the tail (at `p`),
+    without a copy, through a read view that pins them: the ring may
+    consume them, but its producer writes over them only once the batch,
+    and every batch or payload view made from it, is gone. (The ring's
+    read_pins() tells its user whether any still lives.)"""
+    cdef RingSpan span
+    span.data = <uint8_t*>p  # read-only: a read view exports it read-only
+    span.size = nbytes
+    cdef _RingView v = ring._view(span, ring._c.tail_index(), False)
+    cdef _HeldBuffer held = _HeldBuffer.__new__(_HeldBuffer)
+    get_contiguous_buffer(v, &held._view, "a receive ring")
+    held._held = True
+    b._data = held
+    b._base = p
+    b._nbytes = <Py_ssize_t>nbytes
+    return 0
+
+
+cdef PacketBatch _feed_from_ring_lent(FrameDecoder dec, RingBuffer ring):
+    """feed_from(ring) whose batch lies over the ring's own bytes (no copy)
+    where it can: a contiguous readable span (double-mapped ring, or not
+    wrapped) and no bytes pending in the decoder; else as feed_from. The
+    caller checks ring._c.read_pins() once it has dropped the batch: a
+    batch kept past then pins the ring's bytes (see _lend_frames)."""
+    cdef RingSpan first, second
+    cdef size_t taken = 0
+    cdef ErrorInfo err
+    cdef PacketBatch batch
+    dec._check_usable()
+    ring._c.read_segments(&first, &second)
+    if not ring._c.double_mapped() and second.size != 0:
+        return _feed_from_ring(dec, ring)
+    if ring._c.double_mapped():
+        first.size += second.size  # the second mapping continues the first
+    batch = dec._decode_span(first.data, first.size, None, False, &taken, &err, ring)
+    ring._c.consume(taken)
+    return dec._finish(batch, err)
