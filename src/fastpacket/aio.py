@@ -43,16 +43,26 @@ if this side closes the session, what is still queued is dropped (counted
 in ``dropped_in`` and ``drops["session closed"]``). Anything that is not
 callable raises TypeError at ``serve()``.
 
-Receive path: the protocol is an ``asyncio.BufferedProtocol`` whose
-``get_buffer`` lends the connection a RingBuffer from a pool (idle
-connections hold none) and whose ``buffer_updated`` (Cython) commits the
-bytes, decodes every complete packet with ``FrameDecoder.feed_from`` and
-calls ``handler(session, batch)`` once per read burst (or the per-type
-``handlers``). The only copy is the one into the batch.
+Receive path: each connection reads into a RingBuffer lent from a pool
+(idle connections hold none). On asyncio's selector loop the selector
+calls the session's native reader (one ``recv(2)`` into the ring per
+readiness; ``Session.read_path`` is "native"); elsewhere (uvloop, TLS) the
+protocol is an ``asyncio.BufferedProtocol`` whose ``get_buffer`` lends the
+ring's free space and whose ``buffer_updated`` (Cython) commits the bytes.
+Either way every complete packet is decoded in place and
+``handler(session, batch)`` runs once per read burst (or the per-type
+``handlers``). A sync handler's batch of 2 KiB or more lies over the ring's
+own bytes (no copy; a batch or payload view kept past the handler keeps
+that ring, and the session reads on in a fresh one); a smaller burst, and
+every burst for async handlers or ``recv()``, is copied once into the
+batch.
 
 Send path: ``session.send``/``send_batch``/``send_array``/``broadcast`` append to the
-session's SendBuffer and are written with one ``transport.write`` per
-session, never one per packet: the reading session's own output at the end
+session's SendBuffer and are written with one write per session, never
+one per packet (one ``send(2)`` from native code while the transport holds
+nothing, on asyncio's selector loop and uvloop over TCP or a Unix socket;
+what the kernel does not take, and every write over TLS, through
+``transport.write``; ``Session.write_path`` says which): the reading session's own output at the end
 of its read burst (no added latency), output a burst produced for other
 sessions (broadcasts, relays) once at the end of the loop iteration
 (coalescing every burst of that iteration), any buffer as soon as it passes
