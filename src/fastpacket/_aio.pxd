@@ -48,7 +48,8 @@ cdef class Hub:
     # state
     cdef bint _in_burst                 # a handler is running
     cdef list _dirty                    # sessions with output queued outside their own read burst
-    cdef list _rings                    # receive rings to lend
+    cdef list _rings                    # receive rings to lend: _rings[:_nrings], None past it
+    cdef Py_ssize_t _nrings
     cdef object _flush_handle
     cdef bint _flush_soon               # _flush_handle runs at the end of this loop iteration
     cdef object _idle_handle
