@@ -45,13 +45,17 @@ try:  # asyncio's own socket transport (selector loop): its write() is Python; o
 except ImportError:  # pragma: no cover - every CPython since 3.4 has it
     _SELECTOR_SOCKET_TRANSPORT = None
 # The native read path replaces that transport's read callback
-# (_read_ready_cb, which it calls from _read_ready) and hands it what it
-# handles itself: end of file (_read_ready__on_eof) and read errors
-# (_fatal_error). CPython 3.7 to 3.13 have all three; without them the
-# transport reads as usual (get_buffer/buffer_updated).
+# (_read_ready_cb, which it calls from _read_ready, and _read_ready, which
+# resume_reading() registers; _add_reader registers it while the transport
+# reads) and hands it what it handles itself: end of file
+# (_read_ready__on_eof) and read errors (_fatal_error). CPython 3.7 to 3.13
+# have all of them; without them the transport reads as usual
+# (get_buffer/buffer_updated).
 _NATIVE_READ = (_SELECTOR_SOCKET_TRANSPORT is not None
                 and hasattr(_SELECTOR_SOCKET_TRANSPORT, "_read_ready__on_eof")
                 and hasattr(_SELECTOR_SOCKET_TRANSPORT, "_fatal_error")
+                and hasattr(_SELECTOR_SOCKET_TRANSPORT, "_add_reader")
+                and hasattr(_SELECTOR_SOCKET_TRANSPORT, "_read_ready")
                 and hasattr(_SELECTOR_SOCKET_TRANSPORT, "_read_ready__get_buffer"))
 
 _aio_log = _logging.getLogger("fastpacket.aio")
