@@ -58,29 +58,41 @@ async def read_exactly(sock, n, timeout=20.0):
     return bytes(out)
 
 
+async def _one_session(sessions, timeout=5.0):
+    """The one session `sessions` (an on_connect list) gets, once accepted."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not sessions and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    (session,) = sessions
+    return session
+
+
+async def _closed(session, server):
+    """Waits (bounded) for `session` to close, then closes `server`."""
+    await asyncio.wait_for(session.wait_closed(), 5)
+    server.close()
+    await server.wait_closed()
+
+
 def test_write_path_is_native_on_the_selector_loop_only(run):
     async def main():
         sessions = []
         server = await aio.serve(echo, "127.0.0.1", 0, on_connect=sessions.append)
         client = await aio.connect("127.0.0.1", server.port)
         loop = asyncio.get_running_loop()
-        for _ in range(100):
-            if sessions:
-                break
-            await asyncio.sleep(0.01)
-        assert sessions[0].write_path == "native"
+        session = await _one_session(sessions)
+        assert session.write_path == "native"
         assert client.write_path == "native"
-        assert sessions[0].read_path == expected_read_path(loop)
+        assert session.read_path == expected_read_path(loop)
         assert client.read_path == expected_read_path(loop)
         client.send(1, b"x" * 20)
         got = await client.recv(5)
         assert [p.payload.tobytes() for p in got] == [b"x" * 20]
         client.close()
         await asyncio.wait_for(client.wait_closed(), 5)
-        await asyncio.wait_for(sessions[0].wait_closed(), 5)
-        assert sessions[0].write_path is None and sessions[0].read_path is None
-        server.close()
-        await server.wait_closed()
+        await _closed(session, server)
+        assert session.write_path is None and session.read_path is None
 
     run(main())
 
@@ -104,11 +116,7 @@ def test_partial_writes_and_eagain_pause_and_resume_with_every_byte_in_order(run
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF_BYTES)
         sock.connect(("127.0.0.1", server.port))
         loop = asyncio.get_running_loop()
-        for _ in range(100):
-            if sessions:
-                break
-            await asyncio.sleep(0.01)
-        (session,) = sessions
+        session = await _one_session(sessions)
         assert session.write_path == "native"
         sent = []
         paused = False
@@ -146,9 +154,7 @@ def test_partial_writes_and_eagain_pause_and_resume_with_every_byte_in_order(run
         back = await read_exactly(sock, HEADER.size + 5, timeout=5)
         assert fp.FrameDecoder().feed(back)[0].payload.tobytes() == b"again"
         sock.close()
-        await asyncio.wait_for(session.wait_closed(), 5)
-        server.close()
-        await server.wait_closed()
+        await _closed(session, server)
 
     run(main())
 
@@ -164,11 +170,7 @@ def test_peer_reset_closes_the_session_without_an_error_in_the_loop(run):
         sessions = []
         server = await aio.serve(echo, "127.0.0.1", 0, on_connect=sessions.append, max_delay=0.0)
         sock = socket.create_connection(("127.0.0.1", server.port))
-        for _ in range(100):
-            if sessions:
-                break
-            await asyncio.sleep(0.01)
-        (session,) = sessions
+        session = await _one_session(sessions)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # RST
         deadline = loop.time() + 10
@@ -209,15 +211,6 @@ def test_unix_socket_uses_the_native_path_too(run, tmp_path):
     run(main())
 
 
-async def _one_session(server, sessions, timeout=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not sessions and loop.time() < deadline:
-        await asyncio.sleep(0.005)
-    (session,) = sessions
-    return session
-
-
 def test_the_selector_calls_the_native_reader_directly(run):
     """On the selector loop the reader registered for the socket is the
     session's _read_ready (not the transport's Python method), from the
@@ -227,7 +220,7 @@ def test_the_selector_calls_the_native_reader_directly(run):
         sessions = []
         server = await aio.serve(echo, "127.0.0.1", 0, on_connect=sessions.append)
         client = await aio.connect("127.0.0.1", server.port)
-        session = await _one_session(server, sessions)
+        session = await _one_session(sessions)
         client.send(1, b"first")
         assert [p.payload.tobytes() for p in await client.recv(5)] == [b"first"]
         if expected_read_path(loop) == "native":
@@ -243,9 +236,7 @@ def test_the_selector_calls_the_native_reader_directly(run):
         client.send(1, b"after resume")
         assert [p.payload.tobytes() for p in await client.recv(5)] == [b"after resume"]
         client.close()
-        await asyncio.wait_for(session.wait_closed(), 5)
-        server.close()
-        await server.wait_closed()
+        await _closed(session, server)
 
     run(main())
 
@@ -264,7 +255,7 @@ def test_a_packet_split_over_many_reads_and_many_packets_in_one(run):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
-        session = await _one_session(server, sessions)
+        session = await _one_session(sessions)
         assert session.read_path == expected_read_path(loop)
         trickled = [bytes([k]) * (k * 37 % 300) for k in range(40)]
         data = b"".join(fp.encode(3, p) for p in trickled)
@@ -282,9 +273,7 @@ def test_a_packet_split_over_many_reads_and_many_packets_in_one(run):
         assert got == trickled + burst
         assert session.packets_in == len(got) and session.batches_in > len(trickled)
         sock.close()
-        await asyncio.wait_for(session.wait_closed(), 5)
-        server.close()
-        await server.wait_closed()
+        await _closed(session, server)
 
     run(main())
 
@@ -298,7 +287,7 @@ def test_a_readiness_with_nothing_to_read_changes_nothing(run):
         sessions = []
         server = await aio.serve(echo, "127.0.0.1", 0, on_connect=sessions.append)
         client = await aio.connect("127.0.0.1", server.port)
-        session = await _one_session(server, sessions)
+        session = await _one_session(sessions)
         session._read_ready()  # nothing queued: recv(2) says EAGAIN (on uvloop: not the reader, a no-op)
         pooled = server._hub.pooled_rings  # the ring lent for the read went back to the pool
         for _ in range(3):
@@ -309,9 +298,7 @@ def test_a_readiness_with_nothing_to_read_changes_nothing(run):
         assert [p.payload.tobytes() for p in await client.recv(5)] == [b"still reads"]
         assert expected_read_path(loop) == session.read_path
         client.close()
-        await asyncio.wait_for(session.wait_closed(), 5)
-        server.close()
-        await server.wait_closed()
+        await _closed(session, server)
 
     run(main())
 
@@ -325,7 +312,7 @@ def test_end_of_file_after_packets_delivers_them_then_closes(run):
         server = await aio.serve(lambda s, b: got.extend(p.payload.tobytes() for p in b), "127.0.0.1", 0,
                                  on_connect=sessions.append)
         sock = socket.create_connection(("127.0.0.1", server.port))
-        session = await _one_session(server, sessions)
+        session = await _one_session(sessions)
         sent = [bytes([k]) * 100 for k in range(50)]
         sock.sendall(b"".join(fp.encode(2, p) for p in sent) + fp.encode(2, b"partial")[:9])
         sock.shutdown(socket.SHUT_WR)
@@ -351,7 +338,7 @@ def test_a_reset_while_reading_closes_with_the_error_and_nothing_in_the_loop(run
         sessions = []
         server = await aio.serve(lambda s, b: got.extend(b), "127.0.0.1", 0, on_connect=sessions.append)
         sock = socket.create_connection(("127.0.0.1", server.port))
-        session = await _one_session(server, sessions)
+        session = await _one_session(sessions)
         sock.sendall(fp.encode(1, b"x" * 50))
         deadline = loop.time() + 5
         while not got and loop.time() < deadline:
